@@ -1,0 +1,9 @@
+//! backstop-engine: turns a GGUF file into tokens.
+//!
+//! Data flows gguf (file on mmap) -> quant (block formats) -> cpu (SIMD kernels) -> ops
+//! (matvec, norms, RoPE, attention) -> models (one file per architecture) -> generate, with
+//! tokenizer, chat and sampling beside it. This crate knows nothing of HTTP or async.
+
+pub mod cpu;
+pub mod gguf;
+pub mod quant;
