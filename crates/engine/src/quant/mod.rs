@@ -47,7 +47,11 @@ pub enum QuantError {
     #[error("unsupported tensor type id {0}")]
     UnsupportedType(u32),
     #[error("row of {n} elements is not a whole number of {ty:?} blocks ({block} elements each)")]
-    PartialBlock { ty: GgmlType, n: usize, block: usize },
+    PartialBlock {
+        ty: GgmlType,
+        n: usize,
+        block: usize,
+    },
     #[error("{ty:?} has no quantizer")]
     NoQuantizer { ty: GgmlType },
 }
@@ -160,27 +164,126 @@ impl GgmlType {
     }
 }
 
-// The per-type modules are added by the quant work; each provides the same three functions.
-// pub mod f16; pub mod bf16; pub mod q4_0; ... pub mod q8_k;
+pub mod block_view;
+mod k_search;
+
+pub mod bf16;
+pub mod f16;
+pub mod q2_k;
+pub mod q3_k;
+pub mod q4_0;
+pub mod q4_1;
+pub mod q4_k;
+pub mod q5_0;
+pub mod q5_1;
+pub mod q5_k;
+pub mod q6_k;
+pub mod q8_0;
+pub mod q8_1;
+pub mod q8_k;
 
 /// Scalar reference: decode one row of `ty` (raw block bytes) into `dst`.
 /// `src.len()` must equal `ty.row_bytes(dst.len())`; callers validate shapes at load.
+/// Panics when the lengths disagree.
 pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
-    let _ = (ty, src, dst);
-    todo!("filled in by the quant formats work")
+    match ty {
+        GgmlType::F32 => f32_dequantize_row(src, dst),
+        GgmlType::F16 => f16::dequantize_row(src, dst),
+        GgmlType::BF16 => bf16::dequantize_row(src, dst),
+        GgmlType::Q4_0 => q4_0::dequantize_row(src, dst),
+        GgmlType::Q4_1 => q4_1::dequantize_row(src, dst),
+        GgmlType::Q5_0 => q5_0::dequantize_row(src, dst),
+        GgmlType::Q5_1 => q5_1::dequantize_row(src, dst),
+        GgmlType::Q8_0 => q8_0::dequantize_row(src, dst),
+        GgmlType::Q8_1 => q8_1::dequantize_row(src, dst),
+        GgmlType::Q2_K => q2_k::dequantize_row(src, dst),
+        GgmlType::Q3_K => q3_k::dequantize_row(src, dst),
+        GgmlType::Q4_K => q4_k::dequantize_row(src, dst),
+        GgmlType::Q5_K => q5_k::dequantize_row(src, dst),
+        GgmlType::Q6_K => q6_k::dequantize_row(src, dst),
+        GgmlType::Q8_K => q8_k::dequantize_row(src, dst),
+    }
 }
 
 /// Scalar reference: encode `src` as blocks of `ty` into `dst` (`ty.row_bytes(src.len())` bytes).
 /// Every type has one (round-to-nearest, as ggml's `quantize_row_*_ref`), so tests can build
 /// weights of any type; activations use Q8_0, Q8_1 and Q8_K.
+/// Errors when `src` is not a whole number of blocks; panics when `dst` has the wrong length.
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
-    let _ = (ty, src, dst);
-    todo!("filled in by the quant formats work")
+    let bytes = ty.row_bytes(src.len())?;
+    assert_eq!(
+        dst.len(),
+        bytes,
+        "{} row of {} elements",
+        ty.name(),
+        src.len()
+    );
+    match ty {
+        GgmlType::F32 => f32_quantize_row(src, dst),
+        GgmlType::F16 => f16::quantize_row(src, dst),
+        GgmlType::BF16 => bf16::quantize_row(src, dst),
+        GgmlType::Q4_0 => q4_0::quantize_row(src, dst),
+        GgmlType::Q4_1 => q4_1::quantize_row(src, dst),
+        GgmlType::Q5_0 => q5_0::quantize_row(src, dst),
+        GgmlType::Q5_1 => q5_1::quantize_row(src, dst),
+        GgmlType::Q8_0 => q8_0::quantize_row(src, dst),
+        GgmlType::Q8_1 => q8_1::quantize_row(src, dst),
+        GgmlType::Q2_K => q2_k::quantize_row(src, dst),
+        GgmlType::Q3_K => q3_k::quantize_row(src, dst),
+        GgmlType::Q4_K => q4_k::quantize_row(src, dst),
+        GgmlType::Q5_K => q5_k::quantize_row(src, dst),
+        GgmlType::Q6_K => q6_k::quantize_row(src, dst),
+        GgmlType::Q8_K => q8_k::quantize_row(src, dst),
+    }
+    Ok(())
 }
 
 /// Scalar reference dot product of a weight row of `ty` with activations already in
-/// `ty.vec_dot_type()`, both `n` elements long.
+/// `ty.vec_dot_type()`, both `n` elements long. Panics when the lengths disagree.
 pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
-    let _ = (ty, n, w, act);
-    todo!("filled in by the quant formats work")
+    match ty {
+        GgmlType::F32 => f32_vec_dot(n, w, act),
+        GgmlType::F16 => f16::vec_dot(n, w, act),
+        GgmlType::BF16 => bf16::vec_dot(n, w, act),
+        GgmlType::Q4_0 => q4_0::vec_dot(n, w, act),
+        GgmlType::Q4_1 => q4_1::vec_dot(n, w, act),
+        GgmlType::Q5_0 => q5_0::vec_dot(n, w, act),
+        GgmlType::Q5_1 => q5_1::vec_dot(n, w, act),
+        GgmlType::Q8_0 => q8_0::vec_dot(n, w, act),
+        GgmlType::Q8_1 => q8_1::vec_dot(n, w, act),
+        GgmlType::Q2_K => q2_k::vec_dot(n, w, act),
+        GgmlType::Q3_K => q3_k::vec_dot(n, w, act),
+        GgmlType::Q4_K => q4_k::vec_dot(n, w, act),
+        GgmlType::Q5_K => q5_k::vec_dot(n, w, act),
+        GgmlType::Q6_K => q6_k::vec_dot(n, w, act),
+        GgmlType::Q8_K => q8_k::vec_dot(n, w, act),
+    }
+}
+
+// F32 is the trivial format: little-endian f32s, one per "block".
+
+fn f32_dequantize_row(src: &[u8], dst: &mut [f32]) {
+    assert_eq!(src.len(), 4 * dst.len(), "F32 row length");
+    for (y, x) in dst.iter_mut().zip(block_view::f32s(src)) {
+        *y = x;
+    }
+}
+
+fn f32_quantize_row(src: &[f32], dst: &mut [u8]) {
+    assert_eq!(dst.len(), 4 * src.len(), "F32 row length");
+    for (y, x) in dst.chunks_exact_mut(4).zip(src) {
+        y.copy_from_slice(&x.to_le_bytes());
+    }
+}
+
+/// As ggml's scalar `ggml_vec_dot_f32`: products in f32, summed in f64.
+fn f32_vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    assert!(
+        w.len() == 4 * n && act.len() == 4 * n,
+        "F32 vec_dot lengths"
+    );
+    block_view::f32s(w)
+        .zip(block_view::f32s(act))
+        .map(|(x, y)| f64::from(x * y))
+        .sum::<f64>() as f32
 }
