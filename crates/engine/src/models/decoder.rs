@@ -1,0 +1,345 @@
+//! The decoder-only transformer forward pass shared by every family (zeux/calm's approach: one
+//! parameterised forward; differences are [`DecoderConfig`] fields and optional tensors).
+//!
+//! Per layer: `x += attn(norm(x))`, `x += mlp(norm(x))`, with optional Gemma-style post-norms,
+//! per-head query/key norms and QKV biases. Weights stay in the mapped file ([`Decoder`] is
+//! immutable and shareable); everything that changes while generating lives in a [`Session`]
+//! allocated once, so a decode step allocates nothing.
+
+use rayon::prelude::*;
+
+use super::weights::{Linear, SharedFile};
+use super::ModelError;
+use crate::cpu::Kernels;
+use crate::ops::activation::{gelu_tanh_mul, silu_mul};
+use crate::ops::attention::{attention, AttnParams};
+use crate::ops::matmul::{act_row_bytes, matmul, quantize_acts};
+use crate::ops::norm::{rms_norm, rms_norm_inplace};
+use crate::ops::rope::{RopeCache, RopeLayout};
+use crate::ops::vec::add_assign;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU: silu(gate) * up.
+    Silu,
+    /// GeGLU with tanh-approximated GELU.
+    GeluTanh,
+}
+
+#[derive(Clone, Debug)]
+pub struct DecoderConfig {
+    pub arch: String,
+    pub n_vocab: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    /// Context length the model was trained for (`{arch}.context_length`).
+    pub n_ctx_train: usize,
+    pub rms_eps: f32,
+    pub rope_layout: RopeLayout,
+    /// Rotated dimensions per head.
+    pub rope_dims: usize,
+    pub rope_base: f32,
+    pub rope_freq_scale: f32,
+    pub activation: Activation,
+    /// Multiplier on q·k, usually 1/sqrt(head_dim).
+    pub attn_scale: f32,
+    /// Multiplier on the token embeddings (Gemma: sqrt(n_embd)).
+    pub embed_scale: Option<f32>,
+    /// Per-layer sliding-window size; `None` = global attention.
+    pub layer_window: Vec<Option<usize>>,
+    /// Per-layer RoPE base override (Gemma 3's local layers use a different base).
+    pub layer_rope_base: Vec<Option<f32>>,
+    pub final_logit_softcap: Option<f32>,
+}
+
+impl DecoderConfig {
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+}
+
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    pub wq: Linear,
+    pub wk: Linear,
+    pub wv: Linear,
+    pub wo: Linear,
+    pub bq: Option<Vec<f32>>,
+    pub bk: Option<Vec<f32>>,
+    pub bv: Option<Vec<f32>>,
+    /// Per-head RMSNorm of queries and keys (head_dim weights).
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    pub post_attn_norm: Option<Vec<f32>>,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: Linear,
+    pub w_up: Linear,
+    pub w_down: Linear,
+    pub post_ffn_norm: Option<Vec<f32>>,
+}
+
+pub struct Decoder {
+    pub file: SharedFile,
+    pub cfg: DecoderConfig,
+    pub tok_embd: Linear,
+    pub output_norm: Vec<f32>,
+    /// The LM head; the token embedding matrix itself when the file ties them.
+    pub output: Linear,
+    pub layers: Vec<LayerWeights>,
+    /// One RoPE table per distinct base, indexed per layer.
+    ropes: Vec<RopeCache>,
+    layer_rope: Vec<usize>,
+}
+
+/// Tokens processed per forward call during prefill (llama.cpp's n_ubatch).
+pub const N_UBATCH: usize = 512;
+
+/// Mutable state of one conversation: the KV cache and every scratch buffer, sized at creation.
+pub struct Session {
+    pub n_ctx: usize,
+    /// Tokens already in the KV cache.
+    pub n_past: usize,
+    /// (n_layer, n_ctx, n_head_kv * head_dim)
+    k_cache: Vec<f32>,
+    /// (n_layer, n_ctx, n_head_kv * head_dim)
+    v_cache: Vec<f32>,
+    /// (n_ubatch, n_embd): the residual stream.
+    x: Vec<f32>,
+    /// (n_ubatch, n_embd): normalised input of a block.
+    xn: Vec<f32>,
+    /// (n_ubatch, max activation row bytes): quantized block input.
+    act: Vec<u8>,
+    /// (n_ubatch, q_dim)
+    q: Vec<f32>,
+    /// (n_ubatch, kv_dim)
+    k: Vec<f32>,
+    /// (n_ubatch, kv_dim)
+    v: Vec<f32>,
+    /// (n_ubatch, q_dim)
+    attn: Vec<f32>,
+    /// (n_ubatch, max(n_embd, n_ff)): a block's output before the residual add.
+    proj: Vec<f32>,
+    /// (n_ubatch, n_ff)
+    gate: Vec<f32>,
+    /// (n_ubatch, n_ff)
+    up: Vec<f32>,
+    /// (max(n_out) * n_ubatch): transposed matmul output.
+    scratch: Vec<f32>,
+    /// (n_vocab): logits of the last token of the last forward call.
+    pub logits: Vec<f32>,
+}
+
+impl Decoder {
+    pub(super) fn new(
+        file: SharedFile,
+        cfg: DecoderConfig,
+        tok_embd: Linear,
+        output_norm: Vec<f32>,
+        output: Linear,
+        layers: Vec<LayerWeights>,
+    ) -> Self {
+        let mut ropes: Vec<RopeCache> = Vec::new();
+        let mut bases: Vec<f32> = Vec::new();
+        let mut layer_rope = Vec::with_capacity(cfg.n_layer);
+        for l in 0..cfg.n_layer {
+            let base = cfg.layer_rope_base.get(l).copied().flatten().unwrap_or(cfg.rope_base);
+            let idx = match bases.iter().position(|b| *b == base) {
+                Some(i) => i,
+                None => {
+                    bases.push(base);
+                    ropes.push(RopeCache::new(cfg.rope_layout, cfg.rope_dims, base, cfg.rope_freq_scale));
+                    bases.len() - 1
+                }
+            };
+            layer_rope.push(idx);
+        }
+        Self { file, cfg, tok_embd, output_norm, output, layers, ropes, layer_rope }
+    }
+
+    /// Allocate a session with room for `n_ctx` tokens.
+    pub fn new_session(&self, n_ctx: usize) -> Session {
+        let c = &self.cfg;
+        let ub = N_UBATCH;
+        let max_in = c.n_embd.max(c.n_ff).max(c.q_dim());
+        let max_act = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.wq, &l.wo, &l.w_gate, &l.w_down])
+            .chain([&self.output])
+            .map(|w| act_row_bytes(w.info.ty, w.n_in))
+            .max()
+            .unwrap_or(0)
+            .max(max_in * 4);
+        let max_out = c.n_embd.max(c.n_ff).max(c.q_dim()).max(c.kv_dim());
+        Session {
+            n_ctx,
+            n_past: 0,
+            k_cache: vec![0.0; c.n_layer * n_ctx * c.kv_dim()],
+            v_cache: vec![0.0; c.n_layer * n_ctx * c.kv_dim()],
+            x: vec![0.0; ub * c.n_embd],
+            xn: vec![0.0; ub * c.n_embd],
+            act: vec![0; ub * max_act],
+            q: vec![0.0; ub * c.q_dim()],
+            k: vec![0.0; ub * c.kv_dim()],
+            v: vec![0.0; ub * c.kv_dim()],
+            attn: vec![0.0; ub * c.q_dim()],
+            proj: vec![0.0; ub * c.n_embd.max(c.n_ff)],
+            gate: vec![0.0; ub * c.n_ff],
+            up: vec![0.0; ub * c.n_ff],
+            scratch: vec![0.0; ub * max_out],
+            logits: vec![0.0; c.n_vocab],
+        }
+    }
+
+    /// Bytes of weights read per generated token (for GB/s figures).
+    pub fn weight_bytes(&self) -> u64 {
+        let per_layer: u64 = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+            .map(|w| w.info.n_bytes)
+            .sum();
+        per_layer + self.output.info.n_bytes
+    }
+
+    /// Run `tokens` (at positions `s.n_past..`) through the model, append them to the KV cache
+    /// and leave the logits of the last one in `s.logits`. Must run inside the caller's rayon
+    /// pool, which decides the thread count.
+    pub fn forward(&self, k: &Kernels, s: &mut Session, tokens: &[u32]) -> Result<(), ModelError> {
+        let needed = s.n_past + tokens.len();
+        if needed > s.n_ctx {
+            return Err(ModelError::ContextFull { needed, n_ctx: s.n_ctx });
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.cfg.n_vocab) {
+            return Err(ModelError::BadToken { id, n_vocab: self.cfg.n_vocab });
+        }
+        for chunk in tokens.chunks(N_UBATCH) {
+            self.forward_ubatch(k, s, chunk);
+            s.n_past += chunk.len();
+        }
+        Ok(())
+    }
+
+    fn forward_ubatch(&self, k: &Kernels, s: &mut Session, tokens: &[u32]) {
+        let c = &self.cfg;
+        let file = &*self.file;
+        let n = tokens.len();
+        let (d, qd, kvd) = (c.n_embd, c.q_dim(), c.kv_dim());
+        let pos0 = s.n_past;
+
+        for (t, &tok) in tokens.iter().enumerate() {
+            let row = &mut s.x[t * d..(t + 1) * d];
+            self.tok_embd.row_f32(file, tok as usize, row);
+            if let Some(scale) = c.embed_scale {
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
+
+        for (l, lw) in self.layers.iter().enumerate() {
+            // --- attention block ---
+            norm_rows(&mut s.xn[..n * d], &s.x[..n * d], &lw.attn_norm, c.rms_eps);
+            quantize_acts(k, lw.wq.info.ty, &s.xn[..n * d], d, &mut s.act);
+            matmul(k, lw.wq.mat(file), &s.act, n, &mut s.q, &mut s.scratch);
+            if lw.wk.info.ty.vec_dot_type() != lw.wq.info.ty.vec_dot_type() {
+                quantize_acts(k, lw.wk.info.ty, &s.xn[..n * d], d, &mut s.act);
+            }
+            matmul(k, lw.wk.mat(file), &s.act, n, &mut s.k, &mut s.scratch);
+            if lw.wv.info.ty.vec_dot_type() != lw.wk.info.ty.vec_dot_type() {
+                quantize_acts(k, lw.wv.info.ty, &s.xn[..n * d], d, &mut s.act);
+            }
+            matmul(k, lw.wv.mat(file), &s.act, n, &mut s.v, &mut s.scratch);
+            add_bias_rows(&mut s.q[..n * qd], lw.bq.as_deref());
+            add_bias_rows(&mut s.k[..n * kvd], lw.bk.as_deref());
+            add_bias_rows(&mut s.v[..n * kvd], lw.bv.as_deref());
+            let rope = &self.ropes[self.layer_rope[l]];
+            for t in 0..n {
+                let q = &mut s.q[t * qd..(t + 1) * qd];
+                let kr = &mut s.k[t * kvd..(t + 1) * kvd];
+                if let Some(w) = &lw.q_norm {
+                    q.chunks_exact_mut(c.head_dim).for_each(|h| rms_norm_inplace(h, w, c.rms_eps));
+                }
+                if let Some(w) = &lw.k_norm {
+                    kr.chunks_exact_mut(c.head_dim).for_each(|h| rms_norm_inplace(h, w, c.rms_eps));
+                }
+                rope.apply(q, c.head_dim, pos0 + t);
+                rope.apply(kr, c.head_dim, pos0 + t);
+            }
+            let layer_off = l * s.n_ctx * kvd;
+            let kc = &mut s.k_cache[layer_off..layer_off + s.n_ctx * kvd];
+            kc[pos0 * kvd..(pos0 + n) * kvd].copy_from_slice(&s.k[..n * kvd]);
+            let vc = &mut s.v_cache[layer_off..layer_off + s.n_ctx * kvd];
+            vc[pos0 * kvd..(pos0 + n) * kvd].copy_from_slice(&s.v[..n * kvd]);
+            let p = AttnParams {
+                n_head: c.n_head,
+                n_head_kv: c.n_head_kv,
+                head_dim: c.head_dim,
+                scale: c.attn_scale,
+                window: c.layer_window.get(l).copied().flatten(),
+                softcap: None,
+            };
+            let kc = &s.k_cache[layer_off..layer_off + (pos0 + n) * kvd];
+            let vc = &s.v_cache[layer_off..layer_off + (pos0 + n) * kvd];
+            attention(&p, &s.q[..n * qd], kc, vc, pos0, &mut s.attn[..n * qd]);
+            quantize_acts(k, lw.wo.info.ty, &s.attn[..n * qd], qd, &mut s.act);
+            matmul(k, lw.wo.mat(file), &s.act, n, &mut s.proj, &mut s.scratch);
+            residual_add(&mut s.x[..n * d], &mut s.proj[..n * d], lw.post_attn_norm.as_deref(), c.rms_eps);
+
+            // --- feed-forward block ---
+            norm_rows(&mut s.xn[..n * d], &s.x[..n * d], &lw.ffn_norm, c.rms_eps);
+            quantize_acts(k, lw.w_gate.info.ty, &s.xn[..n * d], d, &mut s.act);
+            matmul(k, lw.w_gate.mat(file), &s.act, n, &mut s.gate, &mut s.scratch);
+            if lw.w_up.info.ty.vec_dot_type() != lw.w_gate.info.ty.vec_dot_type() {
+                quantize_acts(k, lw.w_up.info.ty, &s.xn[..n * d], d, &mut s.act);
+            }
+            matmul(k, lw.w_up.mat(file), &s.act, n, &mut s.up, &mut s.scratch);
+            let ff = c.n_ff;
+            let (gate, up) = (&mut s.gate[..n * ff], &s.up[..n * ff]);
+            match c.activation {
+                Activation::Silu => silu_mul(gate, up),
+                Activation::GeluTanh => gelu_tanh_mul(gate, up),
+            }
+            quantize_acts(k, lw.w_down.info.ty, &s.gate[..n * ff], ff, &mut s.act);
+            matmul(k, lw.w_down.mat(file), &s.act, n, &mut s.proj, &mut s.scratch);
+            residual_add(&mut s.x[..n * d], &mut s.proj[..n * d], lw.post_ffn_norm.as_deref(), c.rms_eps);
+        }
+
+        // Only the last token's logits are needed to sample the next one.
+        let last = &s.x[(n - 1) * d..n * d];
+        rms_norm(&mut s.xn[..d], last, &self.output_norm, c.rms_eps);
+        quantize_acts(k, self.output.info.ty, &s.xn[..d], d, &mut s.act);
+        matmul(k, self.output.mat(file), &s.act, 1, &mut s.logits, &mut s.scratch);
+        if let Some(cap) = c.final_logit_softcap {
+            s.logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+        }
+    }
+}
+
+fn norm_rows(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    if x.len() == d {
+        rms_norm(out, x, w, eps);
+    } else {
+        out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, r)| rms_norm(o, r, w, eps));
+    }
+}
+
+fn add_bias_rows(x: &mut [f32], bias: Option<&[f32]>) {
+    if let Some(b) = bias {
+        x.chunks_exact_mut(b.len()).for_each(|row| add_assign(row, b));
+    }
+}
+
+/// `x += post_norm(y)` (or `x += y` without a post-norm).
+fn residual_add(x: &mut [f32], y: &mut [f32], post_norm: Option<&[f32]>, eps: f32) {
+    if let Some(w) = post_norm {
+        y.chunks_exact_mut(w.len()).for_each(|row| rms_norm_inplace(row, w, eps));
+    }
+    add_assign(x, y);
+}

@@ -1,0 +1,49 @@
+//! Model families. Every supported architecture is a decoder-only transformer, so one
+//! parameterised forward pass ([`decoder`]) is shared and each family file is a
+//! `from_gguf` that reads its hyper-parameters and tensor names into a [`DecoderConfig`]
+//! (llama.rs, later gemma3.rs, qwen2.rs, ...). Differences between families are config fields,
+//! not copied code.
+
+pub mod decoder;
+pub mod llama;
+mod weights;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::gguf::{keys, GgufError, GgufFile};
+use crate::quant::QuantError;
+
+pub use decoder::{Decoder, DecoderConfig, Session};
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("unsupported architecture {0:?} (supported: llama)")]
+    UnsupportedArch(String),
+    #[error("tensor {name} has shape {found:?}, expected {expected:?}")]
+    BadShape { name: String, expected: Vec<u64>, found: Vec<u64> },
+    #[error("tensor {name}: {source}")]
+    BadTensor { name: String, source: QuantError },
+    #[error("tensor {name} has type {ty}, which cannot be used as {role}")]
+    BadTensorType { name: String, ty: &'static str, role: &'static str },
+    #[error("bad hyper-parameter {key}: {why}")]
+    BadHyperParam { key: String, why: String },
+    #[error("context is full: {needed} tokens needed, context size is {n_ctx}")]
+    ContextFull { needed: usize, n_ctx: usize },
+    #[error("token id {id} is outside the vocabulary ({n_vocab} tokens)")]
+    BadToken { id: u32, n_vocab: usize },
+}
+
+/// Open a GGUF file and build the model its `general.architecture` names.
+pub fn load(path: &Path) -> Result<Decoder, ModelError> {
+    let file = Arc::new(GgufFile::open(path)?);
+    let arch = file.get_str(keys::GENERAL_ARCHITECTURE)?.to_string();
+    match arch.as_str() {
+        "llama" => llama::from_gguf(file),
+        _ => Err(ModelError::UnsupportedArch(arch)),
+    }
+}

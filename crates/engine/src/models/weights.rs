@@ -1,0 +1,80 @@
+//! Typed, shape-checked handles on tensors inside the mapped file. Shapes are validated once at
+//! load so the forward pass only slices.
+
+use std::sync::Arc;
+
+use super::ModelError;
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::ops::matmul::MatRef;
+use crate::quant::{self, GgmlType};
+
+/// A weight matrix of `n_out` rows of `n_in` elements (ggml dims `[n_in, n_out]`).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub info: TensorInfo,
+    pub n_in: usize,
+    pub n_out: usize,
+}
+
+impl Linear {
+    pub fn load(file: &GgufFile, name: &str, n_in: usize, n_out: usize) -> Result<Self, ModelError> {
+        let info = file
+            .tensor(name)
+            .ok_or_else(|| crate::gguf::GgufError::MissingTensor(name.to_string()))?
+            .clone();
+        check_dims(&info, &[n_in as u64, n_out as u64])?;
+        if matches!(info.ty, GgmlType::Q8_1 | GgmlType::Q8_K) {
+            return Err(ModelError::BadTensorType {
+                name: name.into(),
+                ty: info.ty.name(),
+                role: "a weight matrix",
+            });
+        }
+        Ok(Self { info, n_in, n_out })
+    }
+
+    pub fn mat<'a>(&self, file: &'a GgufFile) -> MatRef<'a> {
+        MatRef { ty: self.info.ty, n_in: self.n_in, n_out: self.n_out, data: file.tensor_data(&self.info) }
+    }
+
+    /// Dequantize row `r` (an embedding lookup).
+    pub fn row_f32(&self, file: &GgufFile, r: usize, out: &mut [f32]) {
+        let rb = self.info.n_bytes as usize / self.n_out;
+        let data = file.tensor_data(&self.info);
+        quant::dequantize_row(self.info.ty, &data[r * rb..(r + 1) * rb], out);
+    }
+}
+
+pub fn check_dims(info: &TensorInfo, expected: &[u64]) -> Result<(), ModelError> {
+    if info.dims != expected {
+        return Err(ModelError::BadShape {
+            name: info.name.clone(),
+            expected: expected.to_vec(),
+            found: info.dims.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// A small vector (norm weight, bias) copied out of the file as f32.
+pub fn load_vector(file: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
+    let info = file
+        .tensor(name)
+        .ok_or_else(|| crate::gguf::GgufError::MissingTensor(name.to_string()))?;
+    check_dims(info, &[n as u64])?;
+    let mut out = vec![0.0; n];
+    if info.ty.block_size() != 1 && n % info.ty.block_size() != 0 {
+        return Err(ModelError::BadTensorType { name: name.into(), ty: info.ty.name(), role: "a vector" });
+    }
+    quant::dequantize_row(info.ty, file.tensor_data(info), &mut out);
+    Ok(out)
+}
+
+pub fn load_vector_opt(file: &GgufFile, name: &str, n: usize) -> Result<Option<Vec<f32>>, ModelError> {
+    if file.tensor(name).is_none() {
+        return Ok(None);
+    }
+    load_vector(file, name, n).map(Some)
+}
+
+pub type SharedFile = Arc<GgufFile>;

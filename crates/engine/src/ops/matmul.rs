@@ -1,0 +1,117 @@
+//! Weight matrix times activations on the thread pool: the hot path of every forward pass.
+//!
+//! A weight matrix is `n_out` rows of `n_in` elements in its GGUF block format. Activations are
+//! quantized once per matrix input into the weight type's `vec_dot_type` (Q8_0/Q8_1/Q8_K, or
+//! plain f32 for float weights) and shared by every matrix that reads the same input.
+//!
+//! Decode (one token) is a matrix-vector product split over row blocks. Prefill is the same
+//! loop with a token tile inside each row block, so a block of weight rows stays in L1 while a
+//! tile of activations streams from L2; results land transposed `(n_out, n_tok)` in a scratch
+//! buffer (each task owns whole rows there, so it is safe to split) and are transposed back.
+
+use rayon::prelude::*;
+
+use crate::cpu::Kernels;
+use crate::quant::GgmlType;
+
+/// A weight matrix inside the model file.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    pub ty: GgmlType,
+    pub n_in: usize,
+    pub n_out: usize,
+    pub data: &'a [u8],
+}
+
+/// Bytes of one activation row of `n` elements quantized for weights of type `ty`.
+pub fn act_row_bytes(ty: GgmlType, n: usize) -> usize {
+    match ty.vec_dot_type() {
+        GgmlType::F32 => n * 4,
+        act => act.row_bytes(n).unwrap_or(0),
+    }
+}
+
+/// Quantize `n_tok` rows of `x` (each `n` long) into `dst` for weights of type `ty`.
+pub fn quantize_acts(k: &Kernels, ty: GgmlType, x: &[f32], n: usize, dst: &mut [u8]) {
+    let rb = act_row_bytes(ty, n);
+    let n_tok = x.len() / n;
+    let dst = &mut dst[..rb * n_tok];
+    match ty.vec_dot_type() {
+        GgmlType::F32 => {
+            for (d, v) in dst.chunks_exact_mut(4).zip(x) {
+                d.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        act => {
+            let q = k.quantize(act);
+            if n_tok == 1 {
+                q(x, dst);
+            } else {
+                dst.par_chunks_mut(rb)
+                    .zip(x.par_chunks(n))
+                    .for_each(|(d, row)| q(row, d));
+            }
+        }
+    }
+}
+
+/// Rows per task: small enough to balance two to sixteen threads on 576-row matrices, large
+/// enough that the per-task cost of rayon stays well under the work.
+const ROWS_PER_TASK: usize = 16;
+/// Tokens per tile in prefill: 64 quantized activation rows of a few hundred bytes fit in L2.
+const TOKEN_TILE: usize = 64;
+
+/// `out[t][r] = dot(w[r], act[t])` for `n_tok` tokens. `out` is `(n_tok, n_out)`;
+/// `scratch` needs `n_out * n_tok` floats when `n_tok > 1`.
+pub fn matmul(
+    k: &Kernels,
+    w: MatRef<'_>,
+    act: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let dot = k.vec_dot(w.ty);
+    let wrb = w.data.len() / w.n_out;
+    let arb = act_row_bytes(w.ty, w.n_in);
+    debug_assert_eq!(wrb * w.n_out, w.data.len());
+    debug_assert!(act.len() >= arb * n_tok);
+    let n_in = w.n_in;
+    if n_tok == 1 {
+        let a = &act[..arb];
+        out[..w.n_out]
+            .par_chunks_mut(ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(blk, o)| {
+                let r0 = blk * ROWS_PER_TASK;
+                for (i, v) in o.iter_mut().enumerate() {
+                    let r = r0 + i;
+                    *v = dot(n_in, &w.data[r * wrb..(r + 1) * wrb], a);
+                }
+            });
+        return;
+    }
+    let t_out = &mut scratch[..w.n_out * n_tok];
+    t_out
+        .par_chunks_mut(ROWS_PER_TASK * n_tok)
+        .enumerate()
+        .for_each(|(blk, o)| {
+            let r0 = blk * ROWS_PER_TASK;
+            let rows = o.len() / n_tok;
+            for t0 in (0..n_tok).step_by(TOKEN_TILE) {
+                let t1 = (t0 + TOKEN_TILE).min(n_tok);
+                for i in 0..rows {
+                    let r = r0 + i;
+                    let wrow = &w.data[r * wrb..(r + 1) * wrb];
+                    for t in t0..t1 {
+                        o[i * n_tok + t] = dot(n_in, wrow, &act[t * arb..(t + 1) * arb]);
+                    }
+                }
+            }
+        });
+    for (t, orow) in out.chunks_exact_mut(w.n_out).take(n_tok).enumerate() {
+        for (r, v) in orow.iter_mut().enumerate() {
+            *v = t_out[r * n_tok + t];
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Rotary position embeddings. Two layouts exist and a model must use the one its weights were
+//! converted for:
+//! - `Normal` (llama.cpp's LLAMA arch): rotates adjacent pairs (x[2i], x[2i+1]); llama.cpp's
+//!   converter permutes the Q/K weights of HF llama checkpoints so this layout is right.
+//! - `Neox` (Gemma, Qwen, Phi-3): rotates (x[i], x[i + d/2]).
+//!
+//! Angles: theta_i = pos * base^(-2i/n_rot), computed as ggml does (start at `pos`, multiply by
+//! base^(-2/n_rot) per pair, in f32) so our angles round the same way as llama.cpp's.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeLayout {
+    Normal,
+    Neox,
+}
+
+#[derive(Clone, Debug)]
+pub struct RopeCache {
+    pub layout: RopeLayout,
+    /// Number of rotated dimensions per head (<= head_dim); the rest pass through.
+    pub n_rot: usize,
+    theta_scale: f32,
+    freq_scale: f32,
+}
+
+impl RopeCache {
+    pub fn new(layout: RopeLayout, n_rot: usize, base: f32, freq_scale: f32) -> Self {
+        let theta_scale = base.powf(-2.0 / n_rot as f32);
+        Self { layout, n_rot, theta_scale, freq_scale }
+    }
+
+    /// Rotate every head of `x` (n_heads * head_dim, heads contiguous) for position `pos`.
+    pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
+        debug_assert_eq!(x.len() % head_dim, 0);
+        let half = self.n_rot / 2;
+        for head in x.chunks_exact_mut(head_dim) {
+            let mut theta = pos as f32;
+            for i in 0..half {
+                let (sin, cos) = (theta * self.freq_scale).sin_cos();
+                theta *= self.theta_scale;
+                let (a, b) = match self.layout {
+                    RopeLayout::Normal => (2 * i, 2 * i + 1),
+                    RopeLayout::Neox => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos - x1 * sin;
+                head[b] = x0 * sin + x1 * cos;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_zero_is_identity_and_norm_is_kept() {
+        for layout in [RopeLayout::Normal, RopeLayout::Neox] {
+            let rope = RopeCache::new(layout, 8, 10000.0, 1.0);
+            let orig: Vec<f32> = (0..16).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let mut x = orig.clone();
+            rope.apply(&mut x, 8, 0);
+            assert_eq!(x, orig);
+            rope.apply(&mut x, 8, 17);
+            let n0: f32 = orig.iter().map(|v| v * v).sum();
+            let n1: f32 = x.iter().map(|v| v * v).sum();
+            assert!((n0 - n1).abs() < 1e-3);
+        }
+    }
+
+    #[test]
+    fn relative_property_dot_depends_on_distance_only() {
+        let rope = RopeCache::new(RopeLayout::Neox, 8, 10000.0, 1.0);
+        let q0: Vec<f32> = (0..8).map(|i| (i as f32).sin()).collect();
+        let k0: Vec<f32> = (0..8).map(|i| (i as f32).cos()).collect();
+        let d = |pq: usize, pk: usize| {
+            let (mut q, mut k) = (q0.clone(), k0.clone());
+            rope.apply(&mut q, 8, pq);
+            rope.apply(&mut k, 8, pk);
+            crate::ops::vec::dot(&q, &k)
+        };
+        assert!((d(5, 2) - d(13, 10)).abs() < 1e-4);
+    }
+}
