@@ -1,12 +1,19 @@
 //! Block formats of GGUF tensors, one file per ggml type, named as ggml names them.
 //!
 //! Each file holds the `#[repr(C)]` block with a compile-time size assertion and the safe
-//! scalar reference: `dequantize_row`, `quantize_row` (where we need one) and `vec_dot`
-//! (weights against the activation format given by [`GgmlType::vec_dot_type`]).
-//! The SIMD variants live in `crate::cpu` and are tested against these references.
+//! scalar reference: `dequantize_row`, `quantize_row` and `vec_dot` (weights against the
+//! activation format given by [`GgmlType::vec_dot_type`]). The SIMD variants live in
+//! `crate::cpu` and are tested against these references.
 //!
 //! Rows are passed as raw little-endian bytes (`&[u8]`) straight out of the mmap: blocks are
-//! read with unaligned loads, so no copy and no alignment requirement on the file.
+//! viewed in place by [`block_view::as_blocks`] (every block struct has alignment 1), so no
+//! copy and no alignment requirement on the file. Nothing here allocates.
+//!
+//! Rounding: the activation quantizers (Q8_0, Q8_1, Q8_K) produce exactly ggml's bytes; the
+//! weight quantizers follow ggml's `quantize_row_*_ref` (round-to-nearest, with the K-quants'
+//! scale searches in `k_search.rs`) and only build test weights and files. `vec_dot`
+//! accumulates in integers where ggml does, so results equal ggml's up to float
+//! reassociation.
 
 use thiserror::Error;
 

@@ -29,6 +29,17 @@ const _: () = assert!(size_of::<BlockQ3K>() == 110);
 // SAFETY: repr(C) of byte arrays only: alignment 1, no padding, any bits valid.
 unsafe impl Block for BlockQ3K {}
 
+/// Packs 16 unsigned 6-bit scales (the signed scale + 32); the inverse of [`scales`].
+fn pack_scales(q: &[u8; 16]) -> [u8; 12] {
+    let mut s = [0u8; 12];
+    for (j, &q) in q.iter().enumerate() {
+        debug_assert!(q < 64);
+        s[j % 8] |= (q & 0x0F) << (4 * (j / 8));
+        s[8 + j % 4] |= (q >> 4) << (2 * (j / 4));
+    }
+    s
+}
+
 /// The 16 signed scales (-32..32) of a block.
 #[inline]
 fn scales(s: &[u8; 12]) -> [i32; 16] {
@@ -90,15 +101,11 @@ pub fn quantize_row(src: &[f32], dst: &mut [u8]) {
         b.scales = [0; 12];
         if max_scale != 0.0 {
             let iscale = -32.0 / max_scale;
-            for (j, &s) in fscales.iter().enumerate() {
-                let q = (nearest_int(iscale * s).clamp(-32, 31) + 32) as u8;
-                if j < 8 {
-                    b.scales[j] = q & 0x0F;
-                } else {
-                    b.scales[j - 8] |= (q & 0x0F) << 4;
-                }
-                b.scales[8 + j % 4] |= (q >> 4) << (2 * (j / 4));
+            let mut q = [0u8; 16];
+            for (q, &s) in q.iter_mut().zip(&fscales) {
+                *q = (nearest_int(iscale * s).clamp(-32, 31) + 32) as u8;
             }
+            b.scales = pack_scales(&q);
             b.d = F16Le::from_f32(1.0 / iscale);
         } else {
             b.d = F16Le::default();
@@ -139,14 +146,43 @@ pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
     );
     let mut sum = 0.0f32;
     for (x, y) in w.iter().zip(a) {
-        let mut sub = [0i32; QK_K / 16];
-        for_each_quant(x, |e, q| sub[e / 16] += q * i32::from(y.qs[e]));
-        let sumi: i32 = sub
-            .iter()
-            .zip(scales(&x.scales))
-            .map(|(s, sc)| s * sc)
-            .sum();
+        let sc = scales(&x.scales);
+        let mut sumi = 0i32;
+        for h in 0..2 {
+            let qs = &x.qs[32 * h..32 * h + 32];
+            for s in 0..4 {
+                // Plane p = 4 h + s is elements 32 p .. 32 p + 32: sub-blocks 2 p and 2 p + 1.
+                let p = 4 * h + s;
+                let qa = &y.qs[32 * p..32 * p + 32];
+                let q = |l: usize| {
+                    let low = i32::from((qs[l] >> (2 * s)) & 3);
+                    low - 4 + 4 * i32::from((x.hmask[l] >> p) & 1)
+                };
+                let s0: i32 = (0..16).map(|l| q(l) * i32::from(qa[l])).sum();
+                let s1: i32 = (16..32).map(|l| q(l) * i32::from(qa[l])).sum();
+                sumi += sc[2 * p] * s0 + sc[2 * p + 1] * s1;
+            }
+        }
         sum += x.d.to_f32() * y.d.get() * sumi as f32;
     }
     sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scales_pack_and_unpack() {
+        for v in 0..64u8 {
+            let mut q = [0u8; 16];
+            for (j, q) in q.iter_mut().enumerate() {
+                *q = (v + 7 * j as u8) % 64;
+            }
+            let unpacked = scales(&pack_scales(&q));
+            for j in 0..16 {
+                assert_eq!(unpacked[j], i32::from(q[j]) - 32, "scale {j}");
+            }
+        }
+    }
 }

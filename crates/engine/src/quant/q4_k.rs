@@ -199,3 +199,24 @@ pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
     }
     sum
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_min_pack_and_unpack() {
+        for v in 0..64u8 {
+            let mut packed = [0u8; 12];
+            let pairs: Vec<(u8, u8)> = (0..8u8)
+                .map(|j| ((v + 5 * j) % 64, (63 - v + 11 * j) % 64))
+                .collect();
+            for (j, &(sc, m)) in pairs.iter().enumerate() {
+                pack_scale_min_k4(j, &mut packed, sc, m);
+            }
+            for (j, &pair) in pairs.iter().enumerate() {
+                assert_eq!(scale_min_k4(j, &packed), pair, "sub-block {j}");
+            }
+        }
+    }
+}
