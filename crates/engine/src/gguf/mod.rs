@@ -2,69 +2,32 @@
 //! writer used by tests and tools to build GGUF files.
 //!
 //! Invariant: every count, length, offset and dimension read from the file is validated before
-//! it is used or allocated for; a hostile file yields a [`GgufError`], never a panic.
+//! it is used or allocated for; a hostile file yields a [`GgufError`], never a panic. After
+//! [`GgufHeader::parse`] succeeds, every [`TensorInfo`] has 1 to 4 nonzero dims, a known type,
+//! rows of whole blocks, an aligned offset and `n_bytes` that lie inside the data section, and
+//! no two tensors overlap; metadata keys and tensor names are unique.
 //!
-//! API contract (filled in by the GGUF work; other modules code against these signatures):
+//! Cost: parsing copies the metadata (strings, arrays) and the tensor index into owned values;
+//! tensor data is never copied.
+//!
+//! Submodules: `reader` (parsing and validation), `value` (metadata values), `writer`
+//! ([`writer::GgufWriter`]), `error` ([`GgufError`]), `keys` (key names).
 
 use std::path::Path;
 
-use thiserror::Error;
+use memmap2::Mmap;
 
 use crate::quant::GgmlType;
 
+mod error;
 pub mod keys;
+mod reader;
+mod value;
+pub mod writer;
 
-#[derive(Debug, Error)]
-pub enum GgufError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error("not a GGUF file (magic {0:02x?})")]
-    BadMagic([u8; 4]),
-    #[error("missing metadata key {0}")]
-    MissingKey(String),
-    #[error("metadata key {key} has type {found}, expected {expected}")]
-    WrongType { key: String, expected: &'static str, found: &'static str },
-    #[error("tensor {0} not found")]
-    MissingTensor(String),
-    // ... more structured variants (Truncated, UnsupportedVersion, TensorOutOfBounds { name, .. },
-    // UnsupportedType, BadAlignment, TooMany { what, count }, InvalidUtf8, OverlappingTensors, ...)
-}
-
-/// A metadata value. Arrays are typed so a 262k-entry vocabulary is one `Vec<String>`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    U8(u8),
-    I8(i8),
-    U16(u16),
-    I16(i16),
-    U32(u32),
-    I32(i32),
-    U64(u64),
-    I64(i64),
-    F32(f32),
-    F64(f64),
-    Bool(bool),
-    String(String),
-    Array(Array),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Array {
-    U8(Vec<u8>),
-    I8(Vec<i8>),
-    U16(Vec<u16>),
-    I16(Vec<i16>),
-    U32(Vec<u32>),
-    I32(Vec<i32>),
-    U64(Vec<u64>),
-    I64(Vec<i64>),
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-    Bool(Vec<bool>),
-    String(Vec<String>),
-    /// Nested arrays (allowed by the format, rare in practice).
-    Array(Vec<Array>),
-}
+pub use error::GgufError;
+pub use reader::{DEFAULT_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_DIMS};
+pub use value::{Array, Value};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorInfo {
@@ -99,62 +62,151 @@ pub struct GgufHeader {
 impl GgufHeader {
     /// Parse and validate a whole file image (header + data) held in memory. Used by the fuzzer.
     pub fn parse(bytes: &[u8]) -> Result<Self, GgufError> {
-        let _ = bytes;
-        todo!()
+        reader::parse(bytes)
     }
+
+    // Lookups scan linearly: a file has tens of keys and hundreds of tensors, looked up once
+    // each at load, and a side index would go stale if a caller edits the public fields.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        let _ = key;
-        todo!()
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
+
+    fn require(&self, key: &str) -> Result<&Value, GgufError> {
+        self.get(key)
+            .ok_or_else(|| GgufError::MissingKey(key.to_owned()))
+    }
+
+    fn wrong_type(key: &str, expected: &'static str, found: &Value) -> GgufError {
+        GgufError::WrongType {
+            key: key.to_owned(),
+            expected,
+            found: found.type_name(),
+        }
+    }
+
     /// String value, or MissingKey / WrongType.
     pub fn get_str(&self, key: &str) -> Result<&str, GgufError> {
-        let _ = key;
-        todo!()
+        match self.require(key)? {
+            Value::String(s) => Ok(s),
+            other => Err(Self::wrong_type(key, "string", other)),
+        }
     }
+
     /// Any integer type whose value fits in u32 (GGUF writers differ in the integer width used).
     pub fn get_u32(&self, key: &str) -> Result<u32, GgufError> {
-        let _ = key;
-        todo!()
+        let value = self.require(key)?;
+        let int = value
+            .as_int()
+            .ok_or_else(|| Self::wrong_type(key, "integer", value))?;
+        u32::try_from(int).map_err(|_| GgufError::ValueOutOfRange {
+            key: key.to_owned(),
+            expected: "u32",
+            value: int,
+        })
     }
+
+    /// Any integer type whose value fits in u64.
+    pub fn get_u64(&self, key: &str) -> Result<u64, GgufError> {
+        let value = self.require(key)?;
+        let int = value
+            .as_int()
+            .ok_or_else(|| Self::wrong_type(key, "integer", value))?;
+        u64::try_from(int).map_err(|_| GgufError::ValueOutOfRange {
+            key: key.to_owned(),
+            expected: "u64",
+            value: int,
+        })
+    }
+
     /// F32 or F64 (narrowed), or an integer.
     pub fn get_f32(&self, key: &str) -> Result<f32, GgufError> {
-        let _ = key;
-        todo!()
+        match *self.require(key)? {
+            Value::F32(v) => Ok(v),
+            Value::F64(v) => Ok(v as f32),
+            ref other => match other.as_int() {
+                Some(int) => Ok(int as f32),
+                None => Err(Self::wrong_type(key, "float", other)),
+            },
+        }
     }
+
     pub fn get_bool(&self, key: &str) -> Result<bool, GgufError> {
-        let _ = key;
-        todo!()
+        match self.require(key)? {
+            Value::Bool(b) => Ok(*b),
+            other => Err(Self::wrong_type(key, "bool", other)),
+        }
     }
+
     pub fn get_array(&self, key: &str) -> Result<&Array, GgufError> {
-        let _ = key;
-        todo!()
+        match self.require(key)? {
+            Value::Array(a) => Ok(a),
+            other => Err(Self::wrong_type(key, "array", other)),
+        }
     }
+
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        let _ = name;
-        todo!()
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The bytes of `info` inside `file`, the image this header was parsed from; None when
+    /// they lie outside it (an info from another file).
+    pub fn tensor_data<'a>(&self, file: &'a [u8], info: &TensorInfo) -> Option<&'a [u8]> {
+        let start = self.data_offset.checked_add(info.offset)?;
+        let end = start.checked_add(info.n_bytes)?;
+        file.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
     }
 }
 
 /// A GGUF file on a read-only memory map.
 pub struct GgufFile {
     pub header: GgufHeader,
-    // mmap: memmap2::Mmap,
+    mmap: Mmap,
 }
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self, GgufError> {
-        let _ = path;
-        todo!()
+        let io = |source| GgufError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the mapping is read-only and we never hand out a mutable view, but a memory
+        // map is only sound while nobody else changes the file: if another process truncates
+        // or rewrites the file while it is mapped, reads could fault (SIGBUS) or see bytes
+        // change under validated slices. Model files are written once and then only read; we
+        // document that they must not be modified or truncated while a backstop process has
+        // them open, as every mmap-based GGUF loader (llama.cpp included) requires.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let header = GgufHeader::parse(&mmap)?;
+        Ok(Self { header, mmap })
     }
+
+    /// The whole file image.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.mmap
+    }
+
     /// The tensor's bytes inside the mapping (bounds were checked at open).
+    ///
+    /// Panics if `info` did not come from this file's header and lies outside the mapping:
+    /// that is a caller bug, not bad input, since every info from this header is in bounds.
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
-        let _ = info;
-        todo!()
+        match self.header.tensor_data(&self.mmap, info) {
+            Some(data) => data,
+            None => panic!(
+                "tensor {} lies outside this file: TensorInfo from another file?",
+                info.name
+            ),
+        }
     }
+
     /// Look up a tensor by name and return its info and bytes, or MissingTensor.
     pub fn tensor_by_name(&self, name: &str) -> Result<(&TensorInfo, &[u8]), GgufError> {
-        let _ = name;
-        todo!()
+        let info = self
+            .header
+            .tensor(name)
+            .ok_or_else(|| GgufError::MissingTensor(name.to_owned()))?;
+        Ok((info, self.tensor_data(info)))
     }
 }
 
