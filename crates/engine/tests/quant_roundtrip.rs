@@ -235,23 +235,35 @@ fn constant_rows_round_trip() {
     }
 }
 
+/// The smallest amplitude at which the format's f16 super-scale is still a normal number
+/// (>= 6.1e-5). Below it the scale itself loses relative precision (as in ggml, which stores
+/// the same f16), so the per-type error bound no longer applies.
+fn smallest_normal_amplitude(ty: GgmlType) -> f32 {
+    match ty {
+        GgmlType::F32 | GgmlType::BF16 | GgmlType::Q8_K => 1e-30,
+        GgmlType::F16 => 1e-3,
+        GgmlType::Q8_0 | GgmlType::Q8_1 => 1e-2, // d = amax / 127
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q2_K => 4e-3, // d = amax / 16, range / 15 / 15
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q3_K => 1e-2, // d = range / 31, amax / 4 / 32
+        GgmlType::Q4_K | GgmlType::Q5_K => 0.1,  // d = range / 31 / 63
+        GgmlType::Q6_K => 0.3,                   // d = amax / 32 / 128
+    }
+}
+
 /// Scales far from 1: large values whose block scales still fit an f16 (ggml stores them as
-/// f16 too, so larger ones overflow there as well), and small values down to where the f16
-/// scales of the 32-element formats are still normal numbers.
+/// f16 too, so larger ones overflow there as well; f32-scaled formats take 1e30), and small
+/// values down to where the f16 scales are still normal numbers: all within the per-type
+/// bound, with `vec_dot` consistent with dequantization.
 #[test]
 fn extreme_scales() {
     let mut rng = StdRng::seed_from_u64(7);
     for ty in GgmlType::ALL {
         let n = odd_lengths(ty)[1];
-        // F16's largest finite value is 65504; keep below it. The 6-bit sub-scales of Q4_K/Q5_K
-        // and 8-bit of Q6_K divide d further, so the smallest amplitude is chosen per kind.
-        let small = match ty {
-            GgmlType::F32 | GgmlType::Q8_K => 1e-30,
-            GgmlType::F16 => 1e-3,
-            GgmlType::BF16 => 1e-30,
-            _ => 0.1,
+        let huge = match ty {
+            GgmlType::F32 | GgmlType::BF16 | GgmlType::Q8_K => 1e30,
+            _ => 3.0e4,
         };
-        for amplitude in [3.0e4f32, small] {
+        for amplitude in [huge, smallest_normal_amplitude(ty)] {
             let x: Vec<f32> = (0..n)
                 .map(|_| amplitude * rng.random_range(-1.0f32..1.0))
                 .collect();
@@ -270,6 +282,38 @@ fn extreme_scales() {
             );
             let a: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
             let (_, qa) = quant_dot(ty, &w, &a);
+            assert_vec_dot_consistent(ty, &w, &qa, n, &format!("amplitude {amplitude}"));
+        }
+    }
+}
+
+/// Values far below the f16 scales' normal range: precision may go, but nothing may turn
+/// NaN or infinite, blow up past the input's size, or break `vec_dot`'s consistency.
+#[test]
+fn tiny_values_degrade_gracefully() {
+    let mut rng = StdRng::seed_from_u64(8);
+    for ty in GgmlType::ALL {
+        let n = odd_lengths(ty)[1];
+        for amplitude in [1e-6f32, 1e-9] {
+            let x: Vec<f32> = (0..n)
+                .map(|_| amplitude * rng.random_range(-1.0f32..1.0))
+                .collect();
+            let w = quantize(ty, &x);
+            let y = dequantize(ty, &w, n);
+            assert!(
+                y.iter().all(|v| v.is_finite()),
+                "{} amplitude {amplitude}",
+                ty.name()
+            );
+            let err = relative_rmse(&x, &y);
+            assert!(
+                err <= 1.0,
+                "{} amplitude {amplitude}: relative rmse {err}",
+                ty.name()
+            );
+            let a: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let (d, qa) = quant_dot(ty, &w, &a);
+            assert!(d.is_finite(), "{} amplitude {amplitude}", ty.name());
             assert_vec_dot_consistent(ty, &w, &qa, n, &format!("amplitude {amplitude}"));
         }
     }

@@ -148,7 +148,7 @@ impl GgmlType {
     /// Bytes of a row of `n` elements, or an error when `n` is not a whole number of blocks.
     pub fn row_bytes(self, n: usize) -> Result<usize, QuantError> {
         let block = self.block_size();
-        if n % block != 0 {
+        if !n.is_multiple_of(block) {
             return Err(QuantError::PartialBlock { ty: self, n, block });
         }
         Ok(n / block * self.type_size())
