@@ -7,3 +7,5 @@
 pub mod cpu;
 pub mod gguf;
 pub mod quant;
+pub mod tokenizer;
+pub mod chat;
