@@ -3,15 +3,44 @@
 //!
 //! A tier can be forced (`BACKSTOP_KERNELS=ref|avx2|avx512|neon` or the CLI's `--kernels`) so
 //! any test can run on the scalar reference path.
+//!
+//! Layout: [`reference`] wraps the scalar references of `crate::quant` as plain function
+//! pointers; `x86_64/avx2.rs`, `x86_64/avx512.rs` and `aarch64/neon.rs` hold the SIMD variants as
+//! `#[target_feature]` functions. A SIMD function is only ever handed out by [`Variant::vec_dot`]
+//! and friends, which return `None` unless the running CPU has the features it was compiled for;
+//! that check is what makes the safe wrappers sound, so nothing else may expose them.
+//!
+//! Invariants the SIMD dot products share with ggml's: activation quants (Q8_0, Q8_1, Q8_K) lie
+//! in `-127..=127`, as every quantizer here and in ggml produces them, and Q8_0 weight quants do
+//! too (ggml's `quantize_row_q8_0` never writes -128). The sign trick used for i8 x i8 products
+//! would give a wrong sign for a `-128` activation against a negative weight.
+
+use std::fmt;
+use std::str::FromStr;
+
+use thiserror::Error;
 
 use crate::quant::GgmlType;
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+mod k_scales;
+pub mod reference;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
 
 /// `(n, weight_row_bytes, activation_row_bytes) -> dot`. Activations are in `ty.vec_dot_type()`.
 pub type VecDotFn = fn(usize, &[u8], &[u8]) -> f32;
 /// `(src, dst_bytes)`: quantize a row of activations into a `vec_dot_type` format.
 pub type QuantizeFn = fn(&[f32], &mut [u8]);
+/// Dot product of two equal-length f32 slices.
+pub type DotF32Fn = fn(&[f32], &[f32]) -> f32;
+/// `out[i] += a * x[i]` over equal-length slices.
+pub type ScaleAddFn = fn(&mut [f32], &[f32], f32);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A SIMD level; each implies the ones it is built on (AVX-512 tables fall back to AVX2
+/// kernels for types without an AVX-512 variant, and every tier to the scalar reference).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Tier {
     Ref,
     Avx2,
@@ -19,22 +48,336 @@ pub enum Tier {
     Neon,
 }
 
-#[derive(Clone, Copy, Debug)]
+impl Tier {
+    pub const ALL: [Tier; 4] = [Tier::Ref, Tier::Avx2, Tier::Avx512, Tier::Neon];
+
+    /// The name `BACKSTOP_KERNELS` and `--kernels` accept.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Ref => "ref",
+            Tier::Avx2 => "avx2",
+            Tier::Avx512 => "avx512",
+            Tier::Neon => "neon",
+        }
+    }
+
+    /// Whether the running CPU can execute this tier's kernels.
+    pub fn is_supported(self) -> bool {
+        self.missing_features().is_none()
+    }
+
+    /// `None` when the CPU supports the tier, else what it lacks (for error messages).
+    pub fn missing_features(self) -> Option<&'static str> {
+        match self {
+            Tier::Ref => None,
+            Tier::Avx2 => Variant::Avx2.missing_features(),
+            Tier::Avx512 => Variant::Avx512.missing_features(),
+            Tier::Neon => Variant::Neon.missing_features(),
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Tier {
+    type Err = KernelError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        Tier::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| KernelError::UnknownTier(s.to_string()))
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum KernelError {
+    #[error("unknown kernel tier {0:?} (expected one of: ref, avx2, avx512, neon)")]
+    UnknownTier(String),
+    #[error("this CPU cannot run the {tier} kernels: it lacks {missing}")]
+    Unsupported { tier: Tier, missing: &'static str },
+}
+
+/// The environment variable that forces a tier (`ref|avx2|avx512|neon`).
+pub const KERNELS_ENV: &str = "BACKSTOP_KERNELS";
+
+/// The kernel table of one tier. Copy it freely; look functions up once per matrix, not per row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kernels {
     pub tier: Tier,
 }
 
+impl Default for Kernels {
+    fn default() -> Self {
+        Self::detect()
+    }
+}
+
 impl Kernels {
+    /// The scalar reference tier: runs everywhere.
+    pub const REFERENCE: Kernels = Kernels { tier: Tier::Ref };
+
+    /// The best tier this CPU supports.
+    pub fn detect() -> Self {
+        let tier = [Tier::Avx512, Tier::Avx2, Tier::Neon]
+            .into_iter()
+            .find(|t| t.is_supported())
+            .unwrap_or(Tier::Ref);
+        Kernels { tier }
+    }
+
+    /// A given tier, or an error naming the missing CPU features.
+    pub fn new(tier: Tier) -> Result<Self, KernelError> {
+        match tier.missing_features() {
+            None => Ok(Kernels { tier }),
+            Some(missing) => Err(KernelError::Unsupported { tier, missing }),
+        }
+    }
+
+    /// The tier `BACKSTOP_KERNELS` names, or [`Kernels::detect`] when it is unset or empty.
+    pub fn from_env() -> Result<Self, KernelError> {
+        match std::env::var(KERNELS_ENV) {
+            Ok(v) if !v.trim().is_empty() => Self::new(v.parse()?),
+            _ => Ok(Self::detect()),
+        }
+    }
+
+    /// Every tier this CPU can run, the reference first.
+    pub fn available_tiers() -> Vec<Tier> {
+        Tier::ALL.into_iter().filter(|t| t.is_supported()).collect()
+    }
+
+    /// The SIMD variants this table draws from, best first; the reference is always last.
+    fn variants(&self) -> &'static [Variant] {
+        // Checked here rather than trusted: `tier` is a public field, and handing out a SIMD
+        // function on a CPU without its features would be undefined behaviour.
+        if let Some(missing) = self.tier.missing_features() {
+            panic!(
+                "this CPU cannot run the {} kernels: it lacks {missing}",
+                self.tier
+            );
+        }
+        match self.tier {
+            Tier::Ref => &[Variant::Ref],
+            Tier::Avx2 => &[Variant::Avx2, Variant::Ref],
+            Tier::Avx512 => {
+                if Variant::Avx512Vnni.is_supported() {
+                    &[
+                        Variant::Avx512Vnni,
+                        Variant::Avx512,
+                        Variant::Avx2,
+                        Variant::Ref,
+                    ]
+                } else {
+                    &[Variant::Avx512, Variant::Avx2, Variant::Ref]
+                }
+            }
+            Tier::Neon => {
+                if Variant::NeonDotprod.is_supported() {
+                    &[Variant::NeonDotprod, Variant::Neon, Variant::Ref]
+                } else {
+                    &[Variant::Neon, Variant::Ref]
+                }
+            }
+        }
+    }
+
     /// The dot product for weights of `ty` at this tier; falls back to the scalar reference
     /// for types the tier has no variant of.
     pub fn vec_dot(&self, ty: GgmlType) -> VecDotFn {
-        let _ = ty;
-        todo!("filled in by the kernels work")
+        self.variants()
+            .iter()
+            .find_map(|v| v.vec_dot(ty))
+            .unwrap_or(reference::vec_dot(ty))
     }
 
-    /// The activation quantizer for `act_ty` (Q8_0, Q8_1 or Q8_K) at this tier.
+    /// The activation quantizer for `act_ty` (Q8_0, Q8_1 or Q8_K, or F32 as a plain copy) at
+    /// this tier. Its bytes are identical to the scalar reference's.
     pub fn quantize(&self, act_ty: GgmlType) -> QuantizeFn {
-        let _ = act_ty;
-        todo!("filled in by the kernels work")
+        self.variants()
+            .iter()
+            .find_map(|v| v.quantize(act_ty))
+            .unwrap_or(reference::quantize(act_ty))
+    }
+
+    /// The f32 dot product of this tier (for attention scores).
+    pub fn dot_f32_fn(&self) -> DotF32Fn {
+        self.variants()
+            .iter()
+            .find_map(|v| v.dot_f32())
+            .unwrap_or(reference::dot_f32)
+    }
+
+    /// `out += a * x` of this tier (for attention's weighted sum of values).
+    pub fn scale_add_fn(&self) -> ScaleAddFn {
+        self.variants()
+            .iter()
+            .find_map(|v| v.scale_add())
+            .unwrap_or(reference::scale_add)
+    }
+
+    /// Dot product of two equal-length f32 slices. In a loop, take [`Self::dot_f32_fn`] once.
+    pub fn dot_f32(&self, a: &[f32], b: &[f32]) -> f32 {
+        (self.dot_f32_fn())(a, b)
+    }
+
+    /// `out[i] += a * x[i]`. In a loop, take [`Self::scale_add_fn`] once.
+    pub fn scale_add(&self, out: &mut [f32], x: &[f32], a: f32) {
+        (self.scale_add_fn())(out, x, a)
+    }
+}
+
+/// One compiled implementation family. A tier draws on one or more of them (AVX-512 on
+/// `Avx512Vnni` where the CPU has VNNI, then `Avx512`, then `Avx2`); tests and benches walk
+/// them all so that each is checked against the reference on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Variant {
+    Ref,
+    Avx2,
+    Avx512,
+    Avx512Vnni,
+    Neon,
+    NeonDotprod,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 6] = [
+        Variant::Ref,
+        Variant::Avx2,
+        Variant::Avx512,
+        Variant::Avx512Vnni,
+        Variant::Neon,
+        Variant::NeonDotprod,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Ref => "ref",
+            Variant::Avx2 => "avx2",
+            Variant::Avx512 => "avx512",
+            Variant::Avx512Vnni => "avx512vnni",
+            Variant::Neon => "neon",
+            Variant::NeonDotprod => "neon+dotprod",
+        }
+    }
+
+    /// `None` when the running CPU has every feature this variant was compiled for, else
+    /// the features it lacks (or that the binary is for another architecture).
+    pub fn missing_features(self) -> Option<&'static str> {
+        match self {
+            Variant::Ref => None,
+            #[cfg(target_arch = "x86_64")]
+            Variant::Avx2 | Variant::Avx512 | Variant::Avx512Vnni => x86_64::missing(self),
+            #[cfg(not(target_arch = "x86_64"))]
+            Variant::Avx2 | Variant::Avx512 | Variant::Avx512Vnni => {
+                Some("x86_64 (not this build's architecture)")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Variant::Neon | Variant::NeonDotprod => aarch64::missing(self),
+            #[cfg(not(target_arch = "aarch64"))]
+            Variant::Neon | Variant::NeonDotprod => Some("aarch64 (not this build's architecture)"),
+        }
+    }
+
+    pub fn is_supported(self) -> bool {
+        self.missing_features().is_none()
+    }
+
+    /// This variant's own dot product for `ty`, if it has one and the CPU can run it.
+    pub fn vec_dot(self, ty: GgmlType) -> Option<VecDotFn> {
+        if !self.is_supported() {
+            return None;
+        }
+        match self {
+            Variant::Ref => Some(reference::vec_dot(ty)),
+            #[cfg(target_arch = "x86_64")]
+            Variant::Avx2 | Variant::Avx512 | Variant::Avx512Vnni => x86_64::vec_dot(self, ty),
+            #[cfg(target_arch = "aarch64")]
+            Variant::Neon | Variant::NeonDotprod => aarch64::vec_dot(self, ty),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// This variant's own activation quantizer for `act_ty`, if any and the CPU can run it.
+    pub fn quantize(self, act_ty: GgmlType) -> Option<QuantizeFn> {
+        if !self.is_supported() {
+            return None;
+        }
+        match self {
+            Variant::Ref => Some(reference::quantize(act_ty)),
+            #[cfg(target_arch = "x86_64")]
+            Variant::Avx2 | Variant::Avx512 | Variant::Avx512Vnni => x86_64::quantize(self, act_ty),
+            #[cfg(target_arch = "aarch64")]
+            Variant::Neon | Variant::NeonDotprod => aarch64::quantize(self, act_ty),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// This variant's own f32 dot product, if any and the CPU can run it.
+    pub fn dot_f32(self) -> Option<DotF32Fn> {
+        if !self.is_supported() {
+            return None;
+        }
+        match self {
+            Variant::Ref => Some(reference::dot_f32),
+            #[cfg(target_arch = "x86_64")]
+            Variant::Avx2 | Variant::Avx512 | Variant::Avx512Vnni => x86_64::dot_f32(self),
+            #[cfg(target_arch = "aarch64")]
+            Variant::Neon | Variant::NeonDotprod => aarch64::dot_f32(self),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// This variant's own `out += a * x`, if any and the CPU can run it.
+    pub fn scale_add(self) -> Option<ScaleAddFn> {
+        if !self.is_supported() {
+            return None;
+        }
+        match self {
+            Variant::Ref => Some(reference::scale_add),
+            #[cfg(target_arch = "x86_64")]
+            Variant::Avx2 | Variant::Avx512 | Variant::Avx512Vnni => x86_64::scale_add(self),
+            #[cfg(target_arch = "aarch64")]
+            Variant::Neon | Variant::NeonDotprod => aarch64::scale_add(self),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+}
+
+/// The number of blocks in a row of `n` elements, after checking that both rows hold them
+/// (`w_block` and `a_block` bytes per block of `qk` elements). The SIMD kernels read raw
+/// pointers, so their safe wrappers must establish this; it costs two compares per row.
+#[allow(dead_code)] // not every architecture's build has SIMD kernels
+#[inline(always)]
+pub(crate) fn row_blocks(
+    n: usize,
+    qk: usize,
+    w: &[u8],
+    w_block: usize,
+    a: &[u8],
+    a_block: usize,
+) -> usize {
+    let nb = n / qk;
+    assert!(
+        nb * qk == n && w.len() >= nb * w_block && a.len() >= nb * a_block,
+        "vec_dot: {n} elements do not fit rows of {} and {} bytes ({qk} per block)",
+        w.len(),
+        a.len()
+    );
+    nb
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }

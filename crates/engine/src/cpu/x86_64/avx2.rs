@@ -1,0 +1,504 @@
+//! AVX2 + FMA + F16C kernels: the legacy block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), the
+//! float rows (F32, F16, BF16), the f32 helpers and the Q8_0/Q8_1 activation quantizers.
+//! The K-quants are in `avx2_k.rs`.
+//!
+//! Integer products use `vpmaddubsw` (u8 x i8 pairs summed to i16) then `vpmaddwd` by ones (to
+//! i32): exact as long as a pair stays within i16, which holds for 4/5-bit weights against any
+//! i8 and for |q| <= 127 against |q| <= 127 (see the module docs of `cpu`). Signed x signed
+//! products move the sign of the weight onto the activation first (`vpsignb`).
+//!
+//! Every kernel is an `unsafe fn` with `#[target_feature(enable = "avx2,fma,f16c")]`, reached
+//! only through a safe wrapper that `super::vec_dot`/`quantize` hand out after runtime
+//! detection; the wrappers check row lengths, the kernels then read with unaligned loads.
+
+use std::arch::x86_64::*;
+
+use crate::cpu::row_blocks;
+
+/// Generates the safe wrapper of a block kernel `unsafe fn(nb, w, a) -> f32`.
+macro_rules! safe_vec_dot {
+    ($name:ident => $kernel:ident, $qk:expr, $w_block:expr, $a_block:expr) => {
+        pub(super) fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            let nb = row_blocks(n, $qk, w, $w_block, a, $a_block);
+            // SAFETY: this wrapper is handed out only after runtime detection found the
+            // features the kernel is compiled for (`x86_64::missing`), and `row_blocks`
+            // checked that `nb` blocks of both rows are in bounds.
+            unsafe { $kernel(nb, w.as_ptr(), a.as_ptr()) }
+        }
+    };
+}
+pub(super) use safe_vec_dot;
+
+safe_vec_dot!(vec_dot_f32 => dot_f32_raw, 1, 4, 4);
+safe_vec_dot!(vec_dot_f16 => dot_f16_f32_raw, 1, 2, 4);
+safe_vec_dot!(vec_dot_bf16 => dot_bf16_f32_raw, 1, 2, 4);
+safe_vec_dot!(vec_dot_q4_0_q8_0 => q4_0_q8_0, 32, 18, 34);
+safe_vec_dot!(vec_dot_q4_1_q8_1 => q4_1_q8_1, 32, 20, 36);
+safe_vec_dot!(vec_dot_q5_0_q8_0 => q5_0_q8_0, 32, 22, 34);
+safe_vec_dot!(vec_dot_q5_1_q8_1 => q5_1_q8_1, 32, 24, 36);
+safe_vec_dot!(vec_dot_q8_0_q8_0 => q8_0_q8_0, 32, 34, 34);
+
+// ---- shared helpers (inlined into the kernels, which have the same features) ----
+
+/// Sum of the eight lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hsum_ps(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Sum of four i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hsum_epi32_128(v: __m128i) -> i32 {
+    let s = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// An f16 (two little-endian bytes at `p`) as f32, by F16C.
+///
+/// # Safety
+/// `p` must be valid for reading two bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn load_f16(p: *const u8) -> f32 {
+    // SAFETY: the caller guarantees two readable bytes; x86-64 is little-endian.
+    let bits = unsafe { p.cast::<u16>().read_unaligned() };
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// An f32 as the two little-endian bytes of an f16, rounded to nearest even (F16C), which is
+/// what the reference's `half::f16::from_f32` gives for every finite value.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn f16_bytes(x: f32) -> [u8; 2] {
+    let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x));
+    (_mm_cvtsi128_si32(h) as u16).to_le_bytes()
+}
+
+/// 32 unaligned bytes at `p`.
+///
+/// # Safety
+/// `p` must be valid for reading 32 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn loadu(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 32 readable bytes; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(p.cast()) }
+}
+
+/// 16 unaligned bytes at `p`.
+///
+/// # Safety
+/// `p` must be valid for reading 16 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn loadu128(p: *const u8) -> __m128i {
+    // SAFETY: the caller guarantees 16 readable bytes; loadu has no alignment requirement.
+    unsafe { _mm_loadu_si128(p.cast()) }
+}
+
+/// The 32 nibbles of 16 bytes at `p` as bytes 0..=15: low nibbles in lanes 0..16 (elements
+/// 0..16 of a block), high nibbles in lanes 16..32 (elements 16..32).
+///
+/// # Safety
+/// `p` must be valid for reading 16 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn nibbles(p: *const u8) -> __m256i {
+    // SAFETY: forwarded to the caller.
+    let b = unsafe { loadu128(p) };
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(b), b);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// The 32 bits of `bits` as bytes: 0xFF where bit `i` is set, 0 elsewhere (lane `i`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn bits_to_bytes(bits: u32) -> __m256i {
+    let v = _mm256_set1_epi32(bits as i32);
+    // Lane i takes byte i / 8 of `bits` (both 128-bit halves hold all four bytes).
+    let spread = _mm256_shuffle_epi8(
+        v,
+        _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+        ),
+    );
+    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask)
+}
+
+/// Eight i32 sums of four u8 x i8 products each (`u` unsigned, at most 127 or any `s` below 128).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+/// Eight i32 sums of four i8 x i8 products each (|x|, |y| <= 127, or x small).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256i {
+    dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+}
+
+// ---- legacy block formats ----
+
+/// Q4_0 (18-byte blocks: d, 16 nibble bytes) against Q8_0 (34: d, 32 i8).
+///
+/// # Safety
+/// AVX2, FMA and F16C present; `w` and `a` valid for `nb` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
+    // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        for i in 0..nb {
+            let (x, y) = (w.add(i * 18), a.add(i * 34));
+            let d = _mm256_set1_ps(load_f16(x) * load_f16(y));
+            let qx = _mm256_sub_epi8(nibbles(x.add(2)), _mm256_set1_epi8(8));
+            let p = dot_i8_i8(qx, loadu(y.add(2)));
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+        }
+        hsum_ps(acc)
+    }
+}
+
+/// Q4_1 (20: d, m, 16 nibble bytes) against Q8_1 (36: d, s = d * sum(q), 32 i8).
+///
+/// # Safety
+/// AVX2, FMA and F16C present; `w` and `a` valid for `nb` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4_1_q8_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
+    // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let mut summ = 0.0f32;
+        for i in 0..nb {
+            let (x, y) = (w.add(i * 20), a.add(i * 36));
+            let dy = load_f16(y);
+            summ += load_f16(x.add(2)) * load_f16(y.add(2));
+            let d = _mm256_set1_ps(load_f16(x) * dy);
+            let p = dot_u8_i8(nibbles(x.add(4)), loadu(y.add(4)));
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+        }
+        hsum_ps(acc) + summ
+    }
+}
+
+/// Q5_0 (22: d, qh u32, 16 nibble bytes) against Q8_0.
+///
+/// # Safety
+/// AVX2, FMA and F16C present; `w` and `a` valid for `nb` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
+    // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        for i in 0..nb {
+            let (x, y) = (w.add(i * 22), a.add(i * 34));
+            let d = _mm256_set1_ps(load_f16(x) * load_f16(y));
+            let qh = x.add(2).cast::<u32>().read_unaligned();
+            // q - 16: OR 0xF0 into the nibble where the fifth bit is clear (giving nibble - 16
+            // as i8), leave it alone where set (giving nibble + 16 - 16).
+            let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
+            let qx = _mm256_or_si256(nibbles(x.add(6)), hi);
+            let p = dot_i8_i8(qx, loadu(y.add(2)));
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+        }
+        hsum_ps(acc)
+    }
+}
+
+/// Q5_1 (24: d, m, qh u32, 16 nibble bytes) against Q8_1.
+///
+/// # Safety
+/// AVX2, FMA and F16C present; `w` and `a` valid for `nb` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_1_q8_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
+    // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let mut summ = 0.0f32;
+        for i in 0..nb {
+            let (x, y) = (w.add(i * 24), a.add(i * 36));
+            let dy = load_f16(y);
+            summ += load_f16(x.add(2)) * load_f16(y.add(2));
+            let d = _mm256_set1_ps(load_f16(x) * dy);
+            let qh = x.add(4).cast::<u32>().read_unaligned();
+            let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
+            let qx = _mm256_or_si256(nibbles(x.add(8)), hi);
+            let p = dot_u8_i8(qx, loadu(y.add(4)));
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+        }
+        hsum_ps(acc) + summ
+    }
+}
+
+/// Q8_0 against Q8_0, two blocks per step into two accumulators.
+///
+/// # Safety
+/// AVX2, FMA and F16C present; `w` and `a` valid for `nb` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q8_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
+    // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for i in 0..nb {
+            let (x, y) = (w.add(i * 34), a.add(i * 34));
+            let d = _mm256_set1_ps(load_f16(x) * load_f16(y));
+            let p = dot_i8_i8(loadu(x.add(2)), loadu(y.add(2)));
+            acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[i & 1]);
+        }
+        hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+    }
+}
+
+// ---- float rows ----
+
+/// f32 x f32 over `n` elements (`nb` = n): four accumulators of eight.
+///
+/// # Safety
+/// AVX2, FMA and F16C present; `w` and `a` valid for `4 * n` bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f32_raw(n: usize, w: *const u8, a: *const u8) -> f32 {
+    let (x, y) = (w.cast::<f32>(), a.cast::<f32>());
+    // SAFETY: every read is of elements `< n` (caller's contract); loads are unaligned.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let o = i + 8 * k;
+                *acc = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(o)), _mm256_loadu_ps(y.add(o)), *acc);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(i)), _mm256_loadu_ps(y.add(i)), acc[0]);
+            i += 8;
+        }
+        let mut sum = hsum_ps(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
+        while i < n {
+            sum += x.add(i).read_unaligned() * y.add(i).read_unaligned();
+            i += 1;
+        }
+        sum
+    }
+}
+
+/// f16 weights x f32 activations over `n` elements.
+///
+/// # Safety
+/// AVX2, FMA and F16C present; `w` valid for `2 * n` bytes, `a` for `4 * n`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16_f32_raw(n: usize, w: *const u8, a: *const u8) -> f32 {
+    let y = a.cast::<f32>();
+    // SAFETY: every read is of elements `< n` (caller's contract); loads are unaligned.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let o = i + 8 * k;
+                let xv = _mm256_cvtph_ps(loadu128(w.add(2 * o)));
+                *acc = _mm256_fmadd_ps(xv, _mm256_loadu_ps(y.add(o)), *acc);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            let xv = _mm256_cvtph_ps(loadu128(w.add(2 * i)));
+            acc[0] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(y.add(i)), acc[0]);
+            i += 8;
+        }
+        let mut sum = hsum_ps(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
+        while i < n {
+            sum += load_f16(w.add(2 * i)) * y.add(i).read_unaligned();
+            i += 1;
+        }
+        sum
+    }
+}
+
+/// bf16 weights x f32 activations over `n` elements (bf16 is the top half of an f32).
+///
+/// # Safety
+/// AVX2, FMA and F16C present; `w` valid for `2 * n` bytes, `a` for `4 * n`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_bf16_f32_raw(n: usize, w: *const u8, a: *const u8) -> f32 {
+    let y = a.cast::<f32>();
+    // SAFETY: every read is of elements `< n` (caller's contract); loads are unaligned.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut i = 0;
+        while i + 8 <= n {
+            let bits = _mm256_cvtepu16_epi32(loadu128(w.add(2 * i)));
+            let xv = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits));
+            let k = (i / 8) & 1;
+            acc[k] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(y.add(i)), acc[k]);
+            i += 8;
+        }
+        let mut sum = hsum_ps(_mm256_add_ps(acc[0], acc[1]));
+        while i < n {
+            let b = u32::from(w.add(2 * i).cast::<u16>().read_unaligned());
+            sum += f32::from_bits(b << 16) * y.add(i).read_unaligned();
+            i += 1;
+        }
+        sum
+    }
+}
+
+/// The f32 dot product of two slices (attention scores).
+pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot_f32 lengths");
+    // SAFETY: handed out only after runtime detection of AVX2, FMA and F16C; both slices hold
+    // `a.len()` f32s.
+    unsafe { dot_f32_raw(a.len(), a.as_ptr().cast(), b.as_ptr().cast()) }
+}
+
+/// `out[i] += s * x[i]`.
+pub(super) fn scale_add(out: &mut [f32], x: &[f32], s: f32) {
+    assert_eq!(out.len(), x.len(), "scale_add lengths");
+    // SAFETY: handed out only after runtime detection of AVX2, FMA and F16C; both slices hold
+    // `out.len()` f32s and `out` is exclusively borrowed.
+    unsafe { scale_add_raw(out.len(), out.as_mut_ptr(), x.as_ptr(), s) }
+}
+
+/// # Safety
+/// AVX2, FMA and F16C present; `out` and `x` valid for `n` f32s, `out` writable.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scale_add_raw(n: usize, out: *mut f32, x: *const f32, s: f32) {
+    // SAFETY: every access is to elements `< n` (caller's contract); unaligned loads/stores.
+    unsafe {
+        let sv = _mm256_set1_ps(s);
+        let mut i = 0;
+        while i + 8 <= n {
+            let o = _mm256_fmadd_ps(sv, _mm256_loadu_ps(x.add(i)), _mm256_loadu_ps(out.add(i)));
+            _mm256_storeu_ps(out.add(i), o);
+            i += 8;
+        }
+        while i < n {
+            // Same rounding as the reference's `o += a * v` (no fused multiply-add there).
+            *out.add(i) += s * *x.add(i);
+            i += 1;
+        }
+    }
+}
+
+// ---- activation quantizers (bytes identical to crate::quant's references) ----
+
+/// `round(v)` with ties away from zero, as `f32::round` (the reference's rounding), lane-wise.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn round_away(v: __m256) -> __m256 {
+    let sign = _mm256_set1_ps(-0.0);
+    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+    // v - trunc(v) is exact, so comparing it with 0.5 decides ties exactly.
+    let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+    let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
+    let one = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0));
+    _mm256_add_ps(t, _mm256_and_ps(up, one))
+}
+
+/// Packs four vectors of eight i32 into 32 saturated i8 (as `as i8` saturates), in order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn pack_i32x32_to_i8(i: [__m256i; 4]) -> __m256i {
+    // packs work per 128-bit lane, leaving 4-byte groups in the order 0 2 4 6 1 3 5 7.
+    let p01 = _mm256_packs_epi32(i[0], i[1]);
+    let p23 = _mm256_packs_epi32(i[2], i[3]);
+    let p = _mm256_packs_epi16(p01, p23);
+    _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// Quantizes the 32 floats at `x` as the Q8_0 reference does; returns the f32 scale and
+/// stores the quants at `qs`. With `sum`, also returns the sum of the stored quants.
+///
+/// # Safety
+/// AVX2, FMA and F16C present; `x` valid for 32 f32 reads, `qs` for 32 byte writes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_block_q8(x: *const f32, qs: *mut u8) -> (f32, i32) {
+    // SAFETY: reads x[0..32] and writes qs[0..32] (caller's contract), unaligned.
+    unsafe {
+        let v = [
+            _mm256_loadu_ps(x),
+            _mm256_loadu_ps(x.add(8)),
+            _mm256_loadu_ps(x.add(16)),
+            _mm256_loadu_ps(x.add(24)),
+        ];
+        let sign = _mm256_set1_ps(-0.0);
+        let m = _mm256_max_ps(
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+        );
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        let amax = _mm_cvtss_f32(m);
+        // Scalar, as the reference: the same IEEE operations give the same bits.
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let lo = _mm256_set1_epi32(-128);
+        let hi = _mm256_set1_epi32(127);
+        let mut q = [_mm256_setzero_si256(); 4];
+        let mut sum = _mm256_setzero_si256();
+        for k in 0..4 {
+            let r = _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[k], id)));
+            q[k] = _mm256_max_epi32(_mm256_min_epi32(r, hi), lo);
+            sum = _mm256_add_epi32(sum, q[k]);
+        }
+        _mm256_storeu_si256(qs.cast(), pack_i32x32_to_i8(q));
+        let s = _mm_add_epi32(
+            _mm256_castsi256_si128(sum),
+            _mm256_extracti128_si256::<1>(sum),
+        );
+        (d, hsum_epi32_128(s))
+    }
+}
+
+/// Q8_0 activations (34-byte blocks), bytes identical to `quant::q8_0::quantize_row`.
+pub(super) fn quantize_q8_0(src: &[f32], dst: &mut [u8]) {
+    let nb = src.len() / 32;
+    assert!(
+        nb * 32 == src.len() && dst.len() == nb * 34,
+        "quantize Q8_0 lengths"
+    );
+    for (x, y) in src.chunks_exact(32).zip(dst.chunks_exact_mut(34)) {
+        // SAFETY: handed out only after runtime detection of AVX2, FMA and F16C; `x` holds 32
+        // floats and `y` 34 bytes, of which the quants take the last 32.
+        let d = unsafe { quantize_block_q8(x.as_ptr(), y.as_mut_ptr().add(2)).0 };
+        // SAFETY: as above.
+        y[..2].copy_from_slice(&unsafe { f16_bytes(d) });
+    }
+}
+
+/// Q8_1 activations (36-byte blocks: d, s = d * sum(q), 32 i8), bytes identical to
+/// `quant::q8_1::quantize_row` (`s` from the f32 `d`, not the f16-rounded one).
+pub(super) fn quantize_q8_1(src: &[f32], dst: &mut [u8]) {
+    let nb = src.len() / 32;
+    assert!(
+        nb * 32 == src.len() && dst.len() == nb * 36,
+        "quantize Q8_1 lengths"
+    );
+    for (x, y) in src.chunks_exact(32).zip(dst.chunks_exact_mut(36)) {
+        // SAFETY: handed out only after runtime detection of AVX2, FMA and F16C; `x` holds 32
+        // floats and `y` 36 bytes, of which the quants take the last 32.
+        let (d, sum) = unsafe { quantize_block_q8(x.as_ptr(), y.as_mut_ptr().add(4)) };
+        // SAFETY: as above.
+        let (db, sb) = unsafe { (f16_bytes(d), f16_bytes(sum as f32 * d)) };
+        y[..2].copy_from_slice(&db);
+        y[2..4].copy_from_slice(&sb);
+    }
+}

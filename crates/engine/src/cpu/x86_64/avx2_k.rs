@@ -1,0 +1,290 @@
+//! AVX2 + FMA + F16C kernels for the K-quants against Q8_K activations (Q4_K, Q5_K, Q6_K) and
+//! the Q8_K activation quantizer. Q2_K and Q3_K have no SIMD variant: the scalar reference
+//! serves them (no model we target uses them for more than a tensor or two).
+//!
+//! Super-blocks are 256 elements. Q8_K carries `bsums`, the sums of each 16 activation quants,
+//! so the constant parts of the weights (Q4_K/Q5_K's per-sub-block mins, Q6_K's offset of 32)
+//! cost one 16-lane multiply-add per super-block instead of a pass over the quants. All integer
+//! sums of a super-block are exact in i32; only the per-block scale multiply rounds.
+
+use std::arch::x86_64::*;
+
+use super::avx2::{
+    hsum_epi32_128, hsum_ps, load_f16, loadu, loadu128, pack_i32x32_to_i8, safe_vec_dot,
+};
+use crate::cpu::k_scales::unpack_q4_k;
+use crate::cpu::row_blocks;
+
+/// Bytes per super-block: Q4_K, Q5_K, Q6_K, Q8_K.
+pub(super) const Q4_K_BYTES: usize = 144;
+pub(super) const Q5_K_BYTES: usize = 176;
+pub(super) const Q6_K_BYTES: usize = 210;
+pub(super) const Q8_K_BYTES: usize = 292;
+/// Offsets inside a Q8_K block: f32 d, 256 i8 quants, 16 i16 bsums.
+pub(super) const Q8K_QS: usize = 4;
+pub(super) const Q8K_BSUMS: usize = 260;
+
+safe_vec_dot!(vec_dot_q4_k_q8_k => q4_k_q8_k, 256, Q4_K_BYTES, Q8_K_BYTES);
+safe_vec_dot!(vec_dot_q5_k_q8_k => q5_k_q8_k, 256, Q5_K_BYTES, Q8_K_BYTES);
+safe_vec_dot!(vec_dot_q6_k_q8_k => q6_k_q8_k, 256, Q6_K_BYTES, Q8_K_BYTES);
+
+/// Byte-shuffle masks that broadcast scales `2k` and `2k + 1` of 16 i8 scales into the low and
+/// high eight bytes (then widened to i16: one scale per 16-element half of a 32-byte vector).
+pub(super) const Q6K_SCALE_SHUFFLE: [[u8; 16]; 8] = {
+    let mut t = [[0u8; 16]; 8];
+    let mut k = 0;
+    while k < 8 {
+        let mut j = 0;
+        while j < 16 {
+            t[k][j] = (2 * k + j / 8) as u8;
+            j += 1;
+        }
+        k += 1;
+    }
+    t
+};
+
+/// `sum_j mins[j] * (bsums[2j] + bsums[2j+1])` of a Q8_K block: the min term of Q4_K/Q5_K.
+///
+/// # Safety
+/// AVX2 present; `bsums` valid for 32 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn mins_dot_bsums(mins: [u8; 8], bsums: *const u8) -> i32 {
+    // SAFETY: reads the 32 bytes of `bsums` (caller's contract).
+    let (b0, b1) = unsafe { (loadu128(bsums), loadu128(bsums.add(16))) };
+    let sums = _mm_hadd_epi16(b0, b1); // 8 sums of 32 quants: |s| <= 32 * 127, fits i16
+    let m = _mm_cvtepu8_epi16(_mm_set1_epi64x(i64::from_le_bytes(mins)));
+    hsum_epi32_128(_mm_madd_epi16(m, sums))
+}
+
+/// Q4_K (d, dmin, 12 scale bytes, 128 nibble bytes) against Q8_K.
+///
+/// # Safety
+/// AVX2, FMA and F16C present; `w` and `a` valid for `nb` super-blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k_q8_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
+    // SAFETY: every pointer read is inside super-block `i < nb` of its row (caller's contract).
+    unsafe {
+        let low4 = _mm256_set1_epi8(0x0F);
+        let mut acc = _mm256_setzero_ps();
+        let mut summ = 0.0f32;
+        for i in 0..nb {
+            let (x, y) = (w.add(i * Q4_K_BYTES), a.add(i * Q8_K_BYTES));
+            let dy = y.cast::<f32>().read_unaligned();
+            let d = load_f16(x) * dy;
+            let dmin = load_f16(x.add(2)) * dy;
+            let (sc, mn) = unpack_q4_k(&*x.add(4).cast::<[u8; 12]>());
+            summ += dmin * mins_dot_bsums(mn, y.add(Q8K_BSUMS)) as f32;
+            let mut sumi = _mm256_setzero_si256();
+            for j in 0..4 {
+                let q4 = loadu(x.add(16 + 32 * j));
+                let lo = _mm256_and_si256(q4, low4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), low4);
+                let ylo = loadu(y.add(Q8K_QS + 64 * j));
+                let yhi = loadu(y.add(Q8K_QS + 64 * j + 32));
+                let plo = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(lo, ylo),
+                    _mm256_set1_epi16(i16::from(sc[2 * j])),
+                );
+                let phi = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(hi, yhi),
+                    _mm256_set1_epi16(i16::from(sc[2 * j + 1])),
+                );
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+            }
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        }
+        hsum_ps(acc) - summ
+    }
+}
+
+/// Q5_K (d, dmin, 12 scale bytes, 32 high-bit bytes, 128 nibble bytes) against Q8_K.
+///
+/// # Safety
+/// AVX2, FMA and F16C present; `w` and `a` valid for `nb` super-blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_k_q8_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
+    // SAFETY: every pointer read is inside super-block `i < nb` of its row (caller's contract).
+    unsafe {
+        let low4 = _mm256_set1_epi8(0x0F);
+        let one = _mm256_set1_epi8(1);
+        let mut acc = _mm256_setzero_ps();
+        let mut summ = 0.0f32;
+        for i in 0..nb {
+            let (x, y) = (w.add(i * Q5_K_BYTES), a.add(i * Q8_K_BYTES));
+            let dy = y.cast::<f32>().read_unaligned();
+            let d = load_f16(x) * dy;
+            let dmin = load_f16(x.add(2)) * dy;
+            let (sc, mn) = unpack_q4_k(&*x.add(4).cast::<[u8; 12]>());
+            summ += dmin * mins_dot_bsums(mn, y.add(Q8K_BSUMS)) as f32;
+            // Byte l of qh holds the fifth bit of element l of sub-block b in its bit b.
+            let mut hb = loadu(x.add(16));
+            let mut sumi = _mm256_setzero_si256();
+            for j in 0..4 {
+                let q = loadu(x.add(48 + 32 * j));
+                let h0 = _mm256_slli_epi16::<4>(_mm256_and_si256(hb, one));
+                let h1 = _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<1>(hb), one));
+                hb = _mm256_srli_epi16::<2>(hb);
+                let lo = _mm256_or_si256(_mm256_and_si256(q, low4), h0);
+                let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q), low4), h1);
+                let ylo = loadu(y.add(Q8K_QS + 64 * j));
+                let yhi = loadu(y.add(Q8K_QS + 64 * j + 32));
+                let plo = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(lo, ylo),
+                    _mm256_set1_epi16(i16::from(sc[2 * j])),
+                );
+                let phi = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(hi, yhi),
+                    _mm256_set1_epi16(i16::from(sc[2 * j + 1])),
+                );
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+            }
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        }
+        hsum_ps(acc) - summ
+    }
+}
+
+/// Q6_K (128 low-nibble bytes, 64 high-2-bit bytes, 16 i8 scales, d) against Q8_K.
+///
+/// Weights are `q - 32` with `q` in 0..64: the unsigned `q` goes through `vpmaddubsw`, and
+/// `32 * sum_g scale_g * bsum_g` is taken off once per super-block.
+///
+/// # Safety
+/// AVX2, FMA and F16C present; `w` and `a` valid for `nb` super-blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_q8_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
+    // SAFETY: every pointer read is inside super-block `i < nb` of its row (caller's contract).
+    unsafe {
+        let low4 = _mm256_set1_epi8(0x0F);
+        let three = _mm256_set1_epi8(3);
+        let mut acc = _mm256_setzero_ps();
+        for i in 0..nb {
+            let (x, y) = (w.add(i * Q6_K_BYTES), a.add(i * Q8_K_BYTES));
+            let d = load_f16(x.add(208)) * y.cast::<f32>().read_unaligned();
+            let scales = loadu128(x.add(192));
+            let offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(scales), loadu(y.add(Q8K_BSUMS)));
+            let mut sumi = _mm256_setzero_si256();
+            for h in 0..2 {
+                let ql = x.add(64 * h);
+                let qh = loadu(x.add(128 + 32 * h));
+                let (b1, b2) = (loadu(ql), loadu(ql.add(32)));
+                let q = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(b1, low4),
+                        _mm256_slli_epi16::<4>(_mm256_and_si256(qh, three)),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(b2, low4),
+                        _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), three)),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(b1), low4),
+                        _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), three)),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(b2), low4),
+                        _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), three)),
+                    ),
+                ];
+                for (k, &qk) in q.iter().enumerate() {
+                    let yk = loadu(y.add(Q8K_QS + 128 * h + 32 * k));
+                    let shuf = loadu128(Q6K_SCALE_SHUFFLE[4 * h + k].as_ptr());
+                    let s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuf));
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qk, yk), s);
+                    sumi = _mm256_add_epi32(sumi, p);
+                }
+            }
+            let sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<5>(offset));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        }
+        hsum_ps(acc)
+    }
+}
+
+/// Q8_K activations (f32 d, 256 i8, 16 i16 bsums), bytes identical to the reference.
+pub(super) fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
+    let nb = src.len() / 256;
+    assert!(
+        nb * 256 == src.len() && dst.len() == nb * Q8_K_BYTES,
+        "quantize Q8_K lengths"
+    );
+    for (x, y) in src.chunks_exact(256).zip(dst.chunks_exact_mut(Q8_K_BYTES)) {
+        // SAFETY: handed out only after runtime detection of AVX2, FMA and F16C; `x` holds
+        // 256 floats and `y` one 292-byte block.
+        unsafe { quantize_block_q8_k(x.as_ptr(), y.as_mut_ptr()) }
+    }
+}
+
+/// # Safety
+/// AVX2, FMA and F16C present; `x` valid for 256 f32 reads, `y` for 292 byte writes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_block_q8_k(x: *const f32, y: *mut u8) {
+    // SAFETY: reads x[0..256], writes y[0..292] (caller's contract), unaligned.
+    unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_setzero_ps();
+        for k in 0..32 {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x.add(8 * k))));
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        if amax == 0.0 {
+            std::ptr::write_bytes(y, 0, Q8_K_BYTES);
+            return;
+        }
+        // The reference keeps the sign of the first element of largest magnitude.
+        let target = _mm256_set1_ps(amax);
+        let mut max = amax;
+        for k in 0..32 {
+            let v = _mm256_loadu_ps(x.add(8 * k));
+            let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(
+                _mm256_andnot_ps(sign, v),
+                target,
+            ));
+            if hit != 0 {
+                max = *x.add(8 * k + hit.trailing_zeros() as usize);
+                break;
+            }
+        }
+        let iscale = -127.0 / max;
+        let is = _mm256_set1_ps(iscale);
+        let hi = _mm256_set1_epi32(127);
+        let qs = y.add(Q8K_QS);
+        let bsums = y.add(Q8K_BSUMS);
+        for g in 0..8 {
+            let mut q = [_mm256_setzero_si256(); 4];
+            for (k, q) in q.iter_mut().enumerate() {
+                let v = _mm256_mul_ps(_mm256_loadu_ps(x.add(32 * g + 8 * k)), is);
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                *q = _mm256_min_epi32(_mm256_cvtps_epi32(r), hi);
+            }
+            // Two groups of 16 per 32 quants: lanes 0..8 + 8..16 and 16..24 + 24..32.
+            let s0 = _mm256_add_epi32(q[0], q[1]);
+            let s1 = _mm256_add_epi32(q[2], q[3]);
+            let s0 = _mm_add_epi32(
+                _mm256_castsi256_si128(s0),
+                _mm256_extracti128_si256::<1>(s0),
+            );
+            let s1 = _mm_add_epi32(
+                _mm256_castsi256_si128(s1),
+                _mm256_extracti128_si256::<1>(s1),
+            );
+            let b0 = hsum_epi32_128(s0) as i16;
+            let b1 = hsum_epi32_128(s1) as i16;
+            bsums
+                .add(4 * g)
+                .cast::<[u8; 2]>()
+                .write_unaligned(b0.to_le_bytes());
+            bsums
+                .add(4 * g + 2)
+                .cast::<[u8; 2]>()
+                .write_unaligned(b1.to_le_bytes());
+            _mm256_storeu_si256(qs.add(32 * g).cast(), pack_i32x32_to_i8(q));
+        }
+        y.cast::<[u8; 4]>()
+            .write_unaligned((1.0 / iscale).to_le_bytes());
+    }
+}

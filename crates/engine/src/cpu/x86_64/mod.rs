@@ -1,0 +1,94 @@
+//! x86-64 SIMD variants: AVX2 (+FMA, F16C) and AVX-512 (F, BW, VL; VNNI where present).
+//!
+//! The functions of `avx2` and `avx512` are safe wrappers over `#[target_feature]` kernels.
+//! They are sound only on a CPU with those features, so this module hands them out only after
+//! [`missing`] has found every feature present.
+
+use crate::quant::GgmlType;
+
+use super::{DotF32Fn, QuantizeFn, ScaleAddFn, Variant, VecDotFn};
+
+mod avx2;
+mod avx2_k;
+mod avx512;
+
+/// The features each variant's kernels are compiled with, checked at run time
+/// (`is_x86_feature_detected!` caches its answer, so this is a few loads).
+pub(super) fn missing(v: Variant) -> Option<&'static str> {
+    let avx2 = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    let avx512 = avx2
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl");
+    match v {
+        Variant::Avx2 if !avx2 => Some("avx2, fma or f16c"),
+        Variant::Avx512 | Variant::Avx512Vnni if !avx512 => Some("avx512f, avx512bw or avx512vl"),
+        Variant::Avx512Vnni if !is_x86_feature_detected!("avx512vnni") => Some("avx512vnni"),
+        Variant::Neon | Variant::NeonDotprod => Some("aarch64 (not this build's architecture)"),
+        _ => None,
+    }
+}
+
+/// The variant's own kernel for `ty`; the caller has checked [`missing`].
+pub(super) fn vec_dot(v: Variant, ty: GgmlType) -> Option<VecDotFn> {
+    debug_assert!(missing(v).is_none());
+    let f: VecDotFn = match (v, ty) {
+        (Variant::Avx2, GgmlType::F32) => avx2::vec_dot_f32,
+        (Variant::Avx2, GgmlType::F16) => avx2::vec_dot_f16,
+        (Variant::Avx2, GgmlType::BF16) => avx2::vec_dot_bf16,
+        (Variant::Avx2, GgmlType::Q4_0) => avx2::vec_dot_q4_0_q8_0,
+        (Variant::Avx2, GgmlType::Q4_1) => avx2::vec_dot_q4_1_q8_1,
+        (Variant::Avx2, GgmlType::Q5_0) => avx2::vec_dot_q5_0_q8_0,
+        (Variant::Avx2, GgmlType::Q5_1) => avx2::vec_dot_q5_1_q8_1,
+        (Variant::Avx2, GgmlType::Q8_0) => avx2::vec_dot_q8_0_q8_0,
+        (Variant::Avx2, GgmlType::Q4_K) => avx2_k::vec_dot_q4_k_q8_k,
+        (Variant::Avx2, GgmlType::Q5_K) => avx2_k::vec_dot_q5_k_q8_k,
+        (Variant::Avx2, GgmlType::Q6_K) => avx2_k::vec_dot_q6_k_q8_k,
+        (Variant::Avx512, GgmlType::F32) => avx512::vec_dot_f32,
+        (Variant::Avx512, GgmlType::Q4_0) => avx512::vec_dot_q4_0_q8_0,
+        (Variant::Avx512, GgmlType::Q4_1) => avx512::vec_dot_q4_1_q8_1,
+        (Variant::Avx512, GgmlType::Q8_0) => avx512::vec_dot_q8_0_q8_0,
+        (Variant::Avx512, GgmlType::Q4_K) => avx512::vec_dot_q4_k_q8_k,
+        (Variant::Avx512, GgmlType::Q6_K) => avx512::vec_dot_q6_k_q8_k,
+        (Variant::Avx512Vnni, GgmlType::Q4_0) => avx512::vec_dot_q4_0_q8_0_vnni,
+        (Variant::Avx512Vnni, GgmlType::Q4_1) => avx512::vec_dot_q4_1_q8_1_vnni,
+        (Variant::Avx512Vnni, GgmlType::Q8_0) => avx512::vec_dot_q8_0_q8_0_vnni,
+        (Variant::Avx512Vnni, GgmlType::Q4_K) => avx512::vec_dot_q4_k_q8_k_vnni,
+        (Variant::Avx512Vnni, GgmlType::Q6_K) => avx512::vec_dot_q6_k_q8_k_vnni,
+        // Q2_K, Q3_K, Q8_1 and Q8_K weights have no SIMD variant yet: the reference serves them.
+        _ => return None,
+    };
+    Some(f)
+}
+
+/// The variant's own activation quantizer; AVX-512 tiers use the AVX2 ones (quantizing a
+/// row is a small part of a matrix-vector product).
+pub(super) fn quantize(v: Variant, act_ty: GgmlType) -> Option<QuantizeFn> {
+    debug_assert!(missing(v).is_none());
+    let f: QuantizeFn = match (v, act_ty) {
+        (Variant::Avx2, GgmlType::Q8_0) => avx2::quantize_q8_0,
+        (Variant::Avx2, GgmlType::Q8_1) => avx2::quantize_q8_1,
+        (Variant::Avx2, GgmlType::Q8_K) => avx2_k::quantize_q8_k,
+        _ => return None,
+    };
+    Some(f)
+}
+
+pub(super) fn dot_f32(v: Variant) -> Option<DotF32Fn> {
+    debug_assert!(missing(v).is_none());
+    match v {
+        Variant::Avx2 => Some(avx2::dot_f32),
+        Variant::Avx512 => Some(avx512::dot_f32),
+        _ => None,
+    }
+}
+
+pub(super) fn scale_add(v: Variant) -> Option<ScaleAddFn> {
+    debug_assert!(missing(v).is_none());
+    match v {
+        Variant::Avx2 => Some(avx2::scale_add),
+        _ => None,
+    }
+}
