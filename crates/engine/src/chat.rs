@@ -5,8 +5,11 @@
 //! and `lstrip_blocks` on, Python string/dict methods (`.strip()`, `.startswith()`,
 //! `.split()`, `.items()` via minijinja-contrib's pycompat), `raise_exception`, `strftime_now`,
 //! and a `tojson` that writes JSON as Python's `json.dumps` does (", " and ": " separators,
-//! keys in insertion order, no HTML escaping). A template that fails to compile or raises is
-//! an error naming where the template came from; there is never a silent fallback.
+//! no HTML escaping). One known difference: map keys come out in minijinja's map order, which
+//! is sorted unless minijinja's `preserve_order` feature is on (it is not in this workspace),
+//! where Python keeps insertion order; it only shows in templates that dump tool schemas.
+//! A template that fails to compile or raises is an error naming where the template came
+//! from; there is never a silent fallback.
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -90,6 +90,18 @@ fn gemma3_ids_equal_llama_cpp() {
     check("tokenizer_refs_gemma3.json");
 }
 
+/// Extra reference files (same JSON shape; absolute paths, comma-separated) named by
+/// `TOKENIZER_REFS`, e.g. random strings tokenized by `llama-server`'s `/tokenize`:
+/// `TOKENIZER_REFS=/tmp/a.json cargo test --test tokenizer_llamacpp -- --ignored`.
+#[test]
+#[ignore = "needs TOKENIZER_REFS pointing at recorded llama.cpp ids"]
+fn extra_refs_from_env() {
+    let list = std::env::var("TOKENIZER_REFS").expect("set TOKENIZER_REFS");
+    for path in list.split(',') {
+        check(path);
+    }
+}
+
 #[test]
 fn smollm2_special_ids_and_end_of_generation() {
     // Values as llama.cpp prints them when loading the file (print_info).

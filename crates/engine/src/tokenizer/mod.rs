@@ -586,7 +586,7 @@ fn apply_eog_workarounds(eog: &mut Vec<u32>, attrs: &mut [u16], tokens: &[String
     let has = |eog: &[u32], t: &str| find(eog, t).is_some();
     if let Some(end) = find(eog, "<|end|>") {
         let call = has(eog, "<|call|>") || has(eog, "<|calls|>");
-        if (has(eog, "<|return|>") && call) || (call && has(eog, "<|flush|>")) {
+        if call && (has(eog, "<|return|>") || has(eog, "<|flush|>")) {
             eog.retain(|&id| id != end);
             attrs[end as usize] = attr::USER_DEFINED;
         }

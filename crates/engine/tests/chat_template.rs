@@ -1,0 +1,183 @@
+//! Chat templates: SmolLM2's own template against llama.cpp's rendering (recorded from
+//! `llama-server --jinja`'s `/apply-template` by tests/data/record_chat_refs.py), Gemma 3's
+//! built-in template, and the template environment's Python-compatible helpers and errors.
+
+use std::path::PathBuf;
+
+use backstop_engine::chat::{ChatError, ChatMessage, ChatTemplate, TemplateSource};
+use backstop_engine::gguf::GgufFile;
+use backstop_engine::tokenizer::Tokenizer;
+use serde_json::Value;
+
+fn open(model: &str) -> GgufFile {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(model);
+    assert!(
+        path.exists(),
+        "test model {} is missing: run scripts/fetch-models first",
+        path.display()
+    );
+    GgufFile::open(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+}
+
+fn template_of(model: &str) -> (ChatTemplate, Tokenizer) {
+    let file = open(model);
+    let tk = Tokenizer::from_gguf(&file).expect("tokenizer");
+    let tmpl = ChatTemplate::from_gguf(&file, &tk).expect("chat template");
+    (tmpl, tk)
+}
+
+fn msgs(pairs: &[(&str, &str)]) -> Vec<ChatMessage> {
+    pairs
+        .iter()
+        .map(|(r, c)| ChatMessage::new(*r, *c))
+        .collect()
+}
+
+fn custom(src: &str) -> Result<ChatTemplate, ChatError> {
+    ChatTemplate::new(
+        src.to_owned(),
+        TemplateSource::Custom,
+        "<s>".into(),
+        "</s>".into(),
+    )
+}
+
+#[test]
+fn smollm2_renders_exactly_as_llama_cpp() {
+    let (tmpl, _) = template_of("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert_eq!(tmpl.source(), &TemplateSource::File);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/chat_refs_smollm2.json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cases = doc["cases"].as_array().unwrap();
+    assert!(!cases.is_empty());
+    for case in cases {
+        let messages: Vec<ChatMessage> = case["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .collect();
+        let add_gen = case["add_generation_prompt"].as_bool().unwrap();
+        let got = tmpl.render(&messages, add_gen).expect("render");
+        assert_eq!(
+            got,
+            case["prompt"].as_str().unwrap(),
+            "messages {messages:?}, add_generation_prompt {add_gen}"
+        );
+    }
+}
+
+#[test]
+fn smollm2_prompt_tokenizes_with_single_special_tokens() {
+    let (tmpl, tk) = template_of("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let prompt = tmpl
+        .render_prompt(&msgs(&[("user", "Hi")]), true, tk.add_bos())
+        .unwrap();
+    let ids = tk.encode(&prompt, true).unwrap();
+    assert_eq!(ids[0], 1, "<|im_start|>");
+    assert_eq!(
+        ids.iter().filter(|&&i| i == 1).count(),
+        3,
+        "system, user, assistant turns"
+    );
+}
+
+#[test]
+fn gemma3_uses_the_built_in_gemma_template() {
+    let (tmpl, tk) = template_of("models/gemma-3-270m-q4_k_m.gguf");
+    assert_eq!(tmpl.source(), &TemplateSource::BuiltIn("gemma"));
+    assert_eq!(tmpl.source().to_string(), "built-in gemma template");
+    let conversation = msgs(&[
+        ("system", "Be brief."),
+        ("user", " Hi "),
+        ("assistant", "Hello."),
+        ("user", "Bye"),
+    ]);
+    let text = tmpl.render(&conversation, true).unwrap();
+    assert_eq!(
+        text,
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n\
+         <start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+    );
+    // The tokenizer adds BOS itself, so the prompt to encode drops the template's.
+    let prompt = tmpl
+        .render_prompt(&conversation, true, tk.add_bos())
+        .unwrap();
+    assert!(prompt.starts_with("<start_of_turn>user\n"));
+    let ids = tk.encode(&prompt, true).unwrap();
+    assert_eq!(
+        ids.iter().filter(|&&i| i == 2).count(),
+        1,
+        "exactly one <bos>"
+    );
+    assert_eq!(&ids[..2], &[2, 105], "<bos><start_of_turn>");
+}
+
+#[test]
+fn gemma_template_rejects_roles_out_of_order() {
+    let (tmpl, _) = template_of("models/gemma-3-270m-q4_k_m.gguf");
+    let err = tmpl
+        .render(&msgs(&[("assistant", "first?")]), true)
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("built-in gemma template") && text.contains("alternate"),
+        "{text}"
+    );
+}
+
+#[test]
+fn python_string_methods_and_helpers_work() {
+    let t = custom(
+        "{{ messages[0].content.strip().upper() }}|{{ messages[0].content.split(',') | length }}|\
+         {{ messages[0].content.startswith(' a') }}|{{ bos_token }}{{ eos_token }}|{{ tools is none }}|\
+         {{ strftime_now('%Y') | length }}",
+    )
+    .unwrap();
+    let out = t.render(&msgs(&[("user", " a,b ")]), false).unwrap();
+    assert_eq!(out, "A,B|2|True|<s></s>|True|4");
+}
+
+/// Python's separators, no HTML escaping, `None` as null. (Key order is minijinja's map
+/// order: sorted, as the workspace builds minijinja without `preserve_order`; the keys here
+/// are already sorted so the test states only what is guaranteed.)
+#[test]
+fn tojson_writes_python_style_json() {
+    let t = custom("{{ {'a': [true, none, 'x<y', 1.5], 'b': 1} | tojson }}").unwrap();
+    assert_eq!(
+        t.render(&[], false).unwrap(),
+        r#"{"a": [true, null, "x<y", 1.5], "b": 1}"#
+    );
+    let t = custom("{{ {'k': [1]} | tojson(indent=2) }}").unwrap();
+    assert_eq!(
+        t.render(&[], false).unwrap(),
+        "{\n  \"k\": [\n    1\n  ]\n}"
+    );
+}
+
+#[test]
+fn block_tags_do_not_leave_newlines() {
+    // trim_blocks + lstrip_blocks, as HF transformers and llama.cpp render.
+    let t = custom("{% for m in messages %}\n  {% if m.role == 'user' %}\n[{{ m.content }}]\n  {% endif %}\n{% endfor %}").unwrap();
+    assert_eq!(
+        t.render(&msgs(&[("user", "x"), ("user", "y")]), false)
+            .unwrap(),
+        "[x]\n[y]\n"
+    );
+}
+
+#[test]
+fn template_errors_are_reported_not_swallowed() {
+    let e = custom("{% for m in messages %}").unwrap_err();
+    assert!(matches!(e, ChatError::Syntax { .. }), "{e}");
+    assert!(e.to_string().contains("custom template"), "{e}");
+
+    let t = custom("{{ raise_exception('no system role here') }}").unwrap();
+    let e = t.render(&[], false).unwrap_err();
+    assert!(
+        matches!(e, ChatError::Render { .. }) && e.to_string().contains("no system role here"),
+        "{e}"
+    );
+}
