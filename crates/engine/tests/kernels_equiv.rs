@@ -326,7 +326,10 @@ fn run_variant(v: Variant) {
     }
     cases += check_quantizers(v);
     cases += check_f32_helpers(v);
-    eprintln!("{v}: {cases} cases passed; own vec_dot for {own:?}; reference for {fallback:?}");
+    eprintln!(
+        "{v}: {cases} cases passed; own vec_dot for {own:?}; none of its own for {fallback:?} \
+         (its tier uses a lower variant or the reference)"
+    );
     assert!(
         cases > 0 && !own.is_empty(),
         "{v} has no kernels of its own"

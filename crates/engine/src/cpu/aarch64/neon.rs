@@ -76,11 +76,24 @@ fn dot16_plain(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     vpadalq_s16(vpadalq_s16(acc, p0), p1)
 }
 
-/// `acc` plus the products of sixteen i8 pairs, four per lane, by `sdot`.
+/// `acc` plus the products of sixteen i8 pairs, four per lane, by `sdot`. Written as inline
+/// assembly because `vdotq_s32` is still unstable in `std::arch` (`stdarch_neon_dotprod`).
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-fn dot16_sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
-    vdotq_s32(acc, a, b)
+fn dot16_sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    // SAFETY: `sdot` (FEAT_DotProd) is enabled for this function, which is only reachable
+    // after runtime detection of dotprod; it reads and writes only the registers named.
+    unsafe {
+        asm!(
+            ".arch_extension dotprod",
+            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) acc,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    acc
 }
 
 /// Builds one family of block kernels for the given target features and `dot16`.

@@ -30,7 +30,7 @@ safe_vec_dot!(vec_dot_q6_k_q8_k => q6_k_q8_k, 256, Q6_K_BYTES, Q8_K_BYTES);
 
 /// Byte-shuffle masks that broadcast scales `2k` and `2k + 1` of 16 i8 scales into the low and
 /// high eight bytes (then widened to i16: one scale per 16-element half of a 32-byte vector).
-pub(super) const Q6K_SCALE_SHUFFLE: [[u8; 16]; 8] = {
+pub(super) static Q6K_SCALE_SHUFFLE: [[u8; 16]; 8] = {
     let mut t = [[0u8; 16]; 8];
     let mut k = 0;
     while k < 8 {
