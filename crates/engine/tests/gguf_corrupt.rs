@@ -291,7 +291,7 @@ fn tensor_offsets() {
     assert_err!(b, GgufError::MisalignedTensor { ref name, offset: 97, alignment: 32 } if name == "blk.b");
 
     // Past the end, and so far past that offset + size overflows u64.
-    for offset in [128, 1 << 20, u64::MAX & !31] {
+    for offset in [128, 1 << 20, !31u64] {
         let mut b = base();
         b.put_u64(after(&b, "blk.b") + OFFSET_1D, offset);
         assert_err!(b, GgufError::TensorOutOfBounds { ref name, offset: o, n_bytes: 32, .. }
@@ -350,7 +350,8 @@ fn truncated_at_every_byte() {
     ));
 }
 
-/// Inputs the fuzzer found (none yet crashed; kept as shapes worth re-checking).
+/// Edge inputs kept as regressions. A crashing input from `scripts/fuzz-gguf` goes here once
+/// fixed (5 minutes, 1.9M runs, found none so far).
 #[test]
 fn fuzz_regressions() {
     let cases: &[&[u8]] = &[

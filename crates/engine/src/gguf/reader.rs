@@ -376,7 +376,7 @@ fn read_tensor_info<'a>(
         id: type_id,
     })?;
     let n_bytes = tensor_n_bytes(name, &dims, ty)?;
-    if offset % alignment != 0 {
+    if !offset.is_multiple_of(alignment) {
         return Err(GgufError::MisalignedTensor {
             name: name.to_owned(),
             offset,
@@ -412,7 +412,7 @@ pub(crate) fn tensor_n_bytes(name: &str, dims: &[u64], ty: GgmlType) -> Result<u
         .filter(|&n| n <= i64::MAX as u64)
         .ok_or_else(|| bad("element count overflows"))?;
     let block = ty.block_size() as u64;
-    if dims[0] % block != 0 {
+    if !dims[0].is_multiple_of(block) {
         return Err(bad("dims[0] is not a whole number of blocks"));
     }
     (n_elements / block)

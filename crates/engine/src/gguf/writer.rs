@@ -133,7 +133,7 @@ impl GgufWriter {
             out.extend_from_slice(&t.data);
         }
         let end = align_up(out.len() as u64, alignment).unwrap_or(out.len() as u64);
-        pad_to(&mut out, end as usize);
+        pad_to(&mut out, to_usize(end)?);
         Ok(out)
     }
 
@@ -163,9 +163,10 @@ impl GgufWriter {
     /// and the alignment.
     fn header(&self) -> Result<(Vec<u8>, Vec<u64>, u64), GgufError> {
         let alignment = alignment_from_metadata(&self.metadata)?;
-        let too_large = |what| GgufError::TooLarge {
-            what,
-            count: alignment,
+        // Only reachable with absurd sizes (a 2^63 alignment or tensors summing past 2^64).
+        let too_large = |count| GgufError::TooLarge {
+            what: "data section",
+            count,
         };
 
         let mut offsets = Vec::with_capacity(self.tensors.len());
@@ -174,8 +175,8 @@ impl GgufWriter {
             offsets.push(next);
             let end = next
                 .checked_add(t.data.len() as u64)
-                .ok_or(too_large("data section"))?;
-            next = align_up(end, alignment).ok_or(too_large("data section"))?;
+                .ok_or(too_large(next))?;
+            next = align_up(end, alignment).ok_or(too_large(end))?;
         }
 
         let mut out = Vec::new();
@@ -198,7 +199,7 @@ impl GgufWriter {
             out.extend_from_slice(&offset.to_le_bytes());
         }
         let data_offset =
-            align_up(out.len() as u64, alignment).ok_or(too_large("header padding"))?;
+            align_up(out.len() as u64, alignment).ok_or(too_large(out.len() as u64))?;
         pad_to(&mut out, to_usize(data_offset)?);
         Ok((out, offsets, alignment))
     }
