@@ -7,5 +7,9 @@
 pub mod cpu;
 pub mod gguf;
 pub mod quant;
+pub mod models;
+pub mod ops;
 pub mod tokenizer;
 pub mod chat;
+pub mod generate;
+pub mod sampling;

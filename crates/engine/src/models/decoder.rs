@@ -12,7 +12,7 @@ use super::weights::{Linear, SharedFile};
 use super::ModelError;
 use crate::cpu::Kernels;
 use crate::ops::activation::{gelu_tanh_mul, silu_mul};
-use crate::ops::attention::{attention, AttnParams};
+use crate::ops::attention::{attention, round_f16_slice, AttnParams};
 use crate::ops::matmul::{act_row_bytes, matmul, quantize_acts};
 use crate::ops::norm::{rms_norm, rms_norm_inplace};
 use crate::ops::rope::{RopeCache, RopeLayout};
@@ -106,6 +106,8 @@ pub struct Session {
     pub n_ctx: usize,
     /// Tokens already in the KV cache.
     pub n_past: usize,
+    /// The token ids in the KV cache, in order (capacity n_ctx, so pushing never reallocates).
+    history: Vec<u32>,
     /// (n_layer, n_ctx, n_head_kv * head_dim)
     k_cache: Vec<f32>,
     /// (n_layer, n_ctx, n_head_kv * head_dim)
@@ -134,6 +136,20 @@ pub struct Session {
     scratch: Vec<f32>,
     /// (n_vocab): logits of the last token of the last forward call.
     pub logits: Vec<f32>,
+}
+
+impl Session {
+    /// Token ids whose keys and values are in the cache.
+    pub fn history(&self) -> &[u32] {
+        &self.history
+    }
+
+    /// Forget everything after the first `n` tokens (their cache slots get overwritten).
+    pub fn truncate(&mut self, n: usize) {
+        let n = n.min(self.n_past);
+        self.n_past = n;
+        self.history.truncate(n);
+    }
 }
 
 impl Decoder {
@@ -181,6 +197,7 @@ impl Decoder {
         Session {
             n_ctx,
             n_past: 0,
+            history: Vec::with_capacity(n_ctx),
             k_cache: vec![0.0; c.n_layer * n_ctx * c.kv_dim()],
             v_cache: vec![0.0; c.n_layer * n_ctx * c.kv_dim()],
             x: vec![0.0; ub * c.n_embd],
@@ -223,6 +240,7 @@ impl Decoder {
         for chunk in tokens.chunks(N_UBATCH) {
             self.forward_ubatch(k, s, chunk);
             s.n_past += chunk.len();
+            s.history.extend_from_slice(chunk);
         }
         Ok(())
     }
@@ -271,6 +289,9 @@ impl Decoder {
                 rope.apply(q, c.head_dim, pos0 + t);
                 rope.apply(kr, c.head_dim, pos0 + t);
             }
+            // The cache holds f16-precision values, as llama.cpp's default F16 KV cache does.
+            round_f16_slice(&mut s.k[..n * kvd]);
+            round_f16_slice(&mut s.v[..n * kvd]);
             let layer_off = l * s.n_ctx * kvd;
             let kc = &mut s.k_cache[layer_off..layer_off + s.n_ctx * kvd];
             kc[pos0 * kvd..(pos0 + n) * kvd].copy_from_slice(&s.k[..n * kvd]);

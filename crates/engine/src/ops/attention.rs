@@ -3,10 +3,38 @@
 //! Softmax is computed online (running max and sum, rescaling the accumulator when the max
 //! grows), so no score buffer of `n_ctx` floats is needed per (token, head) and the whole
 //! operation allocates nothing. Query heads `h` read KV head `h / (n_head / n_head_kv)`.
+//!
+//! Precision follows llama.cpp's default CPU path (flash attention over an F16 KV cache), so
+//! greedy decoding picks the same tokens: keys and values are stored rounded to f16 (see
+//! [`round_f16`]); a batch of fewer than [`F16_ACC_MAX_TOKENS`] queries (decode) rounds the
+//! query to f16 and keeps the weighted sum of values in f16, as ggml's one-row kernel does,
+//! while larger batches (prefill) compute in f32 as ggml's tiled kernel does.
 
 use rayon::prelude::*;
 
 use super::vec::{axpy, dot};
+
+/// Batches smaller than this take ggml's one-query path (f16 query and accumulator).
+pub const F16_ACC_MAX_TOKENS: usize = 64;
+
+/// Round to the nearest f16 value (ties to even) and back, in f32 arithmetic. Bit trick for
+/// the f16 normal range; the rare subnormal or overflowing value takes the exact slow path.
+#[inline]
+pub fn round_f16(x: f32) -> f32 {
+    let a = x.abs();
+    if (6.103_515_6e-5..65504.0).contains(&a) {
+        let b = x.to_bits();
+        let r = b.wrapping_add(0x0FFF + ((b >> 13) & 1)) & !0x1FFF;
+        f32::from_bits(r)
+    } else {
+        half::f16::from_f32(x).to_f32()
+    }
+}
+
+/// Round every element to f16 precision in place.
+pub fn round_f16_slice(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = round_f16(*v));
+}
 
 /// Shapes and options of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -37,6 +65,7 @@ pub fn attention(
     let kv_dim = p.n_head_kv * hd;
     let group = p.n_head / p.n_head_kv;
     let n_tok = q.len() / (p.n_head * hd);
+    let f16_path = n_tok < F16_ACC_MAX_TOKENS;
     out[..n_tok * p.n_head * hd]
         .par_chunks_mut(hd)
         .enumerate()
@@ -45,6 +74,16 @@ pub fn attention(
             let pos = pos0 + t;
             let kvh = h / group;
             let qh = &q[idx * hd..(idx + 1) * hd];
+            // Head dims are at most 256: the f16-rounded query lives on the stack.
+            let mut q16 = [0.0f32; 256];
+            let qh = if f16_path && hd <= 256 {
+                for (d, s) in q16.iter_mut().zip(qh) {
+                    *d = round_f16(*s);
+                }
+                &q16[..hd]
+            } else {
+                qh
+            };
             let start = match p.window {
                 Some(w) => (pos + 1).saturating_sub(w),
                 None => 0,
@@ -62,12 +101,20 @@ pub fn attention(
                     for a in acc.iter_mut() {
                         *a *= c;
                     }
+                    if f16_path {
+                        // ggml rescales its f16 accumulator in place: one rounding here...
+                        round_f16_slice(acc);
+                    }
                     sum *= c;
                     max = s;
                 }
                 let wgt = (s - max).exp();
                 sum += wgt;
                 axpy(acc, wgt, &v_cache[off..off + hd]);
+                if f16_path {
+                    // ...and one after adding the weighted value.
+                    round_f16_slice(acc);
+                }
             }
             let inv = 1.0 / sum;
             for a in acc.iter_mut() {

@@ -36,10 +36,14 @@ pub fn dequantize_row(src: &[u8], dst: &mut [f32]) {
 pub(crate) fn quantize_block(x: &[f32], qs: &mut [i8; QK8_0]) -> f32 {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    // The arithmetic of ggml's x86 SIMD quantizer (what llama.cpp runs on every x86-64 CPU we
+    // target): multiplier 127/amax (not 1/d: they differ in the last bit) and rounding half to
+    // even. Every tier of ours must produce these exact bytes, so greedy tokens agree with
+    // llama.cpp and with each other on any CPU.
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     for (q, &v) in qs.iter_mut().zip(x) {
         // |v * id| <= 127 up to one ulp, and `as` saturates, so no clamp is needed.
-        *q = (v * id).round() as i8;
+        *q = (v * id).round_ties_even() as i8;
     }
     d
 }

@@ -449,13 +449,14 @@ unsafe fn quantize_block_q8(x: *const f32, qs: *mut u8) -> (f32, i32) {
         let amax = _mm_cvtss_f32(m);
         // Scalar, as the reference: the same IEEE operations give the same bits.
         let d = amax / 127.0;
-        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
         let lo = _mm256_set1_epi32(-128);
         let hi = _mm256_set1_epi32(127);
         let mut q = [_mm256_setzero_si256(); 4];
         let mut sum = _mm256_setzero_si256();
         for k in 0..4 {
-            let r = _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[k], id)));
+            // cvtps rounds half to even under the default MXCSR, as the reference does.
+            let r = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], id));
             q[k] = _mm256_max_epi32(_mm256_min_epi32(r, hi), lo);
             sum = _mm256_add_epi32(sum, q[k]);
         }

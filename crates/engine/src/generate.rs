@@ -1,0 +1,366 @@
+//! The generation loop: prompt -> prefill -> sample -> decode, until an end-of-generation
+//! token, a stop string, the token budget or a full context. Text is streamed as pieces that
+//! are always valid UTF-8 (a token may end inside a multi-byte character; those bytes wait for
+//! the next token) and never contain the start of a stop string that might still complete.
+
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::chat::{ChatError, ChatTemplate};
+use crate::cpu::{KernelError, Kernels, Tier};
+use crate::models::{self, Decoder, ModelError, Session};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::{Tokenizer, TokenizerError};
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("prompt is {n_prompt} tokens but the context holds {n_ctx}; use a larger --ctx-size or a shorter prompt")]
+    PromptTooLong { n_prompt: usize, n_ctx: usize },
+    #[error("prompt is empty")]
+    EmptyPrompt,
+    #[error("cannot start {threads} worker threads: {why}")]
+    ThreadPool { threads: usize, why: String },
+}
+
+/// How to load a model.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    /// Worker threads; 0 = all cores.
+    pub threads: usize,
+    /// Force a kernel tier; `None` = best this CPU has (or `BACKSTOP_KERNELS`).
+    pub kernels: Option<Tier>,
+}
+
+/// A loaded model with its tokenizer, chat template, kernels and thread pool.
+pub struct Engine {
+    pub model: Decoder,
+    pub tokenizer: Tokenizer,
+    /// The chat template (the file's own or a built-in one), or why there is none.
+    pub template: Result<ChatTemplate, ChatError>,
+    pub kernels: Kernels,
+    pool: rayon::ThreadPool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        Self { max_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced an end-of-generation token.
+    EndOfGeneration,
+    MaxTokens,
+    /// A stop string matched (the text before it was emitted, the string itself was not).
+    StopString(String),
+    ContextFull,
+    /// The text callback asked to stop (e.g. the client went away).
+    Cancelled,
+}
+
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub stop_reason: StopReason,
+    /// Generated token ids (the end-of-generation token excluded).
+    pub tokens: Vec<u32>,
+    pub n_prompt: usize,
+    /// Prompt tokens found already in the KV cache and not recomputed.
+    pub n_cached: usize,
+    pub prompt_time: Duration,
+    pub gen_time: Duration,
+}
+
+impl Outcome {
+    pub fn prompt_tps(&self) -> f64 {
+        let n = (self.n_prompt - self.n_cached) as f64;
+        n / self.prompt_time.as_secs_f64().max(1e-9)
+    }
+    /// Decode speed, counting the tokens after the first (which came out of the prefill).
+    pub fn gen_tps(&self) -> f64 {
+        let n = self.tokens.len().saturating_sub(1) as f64;
+        n / self.gen_time.as_secs_f64().max(1e-9)
+    }
+}
+
+impl Engine {
+    pub fn load(path: &std::path::Path, opts: &EngineOptions) -> Result<Self, EngineError> {
+        let kernels = match opts.kernels {
+            Some(t) => Kernels::new(t)?,
+            None => Kernels::from_env()?,
+        };
+        let model = models::load(path)?;
+        let tokenizer = Tokenizer::from_gguf(&model.file)?;
+        let template = ChatTemplate::from_gguf(&model.file, &tokenizer);
+        let threads = if opts.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            opts.threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("backstop-worker-{i}"))
+            .build()
+            .map_err(|e| EngineError::ThreadPool { threads, why: e.to_string() })?;
+        Ok(Self { model, tokenizer, template, kernels, pool })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// A session with room for `n_ctx` tokens (0 = the model's training context, at most 4096).
+    pub fn new_session(&self, n_ctx: usize) -> Session {
+        let n_ctx = if n_ctx == 0 { self.model.cfg.n_ctx_train.min(4096) } else { n_ctx };
+        self.model.new_session(n_ctx)
+    }
+
+    /// Run the forward pass over `tokens` on this engine's thread pool.
+    pub fn eval(&self, session: &mut Session, tokens: &[u32]) -> Result<(), EngineError> {
+        self.pool.install(|| self.model.forward(&self.kernels, session, tokens))?;
+        Ok(())
+    }
+
+    /// Generate a continuation of `prompt` (token ids). The session's cached prefix is reused;
+    /// `on_text` receives valid UTF-8 pieces and returns `false` to stop early.
+    pub fn generate(
+        &self,
+        session: &mut Session,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_text: &mut (dyn FnMut(&str) -> bool + Send),
+    ) -> Result<Outcome, EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if prompt.len() > session.n_ctx {
+            return Err(EngineError::PromptTooLong { n_prompt: prompt.len(), n_ctx: session.n_ctx });
+        }
+        // Reuse the common prefix, but always evaluate at least one token to get logits.
+        let common = session.history().iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let n_cached = common.min(prompt.len() - 1);
+        session.truncate(n_cached);
+
+        let mut sampler = Sampler::new(params.sampling.clone(), self.model.cfg.n_vocab);
+        for &t in prompt {
+            sampler.accept(t);
+        }
+        let mut text = TextStream::new(&params.stop);
+        let mut tokens = Vec::with_capacity(params.max_tokens);
+        let t0 = Instant::now();
+        self.pool.install(|| -> Result<Outcome, EngineError> {
+            self.model.forward(&self.kernels, session, &prompt[n_cached..])?;
+            let prompt_time = t0.elapsed();
+            let t1 = Instant::now();
+            let mut stop_reason = StopReason::MaxTokens;
+            while tokens.len() < params.max_tokens {
+                let id = sampler.sample(&mut session.logits);
+                if self.tokenizer.is_eog(id) {
+                    stop_reason = StopReason::EndOfGeneration;
+                    break;
+                }
+                tokens.push(id);
+                sampler.accept(id);
+                match text.push(self.tokenizer.token_piece(id, false), on_text) {
+                    Flow::Continue => {}
+                    Flow::Stop(s) => {
+                        stop_reason = s;
+                        break;
+                    }
+                }
+                if tokens.len() == params.max_tokens {
+                    break;
+                }
+                if session.n_past >= session.n_ctx {
+                    stop_reason = StopReason::ContextFull;
+                    break;
+                }
+                self.model.forward(&self.kernels, session, &[id])?;
+            }
+            if !matches!(stop_reason, StopReason::StopString(_) | StopReason::Cancelled) {
+                text.finish(on_text);
+            }
+            Ok(Outcome {
+                stop_reason,
+                tokens: std::mem::take(&mut tokens),
+                n_prompt: prompt.len(),
+                n_cached,
+                prompt_time,
+                gen_time: t1.elapsed(),
+            })
+        })
+    }
+}
+
+enum Flow {
+    Continue,
+    Stop(StopReason),
+}
+
+/// Turns token bytes into UTF-8 text pieces, holding back incomplete characters and any tail
+/// that could be the beginning of a stop string.
+struct TextStream<'a> {
+    stops: &'a [String],
+    /// Bytes of an incomplete UTF-8 sequence at the end of the last token.
+    partial: Vec<u8>,
+    /// Decoded text not yet emitted (a possible stop-string prefix).
+    held: String,
+}
+
+impl<'a> TextStream<'a> {
+    fn new(stops: &'a [String]) -> Self {
+        let longest = stops.iter().map(|s| s.len()).max().unwrap_or(0);
+        Self { stops, partial: Vec::with_capacity(8), held: String::with_capacity(64 + 4 * longest) }
+    }
+
+    fn push(&mut self, bytes: &[u8], on_text: &mut dyn FnMut(&str) -> bool) -> Flow {
+        self.partial.extend_from_slice(bytes);
+        let mut rest: &[u8] = &self.partial;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    self.held.push_str(s);
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let (valid, tail) = rest.split_at(e.valid_up_to());
+                    // `valid` is the prefix from_utf8 just validated, so this never falls back.
+                    self.held.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                    match e.error_len() {
+                        // Incomplete sequence at the end: wait for the next token's bytes.
+                        None => {
+                            rest = tail;
+                            break;
+                        }
+                        // Invalid bytes can never become valid: replace them, as llama.cpp's
+                        // lossy printing does.
+                        Some(n) => {
+                            self.held.push(char::REPLACEMENT_CHARACTER);
+                            rest = &tail[n..];
+                        }
+                    }
+                }
+            }
+        }
+        let keep = rest.len();
+        let drain_from = self.partial.len() - keep;
+        self.partial.drain(..drain_from);
+
+        if let Some((at, stop)) = self.find_stop() {
+            if at > 0 && !on_text(&self.held[..at]) {
+                return Flow::Stop(StopReason::Cancelled);
+            }
+            return Flow::Stop(StopReason::StopString(stop));
+        }
+        let emit = self.held.len() - self.stop_prefix_len();
+        if emit > 0 {
+            let go_on = on_text(&self.held[..emit]);
+            self.held.drain(..emit);
+            if !go_on {
+                return Flow::Stop(StopReason::Cancelled);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Earliest complete stop string in the held text.
+    fn find_stop(&self) -> Option<(usize, String)> {
+        self.stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.held.find(s.as_str()).map(|i| (i, s.clone())))
+            .min_by_key(|(i, _)| *i)
+    }
+
+    /// Length of the longest suffix of the held text that is a proper prefix of a stop string.
+    fn stop_prefix_len(&self) -> usize {
+        let mut best = 0;
+        for s in self.stops {
+            for (i, _) in s.char_indices().skip(1) {
+                if i > best && self.held.ends_with(&s[..i]) {
+                    best = i;
+                }
+            }
+        }
+        best
+    }
+
+    /// Flush what is held at the end of generation (an incomplete character becomes U+FFFD).
+    fn finish(&mut self, on_text: &mut dyn FnMut(&str) -> bool) {
+        if !self.partial.is_empty() {
+            self.held.push(char::REPLACEMENT_CHARACTER);
+            self.partial.clear();
+        }
+        if !self.held.is_empty() {
+            on_text(&self.held);
+            self.held.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stops: &[&str], pieces: &[&[u8]]) -> (Vec<String>, Option<StopReason>) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut ts = TextStream::new(&stops);
+        let mut out = Vec::new();
+        let mut cb = |s: &str| {
+            out.push(s.to_string());
+            true
+        };
+        for p in pieces {
+            if let Flow::Stop(r) = ts.push(p, &mut cb) {
+                return (out, Some(r));
+            }
+        }
+        ts.finish(&mut cb);
+        (out, None)
+    }
+
+    #[test]
+    fn multibyte_char_split_across_tokens_is_emitted_whole() {
+        let crab = "🦀".as_bytes();
+        let (out, _) = run(&[], &[b"a", &crab[..1], &crab[1..3], &crab[3..], b"b"]);
+        assert_eq!(out, vec!["a", "🦀", "b"]);
+        assert!(out.iter().all(|s| !s.contains('\u{FFFD}')));
+    }
+
+    #[test]
+    fn stop_string_across_tokens_is_held_back_and_cut() {
+        let (out, r) = run(&["</s>"], &[b"hello <", b"/", b"s> more"]);
+        assert_eq!(out.concat(), "hello ");
+        assert_eq!(r, Some(StopReason::StopString("</s>".into())));
+    }
+
+    #[test]
+    fn held_prefix_is_released_when_it_stops_matching() {
+        let (out, r) = run(&["STOP"], &[b"ST", b"OCK"]);
+        assert_eq!(out.concat(), "STOCK");
+        assert_eq!(r, None);
+    }
+
+    #[test]
+    fn invalid_bytes_become_replacement_characters() {
+        let (out, _) = run(&[], &[b"x\xff", b"y", b"\xe2\x82"]);
+        assert_eq!(out.concat(), "x\u{FFFD}y\u{FFFD}");
+    }
+}

@@ -1,0 +1,68 @@
+//! The `backstop` command line: run, chat, info, tokenize.
+//!
+//! Errors end as one line on stderr and a non-zero exit; nothing here opens a network
+//! connection.
+
+mod chat;
+mod info;
+mod options;
+mod run;
+mod tokenize;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "backstop", version, about = "Run small quantized language models (GGUF) offline on the CPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer one prompt (chat-formatted, or a raw completion with --raw) and exit.
+    Run(run::RunArgs),
+    /// Interactive multi-turn chat on the terminal.
+    Chat(chat::ChatArgs),
+    /// Print a GGUF file's metadata, architecture, tensor types and sizes.
+    Info(info::InfoArgs),
+    /// Print the token ids (and pieces) of a text, as llama-tokenize does.
+    Tokenize(tokenize::TokenizeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap's own rendering for --help/--version; a bad flag gets its one-line summary.
+            if e.use_stderr() {
+                let msg = e.to_string();
+                let first = msg.lines().next().unwrap_or("invalid arguments");
+                eprintln!("{first}\n(run `backstop --help` for usage)");
+                return ExitCode::from(2);
+            }
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    let result = match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Chat(a) => chat::chat(a),
+        Command::Info(a) => info::info(a),
+        Command::Tokenize(a) => tokenize::tokenize(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error chain on one line: "context: cause: cause".
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string().replace('\n', " ")).collect::<Vec<_>>().join(": ")
+}

@@ -1,0 +1,159 @@
+//! Flags shared by the commands that load a model and generate, spelled as llama.cpp's tools
+//! spell them.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use backstop_engine::cpu::Tier;
+use backstop_engine::generate::{Engine, EngineOptions, GenerateParams, Outcome};
+use backstop_engine::sampling::SamplingParams;
+use clap::{Args, ValueEnum};
+
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Path to a GGUF model file.
+    #[arg(short = 'm', long = "model", value_name = "FILE")]
+    pub model: PathBuf,
+    /// Worker threads (default: all cores).
+    #[arg(short = 't', long = "threads", default_value_t = 0)]
+    pub threads: usize,
+    /// Context size in tokens (default: the model's, at most 4096).
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 0)]
+    pub ctx_size: usize,
+    /// Force a kernel tier instead of the best one this CPU supports.
+    #[arg(long, value_enum)]
+    pub kernels: Option<KernelTier>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum KernelTier {
+    Ref,
+    Avx2,
+    Avx512,
+    Neon,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<Engine> {
+        if !self.model.exists() {
+            bail!("model file {} does not exist", self.model.display());
+        }
+        let kernels = self.kernels.map(|k| match k {
+            KernelTier::Ref => Tier::Ref,
+            KernelTier::Avx2 => Tier::Avx2,
+            KernelTier::Avx512 => Tier::Avx512,
+            KernelTier::Neon => Tier::Neon,
+        });
+        let opts = EngineOptions { threads: self.threads, kernels };
+        Engine::load(&self.model, &opts).with_context(|| format!("cannot load {}", self.model.display()))
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Tokens to generate (-1 = until the model stops or the context is full).
+    #[arg(short = 'n', long = "max-tokens", visible_alias = "n-predict", default_value_t = -1, allow_negative_numbers = true)]
+    pub max_tokens: i64,
+    /// Temperature; 0 = greedy.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temp: f32,
+    /// Top-k (0 = off).
+    #[arg(long = "top-k", default_value_t = 40)]
+    pub top_k: usize,
+    /// Top-p / nucleus (1.0 = off).
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Min-p (0.0 = off).
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Repetition penalty (1.0 = off).
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Recent tokens the penalties look at.
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    pub repeat_last_n: usize,
+    #[arg(long = "presence-penalty", default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    #[arg(long = "frequency-penalty", default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Random seed (default: a fresh one each run).
+    #[arg(short = 's', long = "seed")]
+    pub seed: Option<u64>,
+    /// Stop when this text is generated (repeatable).
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn params(&self, n_ctx: usize) -> Result<GenerateParams> {
+        for (name, v) in [("--temp", self.temp), ("--top-p", self.top_p), ("--min-p", self.min_p)] {
+            if !v.is_finite() || v < 0.0 {
+                bail!("{name} must be a non-negative number, got {v}");
+            }
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            bail!("--repeat-penalty must be positive, got {}", self.repeat_penalty);
+        }
+        let max_tokens = match self.max_tokens {
+            -1 => n_ctx,
+            n if n >= 0 => n as usize,
+            n => bail!("--max-tokens must be -1 or a count, got {n}"),
+        };
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        Ok(GenerateParams {
+            max_tokens,
+            sampling: SamplingParams {
+                temperature: self.temp,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repeat_penalty: self.repeat_penalty,
+                penalty_last_n: self.repeat_last_n,
+                presence_penalty: self.presence_penalty,
+                frequency_penalty: self.frequency_penalty,
+                logit_bias: Vec::new(),
+                seed,
+            },
+            stop: self.stop.clone(),
+        })
+    }
+}
+
+/// The prompt from the argument, a file (byte for byte) or stdin when it is not a terminal.
+pub fn read_prompt(arg: Option<&str>, file: Option<&PathBuf>) -> Result<String> {
+    match (arg, file) {
+        (Some(_), Some(_)) => bail!("give the prompt either as an argument or with -f, not both"),
+        (Some(p), None) => Ok(p.to_string()),
+        (None, Some(path)) => {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read prompt file {}", path.display()))?;
+            String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("prompt file {} is not valid UTF-8 (byte {})", path.display(), e.utf8_error().valid_up_to()))
+        }
+        (None, None) => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                bail!("no prompt: pass one as an argument, with -f FILE, or on stdin");
+            }
+            let mut bytes = Vec::new();
+            stdin.lock().read_to_end(&mut bytes).context("cannot read the prompt from stdin")?;
+            String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("the prompt on stdin is not valid UTF-8"))
+        }
+    }
+}
+
+/// The line llama.cpp users look for after a run.
+pub fn print_stats(o: &Outcome) {
+    eprintln!(
+        "prompt: {} tokens ({} cached), {:.1} tok/s | generation: {} tokens, {:.1} tok/s | stop: {:?}",
+        o.n_prompt,
+        o.n_cached,
+        o.prompt_tps(),
+        o.tokens.len(),
+        o.gen_tps(),
+        o.stop_reason
+    );
+}

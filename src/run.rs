@@ -1,0 +1,76 @@
+//! `backstop run`: one prompt in, the answer streamed to stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use backstop_engine::chat::ChatMessage;
+use backstop_engine::generate::Engine;
+use clap::Args;
+
+use crate::options::{print_stats, read_prompt, ModelArgs, SamplingArgs};
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// The prompt (or use -f FILE, or pipe it on stdin).
+    pub prompt: Option<String>,
+    /// Read the prompt from a file, byte for byte.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Raw completion: no chat template; stdout carries only the generated text.
+    #[arg(long)]
+    pub raw: bool,
+    /// System prompt (chat mode).
+    #[arg(long)]
+    pub system: Option<String>,
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let prompt = read_prompt(a.prompt.as_deref(), a.file.as_ref())?;
+    let engine = a.model.load()?;
+    let mut session = engine.new_session(a.model.ctx_size);
+    let params = a.sampling.params(session.n_ctx)?;
+    let tokens = if a.raw {
+        engine.tokenizer.encode(&prompt, true)?
+    } else {
+        let mut messages = Vec::new();
+        if let Some(s) = &a.system {
+            messages.push(ChatMessage::new("system", s.as_str()));
+        }
+        messages.push(ChatMessage::new("user", prompt));
+        chat_tokens(&engine, &messages)?
+    };
+    let mut stdout = std::io::stdout();
+    let mut write_err = None;
+    let outcome = engine.generate(&mut session, &tokens, &params, &mut |piece| {
+        match stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()) {
+            Ok(()) => true,
+            Err(e) => {
+                write_err = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = write_err {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e).context("cannot write to stdout");
+        }
+    }
+    if !a.raw {
+        let _ = writeln!(stdout);
+    }
+    print_stats(&outcome);
+    Ok(())
+}
+
+/// Render `messages` with the model's chat template and tokenize the result.
+pub fn chat_tokens(engine: &Engine, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+    let template = engine.template.as_ref().map_err(|e| anyhow::anyhow!("no usable chat template ({e}); use --raw"))?;
+    let adds_bos = engine.tokenizer.add_bos();
+    let text = template.render_prompt(messages, true, adds_bos)?;
+    Ok(engine.tokenizer.encode(&text, true)?)
+}
