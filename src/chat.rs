@@ -40,7 +40,12 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     loop {
         eprint!("> ");
         line.clear();
-        if stdin.lock().read_line(&mut line).context("cannot read stdin")? == 0 {
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read stdin")?
+            == 0
+        {
             break;
         }
         let input = line.trim_end_matches(['\n', '\r']);

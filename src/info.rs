@@ -23,7 +23,9 @@ pub fn info(a: InfoArgs) -> Result<()> {
     let path = a.file.or(a.model).context("no model file given")?;
     let file = GgufFile::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let arch = file.get_str(keys::GENERAL_ARCHITECTURE).unwrap_or("unknown");
+    let arch = file
+        .get_str(keys::GENERAL_ARCHITECTURE)
+        .unwrap_or("unknown");
     println!("file:          {}", path.display());
     println!("size:          {} ({} bytes)", human(size), size);
     println!("gguf version:  {}", file.version);
@@ -39,8 +41,10 @@ pub fn info(a: InfoArgs) -> Result<()> {
         e.0 += 1;
         e.1 += t.n_bytes;
     }
-    let types: Vec<String> =
-        by_type.iter().map(|(ty, (n, b))| format!("{ty}: {n} tensors, {}", human(*b))).collect();
+    let types: Vec<String> = by_type
+        .iter()
+        .map(|(ty, (n, b))| format!("{ty}: {n} tensors, {}", human(*b)))
+        .collect();
     println!("tensor types:  {}", types.join("; "));
     for (label, suffix) in [
         ("context:", "context_length"),
@@ -92,7 +96,11 @@ fn show(v: &Value) -> String {
             format!("{s:?}")
         }
         Value::Array(a) => format!("[{} x {}]", a.len(), a.elem_type_name()),
-        other => format!("{other:?}").split(['(', ')']).nth(1).unwrap_or("?").to_string(),
+        other => format!("{other:?}")
+            .split(['(', ')'])
+            .nth(1)
+            .unwrap_or("?")
+            .to_string(),
     }
 }
 

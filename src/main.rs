@@ -14,7 +14,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "backstop", version, about = "Run small quantized language models (GGUF) offline on the CPU")]
+#[command(
+    name = "backstop",
+    version,
+    about = "Run small quantized language models (GGUF) offline on the CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,5 +68,8 @@ fn main() -> ExitCode {
 
 /// The error chain on one line: "context: cause: cause".
 fn one_line(e: &anyhow::Error) -> String {
-    e.chain().map(|c| c.to_string().replace('\n', " ")).collect::<Vec<_>>().join(": ")
+    e.chain()
+        .map(|c| c.to_string().replace('\n', " "))
+        .collect::<Vec<_>>()
+        .join(": ")
 }

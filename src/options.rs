@@ -45,8 +45,12 @@ impl ModelArgs {
             KernelTier::Avx512 => Tier::Avx512,
             KernelTier::Neon => Tier::Neon,
         });
-        let opts = EngineOptions { threads: self.threads, kernels };
-        Engine::load(&self.model, &opts).with_context(|| format!("cannot load {}", self.model.display()))
+        let opts = EngineOptions {
+            threads: self.threads,
+            kernels,
+        };
+        Engine::load(&self.model, &opts)
+            .with_context(|| format!("cannot load {}", self.model.display()))
     }
 }
 
@@ -68,7 +72,11 @@ pub struct SamplingArgs {
     #[arg(long = "min-p", default_value_t = 0.05, allow_negative_numbers = true)]
     pub min_p: f32,
     /// Repetition penalty (1.0 = off).
-    #[arg(long = "repeat-penalty", default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(
+        long = "repeat-penalty",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
     pub repeat_penalty: f32,
     /// Recent tokens the penalties look at.
     #[arg(long = "repeat-last-n", default_value_t = 64)]
@@ -87,13 +95,20 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn params(&self, n_ctx: usize) -> Result<GenerateParams> {
-        for (name, v) in [("--temp", self.temp), ("--top-p", self.top_p), ("--min-p", self.min_p)] {
+        for (name, v) in [
+            ("--temp", self.temp),
+            ("--top-p", self.top_p),
+            ("--min-p", self.min_p),
+        ] {
             if !v.is_finite() || v < 0.0 {
                 bail!("{name} must be a non-negative number, got {v}");
             }
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
-            bail!("--repeat-penalty must be positive, got {}", self.repeat_penalty);
+            bail!(
+                "--repeat-penalty must be positive, got {}",
+                self.repeat_penalty
+            );
         }
         let max_tokens = match self.max_tokens {
             -1 => n_ctx,
@@ -130,8 +145,15 @@ pub fn read_prompt(arg: Option<&str>, file: Option<&PathBuf>) -> Result<String> 
         (Some(_), Some(_)) => bail!("give the prompt either as an argument or with -f, not both"),
         (Some(p), None) => Ok(p.to_string()),
         (None, Some(path)) => {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read prompt file {}", path.display()))?;
-            String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("prompt file {} is not valid UTF-8 (byte {})", path.display(), e.utf8_error().valid_up_to()))
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read prompt file {}", path.display()))?;
+            String::from_utf8(bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "prompt file {} is not valid UTF-8 (byte {})",
+                    path.display(),
+                    e.utf8_error().valid_up_to()
+                )
+            })
         }
         (None, None) => {
             let stdin = std::io::stdin();
@@ -139,8 +161,12 @@ pub fn read_prompt(arg: Option<&str>, file: Option<&PathBuf>) -> Result<String> 
                 bail!("no prompt: pass one as an argument, with -f FILE, or on stdin");
             }
             let mut bytes = Vec::new();
-            stdin.lock().read_to_end(&mut bytes).context("cannot read the prompt from stdin")?;
-            String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("the prompt on stdin is not valid UTF-8"))
+            stdin
+                .lock()
+                .read_to_end(&mut bytes)
+                .context("cannot read the prompt from stdin")?;
+            String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("the prompt on stdin is not valid UTF-8"))
         }
     }
 }

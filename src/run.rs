@@ -46,13 +46,14 @@ pub fn run(a: RunArgs) -> Result<()> {
     };
     let mut stdout = std::io::stdout();
     let mut write_err = None;
-    let outcome = engine.generate(&mut session, &tokens, &params, &mut |piece| {
-        match stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()) {
-            Ok(()) => true,
-            Err(e) => {
-                write_err = Some(e);
-                false
-            }
+    let outcome = engine.generate(&mut session, &tokens, &params, &mut |piece| match stdout
+        .write_all(piece.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
+        Ok(()) => true,
+        Err(e) => {
+            write_err = Some(e);
+            false
         }
     })?;
     if let Some(e) = write_err {
@@ -69,7 +70,10 @@ pub fn run(a: RunArgs) -> Result<()> {
 
 /// Render `messages` with the model's chat template and tokenize the result.
 pub fn chat_tokens(engine: &Engine, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-    let template = engine.template.as_ref().map_err(|e| anyhow::anyhow!("no usable chat template ({e}); use --raw"))?;
+    let template = engine
+        .template
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("no usable chat template ({e}); use --raw"))?;
     let adds_bos = engine.tokenizer.add_bos();
     let text = template.render_prompt(messages, true, adds_bos)?;
     Ok(engine.tokenizer.encode(&text, true)?)

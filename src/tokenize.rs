@@ -35,7 +35,8 @@ pub fn tokenize(a: TokenizeArgs) -> Result<()> {
     if !a.model.exists() {
         bail!("model file {} does not exist", a.model.display());
     }
-    let file = GgufFile::open(&a.model).with_context(|| format!("cannot load {}", a.model.display()))?;
+    let file =
+        GgufFile::open(&a.model).with_context(|| format!("cannot load {}", a.model.display()))?;
     let tok = Tokenizer::from_gguf(&file).context("cannot build the tokenizer")?;
     let ids = tok.encode_with(&text, !a.no_bos, !a.no_parse_special)?;
     if a.ids {

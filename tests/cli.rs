@@ -9,15 +9,24 @@ fn bin() -> Command {
 }
 
 fn model() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "test model {} is missing: run scripts/fetch-models", p.display());
+    let p =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "test model {} is missing: run scripts/fetch-models",
+        p.display()
+    );
     p
 }
 
 fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut cmd = bin();
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let mut child = cmd.spawn().expect("spawn backstop");
     if let Some(input) = stdin {
         child.stdin.take().unwrap().write_all(input).unwrap();
@@ -32,10 +41,19 @@ fn text(b: &[u8]) -> String {
 /// A failure is exactly one line on stderr (no panic, no backtrace) and a non-zero exit.
 fn assert_clean_error(out: &Output, needle: &str) {
     let err = text(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
-    assert!(err.contains(needle), "stderr {err:?} does not mention {needle:?}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert!(
+        err.contains(needle),
+        "stderr {err:?} does not mention {needle:?}"
+    );
     assert!(!err.contains("panicked"), "panic: {err}");
-    assert!(err.trim_end().lines().count() <= 2, "error is not short: {err}");
+    assert!(
+        err.trim_end().lines().count() <= 2,
+        "error is not short: {err}"
+    );
 }
 
 #[test]
@@ -43,7 +61,9 @@ fn raw_greedy_prompt_from_argument_file_and_stdin_agree() {
     let m = model();
     let m = m.to_str().unwrap();
     let prompt = "The capital of France is";
-    let args = ["run", "-m", m, "--raw", "-n", "12", "--temp", "0", "-t", "2"];
+    let args = [
+        "run", "-m", m, "--raw", "-n", "12", "--temp", "0", "-t", "2",
+    ];
     let a = run(&[&args[..], &[prompt]].concat(), None);
     assert!(a.status.success(), "{}", text(&a.stderr));
     let dir = std::env::temp_dir().join(format!("backstop-cli-{}", std::process::id()));
@@ -60,7 +80,10 @@ fn raw_greedy_prompt_from_argument_file_and_stdin_agree() {
     assert!(!out.contains(prompt));
     assert!(out.contains("Paris"), "unexpected continuation {out:?}");
     let err = text(&a.stderr);
-    assert!(err.contains("tok/s") && err.contains("prompt: 5 tokens"), "stats line missing: {err}");
+    assert!(
+        err.contains("tok/s") && err.contains("prompt: 5 tokens"),
+        "stats line missing: {err}"
+    );
 }
 
 const CHATML_PROMPT: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
@@ -71,22 +94,60 @@ fn chat_mode_formats_with_the_file_template() {
     // /apply-template renders it, must give the same greedy answer as chat mode.
     let m = model();
     let m = m.to_str().unwrap();
-    let chat = run(&["run", "-m", m, "-n", "24", "--temp", "0", "What is the capital of France?"], None);
+    let chat = run(
+        &[
+            "run",
+            "-m",
+            m,
+            "-n",
+            "24",
+            "--temp",
+            "0",
+            "What is the capital of France?",
+        ],
+        None,
+    );
     assert!(chat.status.success(), "{}", text(&chat.stderr));
-    let raw = run(&["run", "-m", m, "--raw", "-n", "24", "--temp", "0", CHATML_PROMPT], None);
+    let raw = run(
+        &[
+            "run",
+            "-m",
+            m,
+            "--raw",
+            "-n",
+            "24",
+            "--temp",
+            "0",
+            CHATML_PROMPT,
+        ],
+        None,
+    );
     assert!(raw.status.success(), "{}", text(&raw.stderr));
     let answer = text(&chat.stdout);
     assert!(!answer.trim().is_empty());
     assert_eq!(answer.trim_end(), text(&raw.stdout).trim_end());
     assert!(!answer.contains("<|im_start|>") && !answer.contains("<|im_end|>"));
-    assert!(text(&chat.stderr).contains("prompt: 37 tokens"), "{}", text(&chat.stderr));
+    assert!(
+        text(&chat.stderr).contains("prompt: 37 tokens"),
+        "{}",
+        text(&chat.stderr)
+    );
 }
 
 #[test]
 fn interactive_chat_reuses_the_conversation_and_quits_on_bye() {
     let m = model();
     let out = run(
-        &["chat", "-m", m.to_str().unwrap(), "-n", "16", "--temp", "0", "--verbose"],
+        &[
+            "chat",
+            "-m",
+            m.to_str().unwrap(),
+            "-n",
+            "16",
+            "--temp",
+            "0",
+            "--verbose",
+        ],
         Some(b"What is the capital of France?\nAnd of Italy?\n/bye\n"),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -103,11 +164,23 @@ fn interactive_chat_reuses_the_conversation_and_quits_on_bye() {
 #[test]
 fn tokenize_prints_ids_like_llama_tokenize() {
     let m = model();
-    let out = run(&["tokenize", "-m", m.to_str().unwrap(), "--ids", "The capital of France is"], None);
+    let out = run(
+        &[
+            "tokenize",
+            "-m",
+            m.to_str().unwrap(),
+            "--ids",
+            "The capital of France is",
+        ],
+        None,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     // llama-tokenize --ids on the same file prints exactly this.
     assert_eq!(text(&out.stdout).trim(), "[504, 3575, 282, 4649, 314]");
-    let out = run(&["tokenize", "-m", m.to_str().unwrap(), "Hello world"], None);
+    let out = run(
+        &["tokenize", "-m", m.to_str().unwrap(), "Hello world"],
+        None,
+    );
     let lines = text(&out.stdout);
     assert_eq!(lines.lines().count(), 2, "{lines}");
     assert!(lines.contains("-> 'Hello'"), "{lines}");
@@ -119,7 +192,13 @@ fn info_reports_architecture_types_and_template() {
     let out = run(&["info", m.to_str().unwrap()], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let o = text(&out.stdout);
-    for needle in ["architecture:  llama", "Q4_1", "Q8_0", "layers:        30", "chat template: from the file"] {
+    for needle in [
+        "architecture:  llama",
+        "Q4_1",
+        "Q8_0",
+        "layers:        30",
+        "chat template: from the file",
+    ] {
         assert!(o.contains(needle), "info lacks {needle:?}:\n{o}");
     }
 }
@@ -153,7 +232,10 @@ fn bad_flag_and_bad_values_are_one_line_errors() {
     let m = model();
     let out = run(&["run", "--no-such-flag"], None);
     assert_clean_error(&out, "--no-such-flag");
-    let out = run(&["run", "-m", m.to_str().unwrap(), "--temp", "-1", "hi"], None);
+    let out = run(
+        &["run", "-m", m.to_str().unwrap(), "--temp", "-1", "hi"],
+        None,
+    );
     assert_clean_error(&out, "--temp");
 }
 
@@ -161,6 +243,9 @@ fn bad_flag_and_bad_values_are_one_line_errors() {
 fn over_long_prompt_is_a_one_line_error() {
     let m = model();
     let long = "word ".repeat(100);
-    let out = run(&["run", "-m", m.to_str().unwrap(), "--raw", "-c", "32", &long], None);
+    let out = run(
+        &["run", "-m", m.to_str().unwrap(), "--raw", "-c", "32", &long],
+        None,
+    );
     assert_clean_error(&out, "context holds 32");
 }

@@ -59,7 +59,11 @@ pub struct GenerateParams {
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        Self { max_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new() }
+        Self {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+        }
     }
 }
 
@@ -117,8 +121,17 @@ impl Engine {
             .num_threads(threads)
             .thread_name(|i| format!("backstop-worker-{i}"))
             .build()
-            .map_err(|e| EngineError::ThreadPool { threads, why: e.to_string() })?;
-        Ok(Self { model, tokenizer, template, kernels, pool })
+            .map_err(|e| EngineError::ThreadPool {
+                threads,
+                why: e.to_string(),
+            })?;
+        Ok(Self {
+            model,
+            tokenizer,
+            template,
+            kernels,
+            pool,
+        })
     }
 
     pub fn threads(&self) -> usize {
@@ -127,13 +140,18 @@ impl Engine {
 
     /// A session with room for `n_ctx` tokens (0 = the model's training context, at most 4096).
     pub fn new_session(&self, n_ctx: usize) -> Session {
-        let n_ctx = if n_ctx == 0 { self.model.cfg.n_ctx_train.min(4096) } else { n_ctx };
+        let n_ctx = if n_ctx == 0 {
+            self.model.cfg.n_ctx_train.min(4096)
+        } else {
+            n_ctx
+        };
         self.model.new_session(n_ctx)
     }
 
     /// Run the forward pass over `tokens` on this engine's thread pool.
     pub fn eval(&self, session: &mut Session, tokens: &[u32]) -> Result<(), EngineError> {
-        self.pool.install(|| self.model.forward(&self.kernels, session, tokens))?;
+        self.pool
+            .install(|| self.model.forward(&self.kernels, session, tokens))?;
         Ok(())
     }
 
@@ -150,10 +168,18 @@ impl Engine {
             return Err(EngineError::EmptyPrompt);
         }
         if prompt.len() > session.n_ctx {
-            return Err(EngineError::PromptTooLong { n_prompt: prompt.len(), n_ctx: session.n_ctx });
+            return Err(EngineError::PromptTooLong {
+                n_prompt: prompt.len(),
+                n_ctx: session.n_ctx,
+            });
         }
         // Reuse the common prefix, but always evaluate at least one token to get logits.
-        let common = session.history().iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let common = session
+            .history()
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         let n_cached = common.min(prompt.len() - 1);
         session.truncate(n_cached);
 
@@ -165,7 +191,8 @@ impl Engine {
         let mut tokens = Vec::with_capacity(params.max_tokens);
         let t0 = Instant::now();
         self.pool.install(|| -> Result<Outcome, EngineError> {
-            self.model.forward(&self.kernels, session, &prompt[n_cached..])?;
+            self.model
+                .forward(&self.kernels, session, &prompt[n_cached..])?;
             let prompt_time = t0.elapsed();
             let t1 = Instant::now();
             let mut stop_reason = StopReason::MaxTokens;
@@ -193,7 +220,10 @@ impl Engine {
                 }
                 self.model.forward(&self.kernels, session, &[id])?;
             }
-            if !matches!(stop_reason, StopReason::StopString(_) | StopReason::Cancelled) {
+            if !matches!(
+                stop_reason,
+                StopReason::StopString(_) | StopReason::Cancelled
+            ) {
                 text.finish(on_text);
             }
             Ok(Outcome {
@@ -226,7 +256,11 @@ struct TextStream<'a> {
 impl<'a> TextStream<'a> {
     fn new(stops: &'a [String]) -> Self {
         let longest = stops.iter().map(|s| s.len()).max().unwrap_or(0);
-        Self { stops, partial: Vec::with_capacity(8), held: String::with_capacity(64 + 4 * longest) }
+        Self {
+            stops,
+            partial: Vec::with_capacity(8),
+            held: String::with_capacity(64 + 4 * longest),
+        }
     }
 
     fn push(&mut self, bytes: &[u8], on_text: &mut dyn FnMut(&str) -> bool) -> Flow {
@@ -242,7 +276,8 @@ impl<'a> TextStream<'a> {
                 Err(e) => {
                     let (valid, tail) = rest.split_at(e.valid_up_to());
                     // `valid` is the prefix from_utf8 just validated, so this never falls back.
-                    self.held.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                    self.held
+                        .push_str(std::str::from_utf8(valid).unwrap_or_default());
                     match e.error_len() {
                         // Incomplete sequence at the end: wait for the next token's bytes.
                         None => {

@@ -4,12 +4,12 @@
 //! (matvec, norms, RoPE, attention) -> models (one file per architecture) -> generate, with
 //! tokenizer, chat and sampling beside it. This crate knows nothing of HTTP or async.
 
+pub mod chat;
 pub mod cpu;
+pub mod generate;
 pub mod gguf;
-pub mod quant;
 pub mod models;
 pub mod ops;
-pub mod tokenizer;
-pub mod chat;
-pub mod generate;
+pub mod quant;
 pub mod sampling;
+pub mod tokenizer;

@@ -45,7 +45,10 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, ..Self::default() }
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
     }
 }
 
@@ -131,7 +134,9 @@ impl Sampler {
                 continue;
             }
             let count = self.recent[i..].iter().filter(|&&t| t == id).count() as f32;
-            let Some(l) = logits.get_mut(id as usize) else { continue };
+            let Some(l) = logits.get_mut(id as usize) else {
+                continue;
+            };
             if *l > 0.0 {
                 *l /= p.repeat_penalty;
             } else {
@@ -149,7 +154,8 @@ impl Sampler {
             return argmax(logits);
         }
         self.cand.clear();
-        self.cand.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        self.cand
+            .extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
         let desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
         if p.top_k > 0 && p.top_k < self.cand.len() {
             self.cand.select_nth_unstable_by(p.top_k - 1, desc);
@@ -210,7 +216,12 @@ struct Knobs {
 
 impl SamplingParams {
     fn knobs(&self) -> Knobs {
-        Knobs { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, min_p: self.min_p }
+        Knobs {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+        }
     }
 }
 
@@ -244,7 +255,14 @@ mod tests {
     #[test]
     fn same_seed_same_tokens_other_seed_differs() {
         let run = |seed| {
-            let params = SamplingParams { temperature: 1.5, top_k: 0, top_p: 1.0, min_p: 0.0, seed, ..Default::default() };
+            let params = SamplingParams {
+                temperature: 1.5,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                seed,
+                ..Default::default()
+            };
             let mut s = Sampler::new(params, 100);
             (0..50).map(|_| s.sample(&mut logits())).collect::<Vec<_>>()
         };
@@ -254,7 +272,11 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let params = SamplingParams { temperature: 2.0, top_k: 1, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 2.0,
+            top_k: 1,
+            ..Default::default()
+        };
         let mut s = Sampler::new(params, 100);
         let best = argmax(&logits());
         for _ in 0..20 {
@@ -265,7 +287,10 @@ mod tests {
     #[test]
     fn repeat_penalty_moves_greedy_off_a_repeated_token() {
         let mut l = vec![1.0, 2.0, 1.9];
-        let params = SamplingParams { repeat_penalty: 1.5, ..SamplingParams::greedy() };
+        let params = SamplingParams {
+            repeat_penalty: 1.5,
+            ..SamplingParams::greedy()
+        };
         let mut s = Sampler::new(params, 3);
         s.accept(1);
         assert_eq!(s.sample(&mut l), 2);
@@ -273,7 +298,10 @@ mod tests {
 
     #[test]
     fn logit_bias_can_force_a_token() {
-        let params = SamplingParams { logit_bias: vec![(3, 100.0)], ..SamplingParams::greedy() };
+        let params = SamplingParams {
+            logit_bias: vec![(3, 100.0)],
+            ..SamplingParams::greedy()
+        };
         let mut s = Sampler::new(params, 100);
         assert_eq!(s.sample(&mut logits()), 3);
     }
@@ -283,12 +311,24 @@ mod tests {
         // One dominant token: min-p 0.5 must leave only it, whatever the draw.
         let mut l = vec![0.0; 10];
         l[4] = 10.0;
-        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.5, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.5,
+            ..Default::default()
+        };
         let mut s = Sampler::new(params, 10);
         for _ in 0..50 {
             assert_eq!(s.sample(&mut l.clone()), 4);
         }
-        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.5, min_p: 0.0, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            min_p: 0.0,
+            ..Default::default()
+        };
         let mut s = Sampler::new(params, 10);
         for _ in 0..50 {
             assert_eq!(s.sample(&mut l.clone()), 4);

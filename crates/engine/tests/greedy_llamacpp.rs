@@ -9,23 +9,45 @@ use serde_json::Value;
 
 fn check_model(model: &str, reference: &str) {
     let engine = Engine::load(&common::model_path(model), &EngineOptions::default()).expect("load");
-    let data: Value =
-        serde_json::from_slice(&std::fs::read(common::data_path(reference)).expect("reference data")).unwrap();
+    let data: Value = serde_json::from_slice(
+        &std::fs::read(common::data_path(reference)).expect("reference data"),
+    )
+    .unwrap();
     let cases = data["cases"].as_array().unwrap();
     assert!(cases.len() >= 5);
     let mut failures = Vec::new();
     for case in cases {
         let prompt = case["prompt"].as_str().unwrap();
-        let want_prompt: Vec<u32> =
-            case["prompt_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let want: Vec<u32> = case["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want_prompt: Vec<u32> = case["prompt_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let want: Vec<u32> = case["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let tokens = engine.tokenizer.encode(prompt, true).unwrap();
         assert_eq!(tokens, want_prompt, "prompt tokens of {prompt:?}");
         let mut session = engine.new_session(2048);
-        let params = GenerateParams { max_tokens: want.len(), sampling: SamplingParams::greedy(), stop: vec![] };
-        let out = engine.generate(&mut session, &tokens, &params, &mut |_| true).unwrap();
+        let params = GenerateParams {
+            max_tokens: want.len(),
+            sampling: SamplingParams::greedy(),
+            stop: vec![],
+        };
+        let out = engine
+            .generate(&mut session, &tokens, &params, &mut |_| true)
+            .unwrap();
         if out.tokens != want {
-            let at = out.tokens.iter().zip(&want).take_while(|(a, b)| a == b).count();
+            let at = out
+                .tokens
+                .iter()
+                .zip(&want)
+                .take_while(|(a, b)| a == b)
+                .count();
             let top = &case["top_logprobs"][at];
             failures.push(format!(
                 "{prompt:?}: first difference at token {at}: ours {:?}, llama.cpp {:?} (llama.cpp top-5 there: {top})",
@@ -34,7 +56,13 @@ fn check_model(model: &str, reference: &str) {
             ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} prompts differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} prompts differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 pub fn model_path(file: &str) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let p = root.join("models").join(file);
-    assert!(p.exists(), "test model {} is missing: run scripts/fetch-models", p.display());
+    assert!(
+        p.exists(),
+        "test model {} is missing: run scripts/fetch-models",
+        p.display()
+    );
     p
 }
 
@@ -16,5 +20,7 @@ pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
 
 pub fn data_path(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(file)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(file)
 }
