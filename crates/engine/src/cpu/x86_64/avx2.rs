@@ -59,7 +59,24 @@ pub(super) fn hsum_epi32_128(v: __m128i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
-/// An f16 (two little-endian bytes at `p`) as f32, by F16C.
+/// An f16 (two little-endian bytes at `p`) in all eight lanes, by F16C.
+///
+/// Built from a broadcast load: inserting the half into some register instead
+/// (`_mm_cvtsi32_si128` compiles to `vpinsrw`) lets LLVM pick the accumulator as the base
+/// register, which chains every block's scale load to the previous block's FMA (measured:
+/// Q4_0 at a third of its speed).
+///
+/// # Safety
+/// `p` must be valid for reading two bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn load_f16_x8(p: *const u8) -> __m256 {
+    // SAFETY: the caller guarantees two readable bytes; x86-64 is little-endian.
+    let bits = unsafe { p.cast::<i16>().read_unaligned() };
+    _mm256_cvtph_ps(_mm_set1_epi16(bits))
+}
+
+/// An f16 (two little-endian bytes at `p`) as f32, by F16C (see [`load_f16_x8`]).
 ///
 /// # Safety
 /// `p` must be valid for reading two bytes.
@@ -67,8 +84,8 @@ pub(super) fn hsum_epi32_128(v: __m128i) -> i32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn load_f16(p: *const u8) -> f32 {
     // SAFETY: the caller guarantees two readable bytes; x86-64 is little-endian.
-    let bits = unsafe { p.cast::<u16>().read_unaligned() };
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    let bits = unsafe { p.cast::<i16>().read_unaligned() };
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(bits)))
 }
 
 /// An f32 as the two little-endian bytes of an f16, rounded to nearest even (F16C), which is
@@ -157,15 +174,15 @@ pub(super) fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256i {
 pub(super) unsafe fn q4_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
     // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
     unsafe {
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); 2];
         for i in 0..nb {
             let (x, y) = (w.add(i * 18), a.add(i * 34));
-            let d = _mm256_set1_ps(load_f16(x) * load_f16(y));
+            let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
             let qx = _mm256_sub_epi8(nibbles(x.add(2)), _mm256_set1_epi8(8));
             let p = dot_i8_i8(qx, loadu(y.add(2)));
-            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+            acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[i & 1]);
         }
-        hsum_ps(acc)
+        hsum_ps(_mm256_add_ps(acc[0], acc[1]))
     }
 }
 
@@ -177,17 +194,16 @@ pub(super) unsafe fn q4_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
 pub(super) unsafe fn q4_1_q8_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
     // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
     unsafe {
-        let mut acc = _mm256_setzero_ps();
-        let mut summ = 0.0f32;
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut summ = [0.0f32; 2];
         for i in 0..nb {
             let (x, y) = (w.add(i * 20), a.add(i * 36));
-            let dy = load_f16(y);
-            summ += load_f16(x.add(2)) * load_f16(y.add(2));
-            let d = _mm256_set1_ps(load_f16(x) * dy);
+            summ[i & 1] += load_f16(x.add(2)) * load_f16(y.add(2));
+            let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
             let p = dot_u8_i8(nibbles(x.add(4)), loadu(y.add(4)));
-            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+            acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[i & 1]);
         }
-        hsum_ps(acc) + summ
+        hsum_ps(_mm256_add_ps(acc[0], acc[1])) + (summ[0] + summ[1])
     }
 }
 
@@ -199,19 +215,19 @@ pub(super) unsafe fn q4_1_q8_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
 unsafe fn q5_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
     // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
     unsafe {
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); 2];
         for i in 0..nb {
             let (x, y) = (w.add(i * 22), a.add(i * 34));
-            let d = _mm256_set1_ps(load_f16(x) * load_f16(y));
+            let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
             let qh = x.add(2).cast::<u32>().read_unaligned();
             // q - 16: OR 0xF0 into the nibble where the fifth bit is clear (giving nibble - 16
             // as i8), leave it alone where set (giving nibble + 16 - 16).
             let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
             let qx = _mm256_or_si256(nibbles(x.add(6)), hi);
             let p = dot_i8_i8(qx, loadu(y.add(2)));
-            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+            acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[i & 1]);
         }
-        hsum_ps(acc)
+        hsum_ps(_mm256_add_ps(acc[0], acc[1]))
     }
 }
 
@@ -223,20 +239,19 @@ unsafe fn q5_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
 unsafe fn q5_1_q8_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
     // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
     unsafe {
-        let mut acc = _mm256_setzero_ps();
-        let mut summ = 0.0f32;
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut summ = [0.0f32; 2];
         for i in 0..nb {
             let (x, y) = (w.add(i * 24), a.add(i * 36));
-            let dy = load_f16(y);
-            summ += load_f16(x.add(2)) * load_f16(y.add(2));
-            let d = _mm256_set1_ps(load_f16(x) * dy);
+            summ[i & 1] += load_f16(x.add(2)) * load_f16(y.add(2));
+            let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
             let qh = x.add(4).cast::<u32>().read_unaligned();
             let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
             let qx = _mm256_or_si256(nibbles(x.add(8)), hi);
             let p = dot_u8_i8(qx, loadu(y.add(4)));
-            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+            acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[i & 1]);
         }
-        hsum_ps(acc) + summ
+        hsum_ps(_mm256_add_ps(acc[0], acc[1])) + (summ[0] + summ[1])
     }
 }
 
@@ -251,7 +266,7 @@ pub(super) unsafe fn q8_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
         let mut acc = [_mm256_setzero_ps(); 2];
         for i in 0..nb {
             let (x, y) = (w.add(i * 34), a.add(i * 34));
-            let d = _mm256_set1_ps(load_f16(x) * load_f16(y));
+            let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
             let p = dot_i8_i8(loadu(x.add(2)), loadu(y.add(2)));
             acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[i & 1]);
         }
@@ -340,13 +355,20 @@ unsafe fn dot_bf16_f32_raw(n: usize, w: *const u8, a: *const u8) -> f32 {
     let y = a.cast::<f32>();
     // SAFETY: every read is of elements `< n` (caller's contract); loads are unaligned.
     unsafe {
+        let widen = |p: *const u8| {
+            let bits = _mm256_cvtepu16_epi32(loadu128(p));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits))
+        };
         let mut acc = [_mm256_setzero_ps(); 2];
         let mut i = 0;
-        while i + 8 <= n {
-            let bits = _mm256_cvtepu16_epi32(loadu128(w.add(2 * i)));
-            let xv = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits));
-            let k = (i / 8) & 1;
-            acc[k] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(y.add(i)), acc[k]);
+        while i + 16 <= n {
+            acc[0] = _mm256_fmadd_ps(widen(w.add(2 * i)), _mm256_loadu_ps(y.add(i)), acc[0]);
+            let (wi, yi) = (w.add(2 * i + 16), y.add(i + 8));
+            acc[1] = _mm256_fmadd_ps(widen(wi), _mm256_loadu_ps(yi), acc[1]);
+            i += 16;
+        }
+        if i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(widen(w.add(2 * i)), _mm256_loadu_ps(y.add(i)), acc[0]);
             i += 8;
         }
         let mut sum = hsum_ps(_mm256_add_ps(acc[0], acc[1]));
@@ -401,6 +423,7 @@ unsafe fn scale_add_raw(n: usize, out: *mut f32, x: *const f32, s: f32) {
 /// `round(v)` with ties away from zero, as `f32::round` (the reference's rounding), lane-wise.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(dead_code)]
 pub(super) fn round_away(v: __m256) -> __m256 {
     let sign = _mm256_set1_ps(-0.0);
     let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
