@@ -4,6 +4,11 @@
 //! Q6_K (half a super-block per step) and F32. The AVX-512 tier takes every other type from
 //! the AVX2 tables, and the activation quantizers too.
 //!
+//! Status: written and compiled on an AVX2-only host (qemu does not emulate AVX-512 either), so
+//! these kernels have not yet been executed; `tests/kernels_equiv.rs` checks them against the
+//! reference on the first host that has AVX-512 and says `SKIPPED` elsewhere. Until then,
+//! `BACKSTOP_KERNELS=avx2` is the way around a suspected AVX-512 problem.
+//!
 //! Same contract as `avx2.rs`: `unsafe fn` kernels with `#[target_feature]`, reached only
 //! through safe wrappers that `super` hands out after runtime detection.
 
