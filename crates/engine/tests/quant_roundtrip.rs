@@ -355,8 +355,9 @@ fn partial_blocks_are_an_error() {
     }
 }
 
-/// Q8_0 and Q8_1 round exactly as ggml: d = amax / 127 and q = round(x / d), ties away from
-/// zero; Q8_1's s is the integer sum times the unrounded d.
+/// Q8_0 and Q8_1 round exactly as ggml's x86 SIMD quantizer (what llama.cpp runs on x86-64):
+/// d = amax / 127, q = x * (127 / amax) rounded half to even; Q8_1's s is the integer sum
+/// times the unrounded d.
 #[test]
 fn q8_0_and_q8_1_round_like_ggml() {
     let mut x = [0.0f32; 32];
@@ -369,12 +370,12 @@ fn q8_0_and_q8_1_round_like_ggml() {
     let q = quantize(GgmlType::Q8_0, &x);
     assert_eq!(&q[..2], &half::f16::from_f32(1.0).to_le_bytes());
     let qs: Vec<i8> = q[2..].iter().map(|&b| b as i8).collect();
-    assert_eq!(&qs[..6], &[127, 1, -1, 3, -3, 1]);
+    assert_eq!(&qs[..6], &[127, 0, 0, 2, -2, 1]);
 
     let q1 = quantize(GgmlType::Q8_1, &x);
     assert_eq!(&q1[..2], &q[..2]);
     assert_eq!(&q1[4..], &q[2..]);
-    let sum = 127 + 1 - 1 + 3 - 3 + 1;
+    let sum = 127 + 2 - 2 + 1;
     assert_eq!(&q1[2..4], &half::f16::from_f32(sum as f32).to_le_bytes());
 }
 
