@@ -1,8 +1,8 @@
 //! NEON kernels, each block format in two builds: plain NEON (`smull` + pairwise add, exact
 //! for any i8 x i8) and NEON + dotprod (`sdot`, four i8 products straight into an i32 lane).
 //! Types: Q4_0, Q4_1, Q8_0, Q4_K, Q6_K and F32, plus the Q8_0/Q8_1/Q8_K activation
-//! quantizers (`fcvtas` rounds ties away from zero exactly as the reference's `f32::round`,
-//! `fcvtns` to even as its `round_ties_even`) and the f32 helpers.
+//! quantizers (`fcvtns` rounds ties to even exactly as the reference's `round_ties_even`)
+//! and the f32 helpers.
 //!
 //! Every kernel is an `unsafe fn` with `#[target_feature]`, reached only through a safe
 //! wrapper that `super` hands out after runtime detection; the wrappers check row lengths,
@@ -410,10 +410,11 @@ unsafe fn quantize_block_q8(x: *const f32, qs: *mut u8) -> (f32, i32) {
         }
         let amax = vmaxvq_f32(m);
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        // fcvtas: round to nearest, ties away from zero, as f32::round; then saturating
-        // narrows, as `as i8` saturates.
-        let q32: [int32x4_t; 8] = std::array::from_fn(|k| vcvtaq_s32_f32(vmulq_n_f32(v[k], id)));
+        // As the reference (ggml's x86 arithmetic): multiplier 127/amax, not 1/d.
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        // fcvtns: round to nearest, ties to even, as the reference's `round_ties_even`; then
+        // saturating narrows, as `as i8` saturates.
+        let q32: [int32x4_t; 8] = std::array::from_fn(|k| vcvtnq_s32_f32(vmulq_n_f32(v[k], id)));
         let q16: [int16x8_t; 4] =
             std::array::from_fn(|k| vqmovn_high_s32(vqmovn_s32(q32[2 * k]), q32[2 * k + 1]));
         let q8 = [

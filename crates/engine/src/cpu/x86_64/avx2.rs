@@ -420,20 +420,6 @@ unsafe fn scale_add_raw(n: usize, out: *mut f32, x: *const f32, s: f32) {
 
 // ---- activation quantizers (bytes identical to crate::quant's references) ----
 
-/// `round(v)` with ties away from zero, as `f32::round` (the reference's rounding), lane-wise.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(dead_code)]
-pub(super) fn round_away(v: __m256) -> __m256 {
-    let sign = _mm256_set1_ps(-0.0);
-    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
-    // v - trunc(v) is exact, so comparing it with 0.5 decides ties exactly.
-    let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
-    let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
-    let one = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0));
-    _mm256_add_ps(t, _mm256_and_ps(up, one))
-}
-
 /// Packs four vectors of eight i32 into 32 saturated i8 (as `as i8` saturates), in order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -478,8 +464,10 @@ unsafe fn quantize_block_q8(x: *const f32, qs: *mut u8) -> (f32, i32) {
         let mut q = [_mm256_setzero_si256(); 4];
         let mut sum = _mm256_setzero_si256();
         for k in 0..4 {
-            // cvtps rounds half to even under the default MXCSR, as the reference does.
-            let r = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], id));
+            // Half to even, as the reference, spelled out rather than left to MXCSR.
+            let v = _mm256_mul_ps(v[k], id);
+            let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            let r = _mm256_cvtps_epi32(r);
             q[k] = _mm256_max_epi32(_mm256_min_epi32(r, hi), lo);
             sum = _mm256_add_epi32(sum, q[k]);
         }
