@@ -1,10 +1,54 @@
 //! Gated-MLP activations, fused with the gate product: `gate[i] = act(gate[i]) * up[i]`.
 
-/// SwiGLU (llama family): silu(g) * u with silu(g) = g / (1 + e^-g).
+/// SwiGLU (llama family): `silu(g) * u` with `silu(g) = g / (1 + e^-g)`, computed as ggml's
+/// `ggml_vec_swiglu_f32` does on x86 AVX2 so the result equals llama.cpp's to the bit: whole
+/// groups of eight take ggml's vector exponential ([`ggml_v_expf`]), a tail of fewer than
+/// eight takes libm's `expf` as ggml's scalar loop does.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     debug_assert_eq!(gate.len(), up.len());
-    for (g, u) in gate.iter_mut().zip(up) {
+    let split = gate.len() / 8 * 8;
+    let (gv, gt) = gate.split_at_mut(split);
+    let (uv, ut) = up.split_at(split);
+    for (g, u) in gv.iter_mut().zip(uv) {
+        // ggml_v_silu: x / (1 + expf(0 - x)), then one multiply by the up value.
+        *g = *g / (1.0 + ggml_v_expf(0.0 - *g)) * u;
+    }
+    for (g, u) in gt.iter_mut().zip(ut) {
         *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// One lane of ggml's AVX2 `ggml_v_expf` (ggml-cpu/vec.h): `2^n * p(b)` with `n = round(x /
+/// ln 2)`, `b = x - n ln 2` (ln 2 split in two) and a degree-5 polynomial, written with the
+/// same fused multiply-adds (`mul_add` is exactly `_mm256_fmadd_ps` per lane, on any CPU) and
+/// the same handling of large `|n|`. Differs from libm's `expf` by up to about one ulp, which
+/// is why it must be this function and not `f32::exp`.
+#[inline]
+pub fn ggml_v_expf(x: f32) -> f32 {
+    let f = f32::from_bits;
+    let r = f(0x4b40_0000); // 0x1.8p23: adding it rounds to an integer in the low mantissa bits
+    let z = x.mul_add(f(0x3fb8_aa3b), r); // log2(e)
+    let n = z - r;
+    // _mm256_fnmadd_ps(a, b, c) = c - a * b with one rounding = (-a).mul_add(b, c).
+    let b = (-n).mul_add(f(0x35bf_be8e), (-n).mul_add(f(0x3f31_7200), x));
+    let e = z.to_bits() << 23;
+    let k = f(e.wrapping_add(1.0f32.to_bits()));
+    let u = b * b;
+    let j = f(0x3c07_2010)
+        .mul_add(b, f(0x3d2b_9f17))
+        .mul_add(u, f(0x3e2a_af33).mul_add(b, f(0x3eff_fedb)))
+        .mul_add(u, f(0x3f7f_fff6) * b);
+    if n.abs() <= 126.0 || n.is_nan() {
+        // The `c` mask (|n| > 126, ordered) is clear: the common case.
+        return j.mul_add(k, k);
+    }
+    let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+    let s1 = f(g.wrapping_add(0x7f00_0000));
+    let s2 = f(e.wrapping_sub(g));
+    if n.abs() > 192.0 {
+        s1 * s1
+    } else {
+        s2.mul_add(j, s2) * s1
     }
 }
 

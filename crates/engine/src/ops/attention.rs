@@ -65,7 +65,7 @@ pub fn attention(
     let kv_dim = p.n_head_kv * hd;
     let group = p.n_head / p.n_head_kv;
     let n_tok = q.len() / (p.n_head * hd);
-    let f16_path = n_tok < F16_ACC_MAX_TOKENS;
+    let f16_path = n_tok < F16_ACC_MAX_TOKENS && hd <= 256;
     out[..n_tok * p.n_head * hd]
         .par_chunks_mut(hd)
         .enumerate()
@@ -74,53 +74,133 @@ pub fn attention(
             let pos = pos0 + t;
             let kvh = h / group;
             let qh = &q[idx * hd..(idx + 1) * hd];
-            // Head dims are at most 256: the f16-rounded query lives on the stack.
-            let mut q16 = [0.0f32; 256];
-            let qh = if f16_path && hd <= 256 {
-                for (d, s) in q16.iter_mut().zip(qh) {
-                    *d = round_f16(*s);
-                }
-                &q16[..hd]
-            } else {
-                qh
-            };
             let start = match p.window {
                 Some(w) => (pos + 1).saturating_sub(w),
                 None => 0,
             };
-            acc.fill(0.0);
-            let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-            for j in start..=pos {
-                let off = j * kv_dim + kvh * hd;
-                let mut s = dot(qh, &k_cache[off..off + hd]) * p.scale;
-                if let Some(cap) = p.softcap {
-                    s = cap * (s / cap).tanh();
-                }
-                if s > max {
-                    let c = (max - s).exp();
-                    for a in acc.iter_mut() {
-                        *a *= c;
-                    }
-                    if f16_path {
-                        // ggml rescales its f16 accumulator in place: one rounding here...
-                        round_f16_slice(acc);
-                    }
-                    sum *= c;
-                    max = s;
-                }
-                let wgt = (s - max).exp();
-                sum += wgt;
-                axpy(acc, wgt, &v_cache[off..off + hd]);
-                if f16_path {
-                    // ...and one after adding the weighted value.
-                    round_f16_slice(acc);
-                }
-            }
-            let inv = 1.0 / sum;
-            for a in acc.iter_mut() {
-                *a *= inv;
+            let keys = (start..=pos).map(|j| j * kv_dim + kvh * hd);
+            if f16_path {
+                one_query_f16(p, qh, k_cache, v_cache, keys, acc);
+            } else {
+                one_query_f32(p, qh, k_cache, v_cache, keys, acc);
             }
         });
+}
+
+/// ggml's `ggml_compute_forward_flash_attn_ext_f16_one_chunk` for an F16 KV cache, step by
+/// step, so the output equals llama.cpp's to the bit: the query rounded to f16; scores by
+/// [`dot_f16_ggml`] times `scale`; on a new maximum the f16 accumulator is scaled by
+/// `expf(M_old - M)` (rounded to f16), then `acc = f16(fma(v, w, acc))`; the running sum is
+/// `S = fma(S, ms, vs)` (GCC contracts ggml's `S = S*ms + vs`); finally `acc * (1 / S)`.
+fn one_query_f16(
+    p: &AttnParams,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    keys: impl Iterator<Item = usize>,
+    acc: &mut [f32],
+) {
+    let hd = q.len();
+    let mut q16 = [0.0f32; 256];
+    for (d, s) in q16.iter_mut().zip(q) {
+        *d = round_f16(*s);
+    }
+    let q16 = &q16[..hd];
+    // ggml folds the soft-cap divisor into the scale: s = cap * tanh(dot * (scale / cap)).
+    let scale = p.softcap.map_or(p.scale, |cap| p.scale / cap);
+    acc.fill(0.0);
+    let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+    for off in keys {
+        let mut s = dot_f16_ggml(&k_cache[off..off + hd], q16) * scale;
+        if let Some(cap) = p.softcap {
+            s = cap * s.tanh();
+        }
+        let (mut ms, mut vs) = (1.0f32, 1.0f32);
+        if s > m {
+            ms = (m - s).exp();
+            m = s;
+            for a in acc.iter_mut() {
+                *a = round_f16(*a * ms);
+            }
+        } else {
+            vs = (s - m).exp();
+        }
+        for (a, v) in acc.iter_mut().zip(&v_cache[off..off + hd]) {
+            *a = round_f16(v.mul_add(vs, *a));
+        }
+        sum = sum.mul_add(ms, vs);
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    for a in acc.iter_mut() {
+        *a *= inv;
+    }
+}
+
+/// The f32 online-softmax path for large batches (ggml's tiled kernel also computes in f32,
+/// though it sums in a different order, so prefill of 64+ tokens is not bit-exact).
+fn one_query_f32(
+    p: &AttnParams,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    keys: impl Iterator<Item = usize>,
+    acc: &mut [f32],
+) {
+    let hd = q.len();
+    acc.fill(0.0);
+    let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+    for off in keys {
+        let mut s = dot(q, &k_cache[off..off + hd]) * p.scale;
+        if let Some(cap) = p.softcap {
+            s = cap * (s / cap).tanh();
+        }
+        if s > max {
+            let c = (max - s).exp();
+            for a in acc.iter_mut() {
+                *a *= c;
+            }
+            sum *= c;
+            max = s;
+        }
+        let wgt = (s - max).exp();
+        sum += wgt;
+        axpy(acc, wgt, &v_cache[off..off + hd]);
+    }
+    let inv = 1.0 / sum;
+    for a in acc.iter_mut() {
+        *a *= inv;
+    }
+}
+
+/// ggml's `ggml_vec_dot_f16` on x86 AVX2 (f16 inputs, here already f16-valued f32s): four
+/// accumulators of eight lanes over steps of 32 elements, element `i` in accumulator
+/// `(i / 8) % 4`, lane `i % 8`, each `fma(x, y, acc)`; reduced as `GGML_F32x8_REDUCE`
+/// (`a0 + a2`, `a1 + a3`, then those two; then lanes `l + (l + 4)`, then two `hadd`s);
+/// the tail of fewer than 32 elements added in f64, the total rounded to f32 once.
+pub fn dot_f16_ggml(x: &[f32], y: &[f32]) -> f32 {
+    debug_assert_eq!(x.len(), y.len());
+    let np = x.len() / 32 * 32;
+    let mut sumf = 0.0f64;
+    if np > 0 {
+        let mut acc = [[0.0f32; 8]; 4];
+        for (xc, yc) in x[..np].chunks_exact(32).zip(y[..np].chunks_exact(32)) {
+            for (j, a) in acc.iter_mut().enumerate() {
+                for (l, a) in a.iter_mut().enumerate() {
+                    *a = xc[8 * j + l].mul_add(yc[8 * j + l], *a);
+                }
+            }
+        }
+        let mut v = [0.0f32; 8];
+        for (l, v) in v.iter_mut().enumerate() {
+            *v = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+        }
+        let t = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
+        sumf = f64::from((t[0] + t[1]) + (t[2] + t[3]));
+    }
+    for (a, b) in x[np..].iter().zip(&y[np..]) {
+        sumf += f64::from(a * b);
+    }
+    sumf as f32
 }
 
 #[cfg(test)]

@@ -42,8 +42,11 @@ impl RopeCache {
                     RopeLayout::Neox => (i, i + half),
                 };
                 let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * cos - x1 * sin;
-                head[b] = x0 * sin + x1 * cos;
+                // ggml's `rotate_pairs` computes `x0*cos - x1*sin` and `x0*sin + x1*cos`; GCC
+                // contracts each into one fma over the first product (checked bit-exact against
+                // llama.cpp's ROPE output), so the second product is rounded and the first not.
+                head[a] = x0.mul_add(cos, -(x1 * sin));
+                head[b] = x0.mul_add(sin, x1 * cos);
             }
         }
     }

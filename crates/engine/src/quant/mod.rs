@@ -267,6 +267,42 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
     }
 }
 
+/// The float accumulation of ggml's x86 AVX2 dot products for the 32-element block formats
+/// (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), which is what llama.cpp runs on the x86-64 hosts our greedy
+/// tokens are checked against. Float addition is not associative, so to give llama.cpp's
+/// results to the last bit every tier must sum in this order:
+///
+/// - each block's 32 integer products form eight lane sums, lane `k` holding elements
+///   `4k..4k + 4` (`maddubs` + `madd` with ones), exact in i32;
+/// - lane `k` accumulates `fma(d, lane_k as f32, acc_k)` over the blocks, with
+///   `d = dw * da` rounded to f32 first (one `_mm256_fmadd_ps` per block);
+/// - the eight lanes are reduced as `hsum_float_8`: `(a0 + a4) + (a2 + a6)` and
+///   `(a1 + a5) + (a3 + a7)`, then the two added.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BlockAcc8 {
+    lanes: [f32; 8],
+}
+
+impl BlockAcc8 {
+    /// Adds one block: `prods[i]` is the integer product of element `i` of the block.
+    #[inline]
+    pub(crate) fn add_block(&mut self, d: f32, prods: &[i32; 32]) {
+        for (k, acc) in self.lanes.iter_mut().enumerate() {
+            let p = &prods[4 * k..4 * k + 4];
+            let lane = (p[0] + p[1]) + (p[2] + p[3]);
+            *acc = d.mul_add(lane as f32, *acc);
+        }
+    }
+
+    /// `hsum_float_8`.
+    #[inline]
+    pub(crate) fn sum(&self) -> f32 {
+        let a = &self.lanes;
+        let r = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+        (r[0] + r[2]) + (r[1] + r[3])
+    }
+}
+
 // F32 is the trivial format: little-endian f32s, one per "block".
 
 fn f32_dequantize_row(src: &[u8], dst: &mut [f32]) {

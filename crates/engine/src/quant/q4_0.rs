@@ -6,7 +6,7 @@
 
 use super::block_view::{as_blocks, as_blocks_mut, Block, F16Le};
 use super::q8_0::BlockQ8_0;
-use super::QK4_0;
+use super::{BlockAcc8, QK4_0};
 
 /// ggml's `block_q4_0`: `x[i] = d * (q[i] - 8)`.
 #[repr(C)]
@@ -75,15 +75,15 @@ pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
         w.len() * QK4_0 == n && a.len() == w.len(),
         "Q4_0 vec_dot lengths"
     );
-    let mut sum = 0.0f32;
+    // Summed in the order of ggml's AVX2 kernel (see `BlockAcc8`).
+    let mut acc = BlockAcc8::default();
     for (x, y) in w.iter().zip(a) {
-        let (lo, hi) = y.qs.split_at(QK4_0 / 2);
-        let mut sumi = 0i32;
-        for ((&q, &a0), &a1) in x.qs.iter().zip(lo).zip(hi) {
-            sumi += (i32::from(q & 0x0F) - 8) * i32::from(a0);
-            sumi += (i32::from(q >> 4) - 8) * i32::from(a1);
+        let mut prods = [0i32; QK4_0];
+        for (j, &q) in x.qs.iter().enumerate() {
+            prods[j] = (i32::from(q & 0x0F) - 8) * i32::from(y.qs[j]);
+            prods[j + 16] = (i32::from(q >> 4) - 8) * i32::from(y.qs[j + 16]);
         }
-        sum += sumi as f32 * (x.d.to_f32() * y.d.to_f32());
+        acc.add_block(x.d.to_f32() * y.d.to_f32(), &prods);
     }
-    sum
+    acc.sum()
 }

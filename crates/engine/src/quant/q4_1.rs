@@ -5,7 +5,7 @@
 
 use super::block_view::{as_blocks, as_blocks_mut, Block, F16Le};
 use super::q8_1::BlockQ8_1;
-use super::QK4_1;
+use super::{BlockAcc8, QK4_1};
 
 /// ggml's `block_q4_1`: `x[i] = d * q[i] + m`.
 #[repr(C)]
@@ -61,7 +61,9 @@ pub fn quantize_row(src: &[f32], dst: &mut [u8]) {
 }
 
 /// Q4_1 weights against Q8_1 activations:
-/// `sum_blocks dw * da * sum_i qw[i] * qa[i] + mw * sa`.
+/// `sum_blocks dw * da * sum_i qw[i] * qa[i] + mw * sa`, summed as ggml's AVX2 kernel does
+/// (see [`BlockAcc8`]), with the `m` terms in a separate scalar `fma` chain added at the end
+/// (GCC contracts ggml's `summs += m * s` into `vfmadd231ss`).
 pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
     let w: &[BlockQ4_1] = as_blocks(w);
     let a: &[BlockQ8_1] = as_blocks(act);
@@ -69,15 +71,16 @@ pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
         w.len() * QK4_1 == n && a.len() == w.len(),
         "Q4_1 vec_dot lengths"
     );
-    let mut sum = 0.0f32;
+    let mut acc = BlockAcc8::default();
+    let mut summs = 0.0f32;
     for (x, y) in w.iter().zip(a) {
-        let (lo, hi) = y.qs.split_at(QK4_1 / 2);
-        let mut sumi = 0i32;
-        for ((&q, &a0), &a1) in x.qs.iter().zip(lo).zip(hi) {
-            sumi += i32::from(q & 0x0F) * i32::from(a0);
-            sumi += i32::from(q >> 4) * i32::from(a1);
+        summs = x.m.to_f32().mul_add(y.s.to_f32(), summs);
+        let mut prods = [0i32; QK4_1];
+        for (j, &q) in x.qs.iter().enumerate() {
+            prods[j] = i32::from(q & 0x0F) * i32::from(y.qs[j]);
+            prods[j + 16] = i32::from(q >> 4) * i32::from(y.qs[j + 16]);
         }
-        sum += sumi as f32 * (x.d.to_f32() * y.d.to_f32()) + x.m.to_f32() * y.s.to_f32();
+        acc.add_block(x.d.to_f32() * y.d.to_f32(), &prods);
     }
-    sum
+    acc.sum() + summs
 }

@@ -8,7 +8,7 @@
 use super::block_view::{as_blocks, as_blocks_mut, Block, F16Le};
 use super::q4_0::signed_absmax;
 use super::q8_0::BlockQ8_0;
-use super::QK5_0;
+use super::{BlockAcc8, QK5_0};
 
 /// ggml's `block_q5_0`: `x[i] = d * (q[i] - 16)`.
 #[repr(C)]
@@ -79,16 +79,17 @@ pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
         w.len() * QK5_0 == n && a.len() == w.len(),
         "Q5_0 vec_dot lengths"
     );
-    let mut sum = 0.0f32;
+    // Summed in the order of ggml's AVX2 kernel (see `BlockAcc8`).
+    let mut acc = BlockAcc8::default();
     for (x, y) in w.iter().zip(a) {
         let qh = u32::from_le_bytes(x.qh);
-        let mut sumi = 0i32;
+        let mut prods = [0i32; QK5_0];
         for j in 0..QK5_0 / 2 {
             let (q0, q1) = quants5(&x.qs, qh, j);
-            sumi += (i32::from(q0) - 16) * i32::from(y.qs[j]);
-            sumi += (i32::from(q1) - 16) * i32::from(y.qs[j + 16]);
+            prods[j] = (i32::from(q0) - 16) * i32::from(y.qs[j]);
+            prods[j + 16] = (i32::from(q1) - 16) * i32::from(y.qs[j + 16]);
         }
-        sum += sumi as f32 * (x.d.to_f32() * y.d.to_f32());
+        acc.add_block(x.d.to_f32() * y.d.to_f32(), &prods);
     }
-    sum
+    acc.sum()
 }

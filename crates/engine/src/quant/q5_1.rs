@@ -5,7 +5,7 @@ use super::block_view::{as_blocks, as_blocks_mut, Block, F16Le};
 use super::q4_1::min_max;
 use super::q5_0::{pack5, quants5};
 use super::q8_1::BlockQ8_1;
-use super::QK5_1;
+use super::{BlockAcc8, QK5_1};
 
 /// ggml's `block_q5_1`: `x[i] = d * q[i] + m`.
 #[repr(C)]
@@ -65,16 +65,20 @@ pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
         w.len() * QK5_1 == n && a.len() == w.len(),
         "Q5_1 vec_dot lengths"
     );
-    let mut sum = 0.0f32;
+    // Summed in the order of ggml's AVX2 kernel (see `BlockAcc8`), the `m` terms in a separate
+    // scalar `fma` chain (GCC contracts ggml's `summs += m * s`) added at the end.
+    let mut acc = BlockAcc8::default();
+    let mut summs = 0.0f32;
     for (x, y) in w.iter().zip(a) {
+        summs = x.m.to_f32().mul_add(y.s.to_f32(), summs);
         let qh = u32::from_le_bytes(x.qh);
-        let mut sumi = 0i32;
+        let mut prods = [0i32; QK5_1];
         for j in 0..QK5_1 / 2 {
             let (q0, q1) = quants5(&x.qs, qh, j);
-            sumi += i32::from(q0) * i32::from(y.qs[j]);
-            sumi += i32::from(q1) * i32::from(y.qs[j + 16]);
+            prods[j] = i32::from(q0) * i32::from(y.qs[j]);
+            prods[j + 16] = i32::from(q1) * i32::from(y.qs[j + 16]);
         }
-        sum += sumi as f32 * (x.d.to_f32() * y.d.to_f32()) + x.m.to_f32() * y.s.to_f32();
+        acc.add_block(x.d.to_f32() * y.d.to_f32(), &prods);
     }
-    sum
+    acc.sum() + summs
 }

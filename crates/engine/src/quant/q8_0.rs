@@ -5,7 +5,7 @@
 //! `quantize_row_q8_0_ref`: `d = amax / 127`, `q = round(x / d)` with ties away from zero.
 
 use super::block_view::{as_blocks, as_blocks_mut, Block, F16Le};
-use super::QK8_0;
+use super::{BlockAcc8, QK8_0};
 
 /// ggml's `block_q8_0`: `x[i] = d * qs[i]`.
 #[repr(C)]
@@ -74,10 +74,14 @@ pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
         w.len() * QK8_0 == n && a.len() == w.len(),
         "Q8_0 vec_dot lengths"
     );
-    let mut sum = 0.0f32;
+    // Summed in the order of ggml's AVX2 kernel (see `BlockAcc8`).
+    let mut acc = BlockAcc8::default();
     for (x, y) in w.iter().zip(a) {
-        let sumi = dot_i8(&x.qs, &y.qs);
-        sum += sumi as f32 * (x.d.to_f32() * y.d.to_f32());
+        let mut prods = [0i32; QK8_0];
+        for (p, (&qx, &qy)) in prods.iter_mut().zip(x.qs.iter().zip(&y.qs)) {
+            *p = i32::from(qx) * i32::from(qy);
+        }
+        acc.add_block(x.d.to_f32() * y.d.to_f32(), &prods);
     }
-    sum
+    acc.sum()
 }
