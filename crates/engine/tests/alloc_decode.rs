@@ -42,7 +42,7 @@ fn decode_steps_allocate_nothing() {
     };
     let engine = Engine::load(&common::model_path(common::SMOLLM2), &opts).unwrap();
     let prompt = engine.tokenizer.encode("1, 2, 3, 4, 5,", true).unwrap();
-    let mut count = |n: usize| {
+    let count = |n: usize| {
         let mut session = engine.new_session(512);
         let params = GenerateParams {
             max_tokens: n,
