@@ -174,15 +174,15 @@ pub(super) fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256i {
 pub(super) unsafe fn q4_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
     // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut acc = _mm256_setzero_ps();
         for i in 0..nb {
             let (x, y) = (w.add(i * 18), a.add(i * 34));
             let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
             let qx = _mm256_sub_epi8(nibbles(x.add(2)), _mm256_set1_epi8(8));
             let p = dot_i8_i8(qx, loadu(y.add(2)));
-            acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[i & 1]);
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
         }
-        hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+        hsum_ps(acc)
     }
 }
 
@@ -194,16 +194,16 @@ pub(super) unsafe fn q4_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
 pub(super) unsafe fn q4_1_q8_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
     // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut summ = [0.0f32; 2];
+        let mut acc = _mm256_setzero_ps();
+        let mut summ = 0.0f32;
         for i in 0..nb {
             let (x, y) = (w.add(i * 20), a.add(i * 36));
-            summ[i & 1] += load_f16(x.add(2)) * load_f16(y.add(2));
+            summ = load_f16(x.add(2)).mul_add(load_f16(y.add(2)), summ);
             let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
             let p = dot_u8_i8(nibbles(x.add(4)), loadu(y.add(4)));
-            acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[i & 1]);
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
         }
-        hsum_ps(_mm256_add_ps(acc[0], acc[1])) + (summ[0] + summ[1])
+        hsum_ps(acc) + summ
     }
 }
 
@@ -215,7 +215,7 @@ pub(super) unsafe fn q4_1_q8_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
 unsafe fn q5_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
     // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut acc = _mm256_setzero_ps();
         for i in 0..nb {
             let (x, y) = (w.add(i * 22), a.add(i * 34));
             let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
@@ -225,9 +225,9 @@ unsafe fn q5_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
             let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
             let qx = _mm256_or_si256(nibbles(x.add(6)), hi);
             let p = dot_i8_i8(qx, loadu(y.add(2)));
-            acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[i & 1]);
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
         }
-        hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+        hsum_ps(acc)
     }
 }
 
@@ -239,19 +239,19 @@ unsafe fn q5_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
 unsafe fn q5_1_q8_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
     // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut summ = [0.0f32; 2];
+        let mut acc = _mm256_setzero_ps();
+        let mut summ = 0.0f32;
         for i in 0..nb {
             let (x, y) = (w.add(i * 24), a.add(i * 36));
-            summ[i & 1] += load_f16(x.add(2)) * load_f16(y.add(2));
+            summ = load_f16(x.add(2)).mul_add(load_f16(y.add(2)), summ);
             let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
             let qh = x.add(4).cast::<u32>().read_unaligned();
             let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
             let qx = _mm256_or_si256(nibbles(x.add(8)), hi);
             let p = dot_u8_i8(qx, loadu(y.add(4)));
-            acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[i & 1]);
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
         }
-        hsum_ps(_mm256_add_ps(acc[0], acc[1])) + (summ[0] + summ[1])
+        hsum_ps(acc) + summ
     }
 }
 
@@ -263,14 +263,14 @@ unsafe fn q5_1_q8_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
 pub(super) unsafe fn q8_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
     // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut acc = _mm256_setzero_ps();
         for i in 0..nb {
             let (x, y) = (w.add(i * 34), a.add(i * 34));
             let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
             let p = dot_i8_i8(loadu(x.add(2)), loadu(y.add(2)));
-            acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[i & 1]);
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
         }
-        hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+        hsum_ps(acc)
     }
 }
 
