@@ -1,8 +1,9 @@
-//! The `backstop` command line: run, chat, info, tokenize.
+//! The `backstop` command line: run, chat, info, tokenize, bench.
 //!
 //! Errors end as one line on stderr and a non-zero exit; nothing here opens a network
 //! connection.
 
+mod bench;
 mod chat;
 mod info;
 mod options;
@@ -34,6 +35,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Print the token ids (and pieces) of a text, as llama-tokenize does.
     Tokenize(tokenize::TokenizeArgs),
+    /// Prompt-processing and generation speed, in llama-bench's terms.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => chat::chat(a),
         Command::Info(a) => info::info(a),
         Command::Tokenize(a) => tokenize::tokenize(a),
+        Command::Bench(a) => bench::bench(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

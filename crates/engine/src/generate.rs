@@ -155,6 +155,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Run `tokens` one at a time, as decode steps do (benchmarks: llama-bench's tg test).
+    pub fn eval_each(&self, session: &mut Session, tokens: &[u32]) -> Result<(), EngineError> {
+        self.pool.install(|| {
+            tokens.iter().try_for_each(|t| {
+                self.model
+                    .forward(&self.kernels, session, std::slice::from_ref(t))
+            })
+        })?;
+        Ok(())
+    }
+
     /// Generate a continuation of `prompt` (token ids). The session's cached prefix is reused;
     /// `on_text` receives valid UTF-8 pieces and returns `false` to stop early.
     pub fn generate(
