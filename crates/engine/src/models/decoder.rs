@@ -165,18 +165,37 @@ impl Decoder {
         let mut bases: Vec<f32> = Vec::new();
         let mut layer_rope = Vec::with_capacity(cfg.n_layer);
         for l in 0..cfg.n_layer {
-            let base = cfg.layer_rope_base.get(l).copied().flatten().unwrap_or(cfg.rope_base);
+            let base = cfg
+                .layer_rope_base
+                .get(l)
+                .copied()
+                .flatten()
+                .unwrap_or(cfg.rope_base);
             let idx = match bases.iter().position(|b| *b == base) {
                 Some(i) => i,
                 None => {
                     bases.push(base);
-                    ropes.push(RopeCache::new(cfg.rope_layout, cfg.rope_dims, base, cfg.rope_freq_scale));
+                    ropes.push(RopeCache::new(
+                        cfg.rope_layout,
+                        cfg.rope_dims,
+                        base,
+                        cfg.rope_freq_scale,
+                    ));
                     bases.len() - 1
                 }
             };
             layer_rope.push(idx);
         }
-        Self { file, cfg, tok_embd, output_norm, output, layers, ropes, layer_rope }
+        Self {
+            file,
+            cfg,
+            tok_embd,
+            output_norm,
+            output,
+            layers,
+            ropes,
+            layer_rope,
+        }
     }
 
     /// Allocate a session with room for `n_ctx` tokens.
@@ -232,10 +251,16 @@ impl Decoder {
     pub fn forward(&self, k: &Kernels, s: &mut Session, tokens: &[u32]) -> Result<(), ModelError> {
         let needed = s.n_past + tokens.len();
         if needed > s.n_ctx {
-            return Err(ModelError::ContextFull { needed, n_ctx: s.n_ctx });
+            return Err(ModelError::ContextFull {
+                needed,
+                n_ctx: s.n_ctx,
+            });
         }
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.cfg.n_vocab) {
-            return Err(ModelError::BadToken { id, n_vocab: self.cfg.n_vocab });
+            return Err(ModelError::BadToken {
+                id,
+                n_vocab: self.cfg.n_vocab,
+            });
         }
         for chunk in tokens.chunks(N_UBATCH) {
             self.forward_ubatch(k, s, chunk);
@@ -281,10 +306,12 @@ impl Decoder {
                 let q = &mut s.q[t * qd..(t + 1) * qd];
                 let kr = &mut s.k[t * kvd..(t + 1) * kvd];
                 if let Some(w) = &lw.q_norm {
-                    q.chunks_exact_mut(c.head_dim).for_each(|h| rms_norm_inplace(h, w, c.rms_eps));
+                    q.chunks_exact_mut(c.head_dim)
+                        .for_each(|h| rms_norm_inplace(h, w, c.rms_eps));
                 }
                 if let Some(w) = &lw.k_norm {
-                    kr.chunks_exact_mut(c.head_dim).for_each(|h| rms_norm_inplace(h, w, c.rms_eps));
+                    kr.chunks_exact_mut(c.head_dim)
+                        .for_each(|h| rms_norm_inplace(h, w, c.rms_eps));
                 }
                 rope.apply(q, c.head_dim, pos0 + t);
                 rope.apply(kr, c.head_dim, pos0 + t);
@@ -310,12 +337,24 @@ impl Decoder {
             attention(&p, &s.q[..n * qd], kc, vc, pos0, &mut s.attn[..n * qd]);
             quantize_acts(k, lw.wo.info.ty, &s.attn[..n * qd], qd, &mut s.act);
             matmul(k, lw.wo.mat(file), &s.act, n, &mut s.proj, &mut s.scratch);
-            residual_add(&mut s.x[..n * d], &mut s.proj[..n * d], lw.post_attn_norm.as_deref(), c.rms_eps);
+            residual_add(
+                &mut s.x[..n * d],
+                &mut s.proj[..n * d],
+                lw.post_attn_norm.as_deref(),
+                c.rms_eps,
+            );
 
             // --- feed-forward block ---
             norm_rows(&mut s.xn[..n * d], &s.x[..n * d], &lw.ffn_norm, c.rms_eps);
             quantize_acts(k, lw.w_gate.info.ty, &s.xn[..n * d], d, &mut s.act);
-            matmul(k, lw.w_gate.mat(file), &s.act, n, &mut s.gate, &mut s.scratch);
+            matmul(
+                k,
+                lw.w_gate.mat(file),
+                &s.act,
+                n,
+                &mut s.gate,
+                &mut s.scratch,
+            );
             if lw.w_up.info.ty.vec_dot_type() != lw.w_gate.info.ty.vec_dot_type() {
                 quantize_acts(k, lw.w_up.info.ty, &s.xn[..n * d], d, &mut s.act);
             }
@@ -327,17 +366,38 @@ impl Decoder {
                 Activation::GeluTanh => gelu_tanh_mul(gate, up),
             }
             quantize_acts(k, lw.w_down.info.ty, &s.gate[..n * ff], ff, &mut s.act);
-            matmul(k, lw.w_down.mat(file), &s.act, n, &mut s.proj, &mut s.scratch);
-            residual_add(&mut s.x[..n * d], &mut s.proj[..n * d], lw.post_ffn_norm.as_deref(), c.rms_eps);
+            matmul(
+                k,
+                lw.w_down.mat(file),
+                &s.act,
+                n,
+                &mut s.proj,
+                &mut s.scratch,
+            );
+            residual_add(
+                &mut s.x[..n * d],
+                &mut s.proj[..n * d],
+                lw.post_ffn_norm.as_deref(),
+                c.rms_eps,
+            );
         }
 
         // Only the last token's logits are needed to sample the next one.
         let last = &s.x[(n - 1) * d..n * d];
         rms_norm(&mut s.xn[..d], last, &self.output_norm, c.rms_eps);
         quantize_acts(k, self.output.info.ty, &s.xn[..d], d, &mut s.act);
-        matmul(k, self.output.mat(file), &s.act, 1, &mut s.logits, &mut s.scratch);
+        matmul(
+            k,
+            self.output.mat(file),
+            &s.act,
+            1,
+            &mut s.logits,
+            &mut s.scratch,
+        );
         if let Some(cap) = c.final_logit_softcap {
-            s.logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+            s.logits
+                .iter_mut()
+                .for_each(|v| *v = cap * (*v / cap).tanh());
         }
     }
 }
@@ -347,20 +407,24 @@ fn norm_rows(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     if x.len() == d {
         rms_norm(out, x, w, eps);
     } else {
-        out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, r)| rms_norm(o, r, w, eps));
+        out.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .for_each(|(o, r)| rms_norm(o, r, w, eps));
     }
 }
 
 fn add_bias_rows(x: &mut [f32], bias: Option<&[f32]>) {
     if let Some(b) = bias {
-        x.chunks_exact_mut(b.len()).for_each(|row| add_assign(row, b));
+        x.chunks_exact_mut(b.len())
+            .for_each(|row| add_assign(row, b));
     }
 }
 
 /// `x += post_norm(y)` (or `x += y` without a post-norm).
 fn residual_add(x: &mut [f32], y: &mut [f32], post_norm: Option<&[f32]>, eps: f32) {
     if let Some(w) = post_norm {
-        y.chunks_exact_mut(w.len()).for_each(|row| rms_norm_inplace(row, w, eps));
+        y.chunks_exact_mut(w.len())
+            .for_each(|row| rms_norm_inplace(row, w, eps));
     }
     add_assign(x, y);
 }

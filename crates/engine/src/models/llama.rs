@@ -14,26 +14,42 @@ pub(super) fn hparam(h: &GgufHeader, arch: &str, suffix: &str) -> Result<usize, 
     let key = arch_key(arch, suffix);
     let v = h.get_u32(&key)? as usize;
     if v == 0 || v > 1 << 20 {
-        return Err(ModelError::BadHyperParam { key, why: format!("{v} is out of range") });
+        return Err(ModelError::BadHyperParam {
+            key,
+            why: format!("{v} is out of range"),
+        });
     }
     Ok(v)
 }
 
-pub(super) fn hparam_or(h: &GgufHeader, arch: &str, suffix: &str, default: usize) -> Result<usize, ModelError> {
+pub(super) fn hparam_or(
+    h: &GgufHeader,
+    arch: &str,
+    suffix: &str,
+    default: usize,
+) -> Result<usize, ModelError> {
     if h.get(&arch_key(arch, suffix)).is_none() {
         return Ok(default);
     }
     hparam(h, arch, suffix)
 }
 
-pub(super) fn fparam_or(h: &GgufHeader, arch: &str, suffix: &str, default: f32) -> Result<f32, ModelError> {
+pub(super) fn fparam_or(
+    h: &GgufHeader,
+    arch: &str,
+    suffix: &str,
+    default: f32,
+) -> Result<f32, ModelError> {
     let key = arch_key(arch, suffix);
     if h.get(&key).is_none() {
         return Ok(default);
     }
     let v = h.get_f32(&key)?;
     if !v.is_finite() {
-        return Err(ModelError::BadHyperParam { key, why: format!("{v} is not finite") });
+        return Err(ModelError::BadHyperParam {
+            key,
+            why: format!("{v} is not finite"),
+        });
     }
     Ok(v)
 }
@@ -65,7 +81,11 @@ pub(super) fn base_config(h: &GgufHeader, arch: &str) -> Result<DecoderConfig, M
     let freq_scale = match h.get(&arch_key(arch, "rope.scaling.factor")) {
         Some(_) => {
             let f = fparam_or(h, arch, "rope.scaling.factor", 1.0)?;
-            if f > 0.0 { 1.0 / f } else { 1.0 }
+            if f > 0.0 {
+                1.0 / f
+            } else {
+                1.0
+            }
         }
         None => 1.0,
     };
@@ -94,7 +114,11 @@ pub(super) fn base_config(h: &GgufHeader, arch: &str) -> Result<DecoderConfig, M
 }
 
 /// The attention and MLP matrices every family names the same way (`blk.N.attn_q.weight`, ...).
-pub(super) fn load_layer(file: &SharedFile, c: &DecoderConfig, l: usize) -> Result<LayerWeights, ModelError> {
+pub(super) fn load_layer(
+    file: &SharedFile,
+    c: &DecoderConfig,
+    l: usize,
+) -> Result<LayerWeights, ModelError> {
     let t = |s: &str| format!("blk.{l}.{s}");
     let (d, qd, kvd, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
     let opt = |s: &str, n: usize| super::weights::load_vector_opt(file, &t(s), n);
@@ -119,7 +143,10 @@ pub(super) fn load_layer(file: &SharedFile, c: &DecoderConfig, l: usize) -> Resu
 }
 
 /// Embeddings, final norm and LM head (tied to the embeddings when `output.weight` is absent).
-pub(super) fn load_io(file: &SharedFile, c: &DecoderConfig) -> Result<(Linear, Vec<f32>, Linear), ModelError> {
+pub(super) fn load_io(
+    file: &SharedFile,
+    c: &DecoderConfig,
+) -> Result<(Linear, Vec<f32>, Linear), ModelError> {
     let tok_embd = Linear::load(file, "token_embd.weight", c.n_embd, c.n_vocab)?;
     let output_norm = load_vector(file, "output_norm.weight", c.n_embd)?;
     let output = if file.tensor("output.weight").is_some() {
@@ -133,6 +160,15 @@ pub(super) fn load_io(file: &SharedFile, c: &DecoderConfig) -> Result<(Linear, V
 pub fn from_gguf(file: SharedFile) -> Result<Decoder, ModelError> {
     let cfg = base_config(&file, "llama")?;
     let (tok_embd, output_norm, output) = load_io(&file, &cfg)?;
-    let layers = (0..cfg.n_layer).map(|l| load_layer(&file, &cfg, l)).collect::<Result<Vec<_>, _>>()?;
-    Ok(Decoder::new(file, cfg, tok_embd, output_norm, output, layers))
+    let layers = (0..cfg.n_layer)
+        .map(|l| load_layer(&file, &cfg, l))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Decoder::new(
+        file,
+        cfg,
+        tok_embd,
+        output_norm,
+        output,
+        layers,
+    ))
 }

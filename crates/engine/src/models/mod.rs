@@ -25,11 +25,19 @@ pub enum ModelError {
     #[error("unsupported architecture {0:?} (supported: llama)")]
     UnsupportedArch(String),
     #[error("tensor {name} has shape {found:?}, expected {expected:?}")]
-    BadShape { name: String, expected: Vec<u64>, found: Vec<u64> },
+    BadShape {
+        name: String,
+        expected: Vec<u64>,
+        found: Vec<u64>,
+    },
     #[error("tensor {name}: {source}")]
     BadTensor { name: String, source: QuantError },
     #[error("tensor {name} has type {ty}, which cannot be used as {role}")]
-    BadTensorType { name: String, ty: &'static str, role: &'static str },
+    BadTensorType {
+        name: String,
+        ty: &'static str,
+        role: &'static str,
+    },
     #[error("bad hyper-parameter {key}: {why}")]
     BadHyperParam { key: String, why: String },
     #[error("context is full: {needed} tokens needed, context size is {n_ctx}")]

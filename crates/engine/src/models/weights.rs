@@ -17,7 +17,12 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(file: &GgufFile, name: &str, n_in: usize, n_out: usize) -> Result<Self, ModelError> {
+    pub fn load(
+        file: &GgufFile,
+        name: &str,
+        n_in: usize,
+        n_out: usize,
+    ) -> Result<Self, ModelError> {
         let info = file
             .tensor(name)
             .ok_or_else(|| crate::gguf::GgufError::MissingTensor(name.to_string()))?
@@ -34,7 +39,12 @@ impl Linear {
     }
 
     pub fn mat<'a>(&self, file: &'a GgufFile) -> MatRef<'a> {
-        MatRef { ty: self.info.ty, n_in: self.n_in, n_out: self.n_out, data: file.tensor_data(&self.info) }
+        MatRef {
+            ty: self.info.ty,
+            n_in: self.n_in,
+            n_out: self.n_out,
+            data: file.tensor_data(&self.info),
+        }
     }
 
     /// Dequantize row `r` (an embedding lookup).
@@ -68,7 +78,11 @@ pub fn load_vector(file: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, Mo
     Ok(out)
 }
 
-pub fn load_vector_opt(file: &GgufFile, name: &str, n: usize) -> Result<Option<Vec<f32>>, ModelError> {
+pub fn load_vector_opt(
+    file: &GgufFile,
+    name: &str,
+    n: usize,
+) -> Result<Option<Vec<f32>>, ModelError> {
     if file.tensor(name).is_none() {
         return Ok(None);
     }

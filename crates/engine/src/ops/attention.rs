@@ -268,7 +268,11 @@ mod tests {
         for i in 0..100_000u32 {
             let x = f32::from_bits(i.wrapping_mul(2_654_435_761));
             if x.is_finite() {
-                assert_eq!(round_f16(x).to_bits(), half::f16::from_f32(x).to_f32().to_bits(), "{x}");
+                assert_eq!(
+                    round_f16(x).to_bits(),
+                    half::f16::from_f32(x).to_f32().to_bits(),
+                    "{x}"
+                );
             }
         }
     }

@@ -25,7 +25,12 @@ pub struct RopeCache {
 impl RopeCache {
     pub fn new(layout: RopeLayout, n_rot: usize, base: f32, freq_scale: f32) -> Self {
         let theta_scale = base.powf(-2.0 / n_rot as f32);
-        Self { layout, n_rot, theta_scale, freq_scale }
+        Self {
+            layout,
+            n_rot,
+            theta_scale,
+            freq_scale,
+        }
     }
 
     /// Rotate every head of `x` (n_heads * head_dim, heads contiguous) for position `pos`.
