@@ -1,20 +1,27 @@
 //! AVX-512 (F + BW + VL) kernels, each in two builds: plain, with `vpmaddubsw` + `vpmaddwd`,
 //! and VNNI, with `vpdpbusd` (u8 x i8 quads straight into i32) and `vpdpwssd`. Types: Q4_0,
-//! Q4_1, Q8_0 (two blocks per 512-bit step, an odd last block through the AVX2 kernel), Q4_K,
-//! Q6_K (half a super-block per step) and F32. The AVX-512 tier takes every other type from
-//! the AVX2 tables, and the activation quantizers too.
+//! Q4_1, Q8_0 (the integer products of two blocks per 512-bit step, an odd last block in 256
+//! bits), Q4_K, Q6_K (half a super-block per step) and F32. The AVX-512 tier takes every other
+//! type from the AVX2 tables, and the activation quantizers too.
 //!
-//! Status: written and compiled on an AVX2-only host (qemu does not emulate AVX-512 either), so
-//! these kernels have not yet been executed; `tests/kernels_equiv.rs` checks them against the
-//! reference on the first host that has AVX-512 and says `SKIPPED` elsewhere. Until then,
-//! `BACKSTOP_KERNELS=avx2` is the way around a suspected AVX-512 problem.
+//! The legacy formats (Q4_0, Q4_1, Q8_0) accumulate their floats exactly as the reference
+//! (`quant::BlockAcc8`: one 8-lane fma per block in block order, ggml's horizontal sum, and
+//! Q4_1's `m * s` terms in a scalar fma chain), so they give the scalar and AVX2 paths' bits;
+//! only the exact integer part is 512 bits wide. The K-quants and F32 sum in their own order.
+//!
+//! Status: written on an AVX2-only host (qemu does not emulate AVX-512 either), so these
+//! kernels have not yet run on AVX-512 hardware. They have run through a software model of
+//! each `_mm512` intrinsic (Intel's semantics, written as a throwaway review harness and
+//! checked against stdarch's definitions): `tests/kernels_equiv.rs` passed for both builds,
+//! Q4_0/Q4_1/Q8_0 bit-identical to the reference. The test checks them for real on the first
+//! host with AVX-512 and says `SKIPPED` elsewhere; `BACKSTOP_KERNELS=avx2` avoids them.
 //!
 //! Same contract as `avx2.rs`: `unsafe fn` kernels with `#[target_feature]`, reached only
 //! through safe wrappers that `super` hands out after runtime detection.
 
 use std::arch::x86_64::*;
 
-use super::avx2::{self, load_f16, loadu, loadu128, nibbles, safe_vec_dot};
+use super::avx2::{self, hsum_ps, load_f16, load_f16_x8, loadu, loadu128, nibbles, safe_vec_dot};
 use super::avx2_k::{mins_dot_bsums, Q4_K_BYTES, Q6K_SCALE_SHUFFLE, Q6_K_BYTES, Q8K_BSUMS};
 use super::avx2_k::{Q8K_QS, Q8_K_BYTES};
 use crate::cpu::k_scales::unpack_q4_k;
@@ -27,11 +34,25 @@ fn join(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
 }
 
-/// Sixteen lanes: eight of `lo` then eight of `hi`.
+/// The two 256-bit halves of a 512-bit vector (bytes 0..32, 32..64).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn halves_ps(lo: f32, hi: f32) -> __m512 {
-    _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(lo), _mm512_set1_ps(hi))
+fn split(v: __m512i) -> (__m256i, __m256i) {
+    (_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
+}
+
+/// `acc + d * p` for one 32-element block of a legacy format, as ggml's AVX2 kernels and
+/// `quant::BlockAcc8` do it: `d = dw * da` rounded to f32, then one 8-lane fma of the block's
+/// eight exact i32 lane sums (lane `k`: elements `4k..4k + 4`).
+///
+/// # Safety
+/// `x` and `y` valid for reading the f16 scale at the start of their blocks.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn block_fma(acc: __m256, x: *const u8, y: *const u8, p: __m256i) -> __m256 {
+    // SAFETY: two readable bytes at each of `x` and `y` (caller's contract).
+    let d = unsafe { _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y)) };
+    _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc)
 }
 
 /// Thirty-two i16 lanes: sixteen of `lo` then sixteen of `hi`.
@@ -99,7 +120,9 @@ macro_rules! avx512_kernels {
         safe_vec_dot!($w4_k => $q4_k, 256, Q4_K_BYTES, Q8_K_BYTES);
         safe_vec_dot!($w6_k => $q6_k, 256, Q6_K_BYTES, Q8_K_BYTES);
 
-        /// Q4_0 against Q8_0, two blocks per step.
+        /// Q4_0 against Q8_0: the integer products of two blocks per 512-bit step, summed as
+        /// `quant::BlockAcc8` (one 8-lane fma per block, in block order, then `hsum_ps`), so
+        /// the result has the reference's and the AVX2 kernel's bits.
         ///
         /// # Safety
         /// The features above present; `w` and `a` valid for `nb` blocks.
@@ -107,30 +130,30 @@ macro_rules! avx512_kernels {
         unsafe fn $q4_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
             // SAFETY: every pointer read is inside block `< nb` of its row (caller's contract).
             unsafe {
-                let mut acc = _mm512_setzero_ps();
+                let mut acc = _mm256_setzero_ps();
                 let mut i = 0;
                 while i + 2 <= nb {
                     let (x, y) = (w.add(i * 18), a.add(i * 34));
-                    let d = halves_ps(
-                        load_f16(x) * load_f16(y),
-                        load_f16(x.add(18)) * load_f16(y.add(34)),
-                    );
                     let qx = join(nibbles(x.add(2)), nibbles(x.add(20)));
                     let qx = _mm512_sub_epi8(qx, _mm512_set1_epi8(8));
                     let qy = join(loadu(y.add(2)), loadu(y.add(36)));
                     let (ux, sy) = sign_split(qx, qy);
-                    acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps($dot(ux, sy)), acc);
+                    let (p0, p1) = split($dot(ux, sy));
+                    acc = block_fma(acc, x, y, p0);
+                    acc = block_fma(acc, x.add(18), y.add(34), p1);
                     i += 2;
                 }
-                let mut sum = _mm512_reduce_add_ps(acc);
                 if i < nb {
-                    sum += avx2::q4_0_q8_0(1, w.add(i * 18), a.add(i * 34));
+                    let (x, y) = (w.add(i * 18), a.add(i * 34));
+                    let qx = _mm256_sub_epi8(nibbles(x.add(2)), _mm256_set1_epi8(8));
+                    acc = block_fma(acc, x, y, avx2::dot_i8_i8(qx, loadu(y.add(2))));
                 }
-                sum
+                hsum_ps(acc)
             }
         }
 
-        /// Q4_1 against Q8_1, two blocks per step.
+        /// Q4_1 against Q8_1, two blocks per step, summed as the reference (`BlockAcc8`, and
+        /// the `m * s` terms in their own fma chain added at the end).
         ///
         /// # Safety
         /// The features above present; `w` and `a` valid for `nb` blocks.
@@ -138,31 +161,31 @@ macro_rules! avx512_kernels {
         unsafe fn $q4_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
             // SAFETY: every pointer read is inside block `< nb` of its row (caller's contract).
             unsafe {
-                let mut acc = _mm512_setzero_ps();
+                let mut acc = _mm256_setzero_ps();
                 let mut summ = 0.0f32;
                 let mut i = 0;
                 while i + 2 <= nb {
                     let (x, y) = (w.add(i * 20), a.add(i * 36));
-                    summ += load_f16(x.add(2)) * load_f16(y.add(2))
-                        + load_f16(x.add(22)) * load_f16(y.add(38));
-                    let d = halves_ps(
-                        load_f16(x) * load_f16(y),
-                        load_f16(x.add(20)) * load_f16(y.add(36)),
-                    );
+                    summ = load_f16(x.add(2)).mul_add(load_f16(y.add(2)), summ);
+                    summ = load_f16(x.add(22)).mul_add(load_f16(y.add(38)), summ);
                     let qx = join(nibbles(x.add(4)), nibbles(x.add(24)));
                     let qy = join(loadu(y.add(4)), loadu(y.add(40)));
-                    acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps($dot(qx, qy)), acc);
+                    let (p0, p1) = split($dot(qx, qy));
+                    acc = block_fma(acc, x, y, p0);
+                    acc = block_fma(acc, x.add(20), y.add(36), p1);
                     i += 2;
                 }
-                let mut sum = _mm512_reduce_add_ps(acc) + summ;
                 if i < nb {
-                    sum += avx2::q4_1_q8_1(1, w.add(i * 20), a.add(i * 36));
+                    let (x, y) = (w.add(i * 20), a.add(i * 36));
+                    summ = load_f16(x.add(2)).mul_add(load_f16(y.add(2)), summ);
+                    let p = avx2::dot_u8_i8(nibbles(x.add(4)), loadu(y.add(4)));
+                    acc = block_fma(acc, x, y, p);
                 }
-                sum
+                hsum_ps(acc) + summ
             }
         }
 
-        /// Q8_0 against Q8_0, two blocks per step.
+        /// Q8_0 against Q8_0, two blocks per step, summed as the reference (`BlockAcc8`).
         ///
         /// # Safety
         /// The features above present; `w` and `a` valid for `nb` blocks.
@@ -170,25 +193,24 @@ macro_rules! avx512_kernels {
         unsafe fn $q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
             // SAFETY: every pointer read is inside block `< nb` of its row (caller's contract).
             unsafe {
-                let mut acc = _mm512_setzero_ps();
+                let mut acc = _mm256_setzero_ps();
                 let mut i = 0;
                 while i + 2 <= nb {
                     let (x, y) = (w.add(i * 34), a.add(i * 34));
-                    let d = halves_ps(
-                        load_f16(x) * load_f16(y),
-                        load_f16(x.add(34)) * load_f16(y.add(34)),
-                    );
                     let qx = join(loadu(x.add(2)), loadu(x.add(36)));
                     let qy = join(loadu(y.add(2)), loadu(y.add(36)));
                     let (ux, sy) = sign_split(qx, qy);
-                    acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps($dot(ux, sy)), acc);
+                    let (p0, p1) = split($dot(ux, sy));
+                    acc = block_fma(acc, x, y, p0);
+                    acc = block_fma(acc, x.add(34), y.add(34), p1);
                     i += 2;
                 }
-                let mut sum = _mm512_reduce_add_ps(acc);
                 if i < nb {
-                    sum += avx2::q8_0_q8_0(1, w.add(i * 34), a.add(i * 34));
+                    let (x, y) = (w.add(i * 34), a.add(i * 34));
+                    let p = avx2::dot_i8_i8(loadu(x.add(2)), loadu(y.add(2)));
+                    acc = block_fma(acc, x, y, p);
                 }
-                sum
+                hsum_ps(acc)
             }
         }
 
