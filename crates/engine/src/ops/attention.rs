@@ -19,7 +19,7 @@ pub const F16_ACC_MAX_TOKENS: usize = 64;
 
 /// Round to the nearest f16 value (ties to even) and back, in f32 arithmetic. Bit trick for
 /// the f16 normal range; the rare subnormal or overflowing value takes the exact slow path.
-#[inline]
+#[inline(always)]
 pub fn round_f16(x: f32) -> f32 {
     let a = x.abs();
     if (6.103_515_6e-5..65504.0).contains(&a) {
@@ -66,6 +66,7 @@ pub fn attention(
     let group = p.n_head / p.n_head_kv;
     let n_tok = q.len() / (p.n_head * hd);
     let f16_path = n_tok < F16_ACC_MAX_TOKENS && hd <= 256;
+    let fma = has_fma();
     out[..n_tok * p.n_head * hd]
         .par_chunks_mut(hd)
         .enumerate()
@@ -80,6 +81,13 @@ pub fn attention(
             };
             let keys = (start..=pos).map(|j| j * kv_dim + kvh * hd);
             if f16_path {
+                #[cfg(target_arch = "x86_64")]
+                if fma {
+                    // SAFETY: `has_fma` checked that this CPU has FMA and AVX2.
+                    unsafe { one_query_f16_fma(p, qh, k_cache, v_cache, keys, acc) };
+                    return;
+                }
+                let _ = fma;
                 one_query_f16(p, qh, k_cache, v_cache, keys, acc);
             } else {
                 one_query_f32(p, qh, k_cache, v_cache, keys, acc);
@@ -87,11 +95,43 @@ pub fn attention(
         });
 }
 
+/// Whether the FMA-compiled copy of the one-query kernel can run here.
+fn has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`one_query_f16`] compiled with FMA and AVX2 enabled. Same source, same results bit for
+/// bit (`mul_add` is a fused multiply-add either way); the portable build turns every
+/// `mul_add` into a libm call, which made decode attention several times slower.
+///
+/// # Safety
+/// The CPU must have FMA and AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma,avx2")]
+unsafe fn one_query_f16_fma(
+    p: &AttnParams,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    keys: impl Iterator<Item = usize>,
+    acc: &mut [f32],
+) {
+    one_query_f16(p, q, k_cache, v_cache, keys, acc)
+}
+
 /// ggml's `ggml_compute_forward_flash_attn_ext_f16_one_chunk` for an F16 KV cache, step by
 /// step, so the output equals llama.cpp's to the bit: the query rounded to f16; scores by
 /// [`dot_f16_ggml`] times `scale`; on a new maximum the f16 accumulator is scaled by
 /// `expf(M_old - M)` (rounded to f16), then `acc = f16(fma(v, w, acc))`; the running sum is
 /// `S = fma(S, ms, vs)` (GCC contracts ggml's `S = S*ms + vs`); finally `acc * (1 / S)`.
+#[inline(always)]
 fn one_query_f16(
     p: &AttnParams,
     q: &[f32],
@@ -177,6 +217,7 @@ fn one_query_f32(
 /// `(i / 8) % 4`, lane `i % 8`, each `fma(x, y, acc)`; reduced as `GGML_F32x8_REDUCE`
 /// (`a0 + a2`, `a1 + a3`, then those two; then lanes `l + (l + 4)`, then two `hadd`s);
 /// the tail of fewer than 32 elements added in f64, the total rounded to f32 once.
+#[inline(always)]
 pub fn dot_f16_ggml(x: &[f32], y: &[f32]) -> f32 {
     debug_assert_eq!(x.len(), y.len());
     let np = x.len() / 32 * 32;
