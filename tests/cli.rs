@@ -249,3 +249,59 @@ fn over_long_prompt_is_a_one_line_error() {
     );
     assert_clean_error(&out, "context holds 32");
 }
+
+#[test]
+fn gemma3_runs_with_its_built_in_chat_template() {
+    let g = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/gemma-3-270m-q4_k_m.gguf");
+    assert!(
+        g.exists(),
+        "test model {} is missing: run scripts/fetch-models",
+        g.display()
+    );
+    let g = g.to_str().unwrap();
+    // llama.cpp's greedy continuation of this prompt on the same file begins with these words
+    // (crates/engine/tests/data/gemma-3-270m-q4_k_m.greedy.json).
+    let out = run(
+        &[
+            "run",
+            "-m",
+            g,
+            "--raw",
+            "-n",
+            "6",
+            "--temp",
+            "0",
+            "The capital of France is",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with(" the capital of the"),
+        "{:?}",
+        text(&out.stdout)
+    );
+    let info = run(&["info", g], None);
+    assert!(text(&info.stdout).contains("built-in gemma template"));
+    // Chat mode renders the built-in template: <bos><start_of_turn>user\n...<end_of_turn>\n
+    // <start_of_turn>model\n is 16 tokens for this question, as llama.cpp tokenizes it.
+    let chat = run(
+        &[
+            "run",
+            "-m",
+            g,
+            "-n",
+            "4",
+            "--temp",
+            "0",
+            "What is the capital of France?",
+        ],
+        None,
+    );
+    assert!(chat.status.success(), "{}", text(&chat.stderr));
+    assert!(
+        text(&chat.stderr).contains("prompt: 16 tokens"),
+        "{}",
+        text(&chat.stderr)
+    );
+}

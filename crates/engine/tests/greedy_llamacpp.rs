@@ -69,3 +69,12 @@ fn check_model(model: &str, reference: &str) {
 fn smollm2_greedy_64_tokens_equal_llama_cpp() {
     check_model(common::SMOLLM2, "SmolLM2-135M-Instruct.Q4_1.greedy.json");
 }
+
+/// Not yet passing, so not run by default: 3 of the 8 prompts match; the other 5 part at
+/// near-ties (0.002 to 0.2 nat) because the K-quant dot products, GELU and the pre-scaled query
+/// do not yet follow ggml's arithmetic (the Gemma issue). Run with `-- --ignored`.
+#[test]
+#[ignore = "Gemma 3 parity with llama.cpp is not reached yet (3 of 8 prompts)"]
+fn gemma3_greedy_64_tokens_equal_llama_cpp() {
+    check_model(common::GEMMA3, "gemma-3-270m-q4_k_m.greedy.json");
+}

@@ -1,11 +1,13 @@
 //! Model families. Every supported architecture is a decoder-only transformer, so one
 //! parameterised forward pass ([`decoder`]) is shared and each family file is a
 //! `from_gguf` that reads its hyper-parameters and tensor names into a [`DecoderConfig`]
-//! (llama.rs, later gemma3.rs, qwen2.rs, ...). Differences between families are config fields,
+//! (llama.rs, gemma3.rs; later qwen2.rs, ...). Differences between families are config fields,
 //! not copied code.
 
 pub mod decoder;
+pub mod gemma3;
 pub mod llama;
+mod loader;
 mod weights;
 
 use std::path::Path;
@@ -22,7 +24,7 @@ pub use decoder::{Decoder, DecoderConfig, Session};
 pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("unsupported architecture {0:?} (supported: llama)")]
+    #[error("unsupported architecture {0:?} (supported: llama, gemma3)")]
     UnsupportedArch(String),
     #[error("tensor {name} has shape {found:?}, expected {expected:?}")]
     BadShape {
@@ -52,6 +54,7 @@ pub fn load(path: &Path) -> Result<Decoder, ModelError> {
     let arch = file.get_str(keys::GENERAL_ARCHITECTURE)?.to_string();
     match arch.as_str() {
         "llama" => llama::from_gguf(file),
+        "gemma3" => gemma3::from_gguf(file),
         _ => Err(ModelError::UnsupportedArch(arch)),
     }
 }
