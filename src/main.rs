@@ -1,13 +1,14 @@
-//! The `backstop` command line: run, chat, info, tokenize, bench.
+//! The `backstop` command line: run, chat, info, tokenize, bench, serve.
 //!
-//! Errors end as one line on stderr and a non-zero exit; nothing here opens a network
-//! connection.
+//! Errors end as one line on stderr and a non-zero exit. Nothing opens an outbound network
+//! connection; `serve` listens (on loopback by default).
 
 mod bench;
 mod chat;
 mod info;
 mod options;
 mod run;
+mod serve;
 mod tokenize;
 
 use std::process::ExitCode;
@@ -37,6 +38,8 @@ enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Prompt-processing and generation speed, in llama-bench's terms.
     Bench(bench::BenchArgs),
+    /// Serve the model over HTTP with OpenAI- and Anthropic-compatible endpoints.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Info(a) => info::info(a),
         Command::Tokenize(a) => tokenize::tokenize(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Serve(a) => serve::serve(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

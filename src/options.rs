@@ -35,21 +35,24 @@ pub enum KernelTier {
 }
 
 impl ModelArgs {
-    pub fn load(&self) -> Result<Engine> {
-        if !self.model.exists() {
-            bail!("model file {} does not exist", self.model.display());
-        }
+    pub fn engine_options(&self) -> EngineOptions {
         let kernels = self.kernels.map(|k| match k {
             KernelTier::Ref => Tier::Ref,
             KernelTier::Avx2 => Tier::Avx2,
             KernelTier::Avx512 => Tier::Avx512,
             KernelTier::Neon => Tier::Neon,
         });
-        let opts = EngineOptions {
+        EngineOptions {
             threads: self.threads,
             kernels,
-        };
-        Engine::load(&self.model, &opts)
+        }
+    }
+
+    pub fn load(&self) -> Result<Engine> {
+        if !self.model.exists() {
+            bail!("model file {} does not exist", self.model.display());
+        }
+        Engine::load(&self.model, &self.engine_options())
             .with_context(|| format!("cannot load {}", self.model.display()))
     }
 }

@@ -1,0 +1,243 @@
+//! What every handler shares: the configuration, the model once it is loaded, the scheduler
+//! and the metrics.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use backstop_engine::chat::ChatMessage;
+use backstop_engine::generate::{Engine, EngineError, EngineOptions};
+use tokio::sync::mpsc;
+
+use crate::error::{ApiError, Flavor};
+use crate::metrics::Metrics;
+use crate::names::ModelNames;
+use crate::scheduler::{Event, Job, Rejected, Scheduler};
+
+/// `backstop serve`'s settings.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub model_path: PathBuf,
+    pub engine: EngineOptions,
+    /// Context per sequence; 0 = the model's (at most 4096).
+    pub n_ctx: usize,
+    pub host: IpAddr,
+    pub port: u16,
+    /// Sequences generating at once.
+    pub parallel: usize,
+    /// Admitted requests that may wait for a free sequence.
+    pub queue: usize,
+    /// Accepted keys; empty = no authentication.
+    pub api_keys: Vec<String>,
+    pub names: ModelNames,
+    pub max_body_bytes: usize,
+    /// After SIGTERM, how long in-flight generations may run before they are cut short.
+    pub shutdown_grace: Duration,
+}
+
+/// The loaded model and what requests need from it.
+pub struct Loaded {
+    pub engine: Arc<Engine>,
+    pub n_ctx: usize,
+}
+
+pub struct AppState {
+    pub config: ServeConfig,
+    /// The weights' file name, for the served-by header.
+    pub weights: String,
+    pub loaded: OnceLock<Loaded>,
+    pub scheduler: Arc<Scheduler>,
+    pub metrics: Arc<Metrics>,
+    pub draining: AtomicBool,
+    pub started: Instant,
+}
+
+/// Seconds a client should wait before retrying when we are full or not ready.
+pub const RETRY_AFTER_S: u64 = 1;
+
+impl AppState {
+    pub fn new(config: ServeConfig) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let scheduler = Arc::new(Scheduler::new(
+            config.parallel,
+            config.queue,
+            Arc::clone(&metrics),
+        ));
+        let weights = config
+            .model_path
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        Self {
+            config,
+            weights,
+            loaded: OnceLock::new(),
+            scheduler,
+            metrics,
+            draining: AtomicBool::new(false),
+            started: Instant::now(),
+        }
+    }
+
+    /// Load the weights, warm every sequence with one token and start the workers.
+    pub fn load(&self) -> Result<Vec<std::thread::JoinHandle<()>>, EngineError> {
+        let engine = Arc::new(Engine::load(&self.config.model_path, &self.config.engine)?);
+        let mut sessions = Vec::with_capacity(self.scheduler.parallel());
+        for _ in 0..self.scheduler.parallel() {
+            sessions.push(engine.new_session(self.config.n_ctx));
+        }
+        // Warm-up: touch the weights (page them in) and the code paths before saying ready.
+        let first = engine.tokenizer.bos_id().unwrap_or(0);
+        for s in &mut sessions {
+            engine.eval(s, &[first])?;
+            s.truncate(0);
+        }
+        let n_ctx = sessions.first().map_or(0, |s| s.n_ctx);
+        let handles = self
+            .scheduler
+            .start(Arc::clone(&engine), sessions)
+            .map_err(|e| EngineError::ThreadPool {
+                threads: self.scheduler.parallel(),
+                why: e.to_string(),
+            })?;
+        let _ = self.loaded.set(Loaded { engine, n_ctx });
+        Ok(handles)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.loaded.get().is_some() && !self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The model, or the 503 that says to come back.
+    pub fn model(&self, flavor: Flavor) -> Result<&Loaded, ApiError> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(ApiError::overloaded(
+                flavor,
+                RETRY_AFTER_S,
+                "the server is shutting down",
+            ));
+        }
+        self.loaded.get().ok_or_else(|| {
+            ApiError::overloaded(flavor, RETRY_AFTER_S, "the model is still loading")
+        })
+    }
+
+    /// Tokenize a conversation with the model's chat template, off the async workers.
+    /// `prefill` is text the assistant's answer must start with (Anthropic's trailing
+    /// assistant message).
+    pub async fn chat_prompt(
+        self: &Arc<Self>,
+        flavor: Flavor,
+        messages: Vec<ChatMessage>,
+        prefill: Option<String>,
+    ) -> Result<Vec<u32>, ApiError> {
+        let me = Arc::clone(self);
+        blocking(flavor, move || {
+            let loaded = me.model(flavor)?;
+            let engine = &loaded.engine;
+            let template = engine.template.as_ref().map_err(|e| {
+                ApiError::invalid(
+                    flavor,
+                    Some("messages"),
+                    format!("the model has no usable chat template: {e}"),
+                )
+            })?;
+            let mut text = template
+                .render_prompt(&messages, true, engine.tokenizer.add_bos())
+                .map_err(|e| ApiError::invalid(flavor, Some("messages"), e.to_string()))?;
+            if let Some(p) = prefill {
+                text.push_str(&p);
+            }
+            engine
+                .tokenizer
+                .encode(&text, true)
+                .map_err(|e| ApiError::invalid(flavor, Some("messages"), e.to_string()))
+        })
+        .await
+    }
+
+    /// Tokenize a raw completion prompt (BOS and special tokens as the model's metadata says).
+    pub async fn raw_prompt(
+        self: &Arc<Self>,
+        flavor: Flavor,
+        text: String,
+    ) -> Result<Vec<u32>, ApiError> {
+        let me = Arc::clone(self);
+        blocking(flavor, move || {
+            let loaded = me.model(flavor)?;
+            loaded
+                .engine
+                .tokenizer
+                .encode(&text, true)
+                .map_err(|e| ApiError::invalid(flavor, Some("prompt"), e.to_string()))
+        })
+        .await
+    }
+
+    /// Check the prompt fits, clamp the budget to the context, and queue the job. Errors here
+    /// happen before any response byte, so the client gets a proper status code.
+    pub fn admit(
+        &self,
+        flavor: Flavor,
+        prompt: Vec<u32>,
+        mut params: backstop_engine::generate::GenerateParams,
+    ) -> Result<Admitted, ApiError> {
+        let loaded = self.model(flavor)?;
+        let n_prompt = prompt.len();
+        if n_prompt == 0 {
+            return Err(ApiError::invalid(flavor, None, "the prompt is empty"));
+        }
+        // At least one token must fit after the prompt.
+        if n_prompt >= loaded.n_ctx {
+            return Err(ApiError::context_length(flavor, n_prompt, loaded.n_ctx));
+        }
+        params.max_tokens = params.max_tokens.min(loaded.n_ctx - n_prompt);
+        let (tx, rx) = mpsc::channel(64);
+        let job = Job {
+            prompt,
+            params,
+            events: tx,
+            admitted_at: Instant::now(),
+        };
+        match self.scheduler.submit(job) {
+            Ok(()) => Ok(Admitted {
+                events: rx,
+                n_prompt,
+            }),
+            Err(Rejected::Full) => Err(ApiError::overloaded(
+                flavor,
+                RETRY_AFTER_S,
+                format!(
+                    "all {} sequences are busy and the queue is full; retry shortly",
+                    self.scheduler.parallel()
+                ),
+            )),
+            Err(Rejected::ShuttingDown) => Err(ApiError::overloaded(
+                flavor,
+                RETRY_AFTER_S,
+                "the server is shutting down",
+            )),
+        }
+    }
+}
+
+/// A queued generation: its events, and the prompt length for usage.
+pub struct Admitted {
+    pub events: mpsc::Receiver<Event>,
+    pub n_prompt: usize,
+}
+
+async fn blocking<T: Send + 'static>(
+    flavor: Flavor,
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            flavor,
+            crate::error::ErrorKind::Internal,
+            format!("internal error: {e}"),
+        )
+    })?
+}
