@@ -267,3 +267,27 @@ def test_disconnect_frees_the_slot(overload_server):
             if e.status_code != 529 or time.monotonic() > deadline:
                 raise AssertionError("slot still busy 5 s after the streaming client disconnected") from e
             time.sleep(0.2)
+
+
+def test_error_before_stream_starts(ant):
+    with pytest.raises(anthropic.BadRequestError) as e:
+        with ant.messages.stream(
+            model=MODEL, messages=[{"role": "user", "content": "hello " * 3000}], max_tokens=4
+        ) as s:
+            s.get_final_message()
+    assert "prompt is too long" in _anthropic_error(e, 400, "invalid_request_error")
+
+
+def test_async_client_stream(server):
+    import asyncio
+
+    async def main():
+        c = anthropic.AsyncAnthropic(base_url=server.url, api_key=API_KEY, max_retries=0, timeout=120)
+        ref = await c.messages.create(model=MODEL, messages=QUESTION, max_tokens=8, **GREEDY)
+        async with c.messages.stream(model=MODEL, messages=QUESTION, max_tokens=8, **GREEDY) as s:
+            text = "".join([t async for t in s.text_stream])
+        await c.close()
+        return text_of(ref), text
+
+    ref, text = asyncio.run(main())
+    assert text == ref

@@ -112,3 +112,21 @@ def test_litellm_completion_direct(server, reference):
     )
     assert r.choices[0].message.content == reference
     assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize("cloud", ["anthropic_529"], indirect=True)
+def test_router_async_stream_fallback(server, reference, cloud):
+    """router.acompletion, as LiteLLM's proxy calls it."""
+    import asyncio
+
+    cloud_params, stub = cloud
+    router = make_router(cloud_params, local_openai(server))
+
+    async def main():
+        resp = await router.acompletion(
+            model="cloud-model", messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0, stream=True
+        )
+        return "".join([(c.choices[0].delta.content or "") async for c in resp if c.choices])
+
+    assert asyncio.run(main()) == reference
+    assert stub.hits

@@ -246,3 +246,41 @@ def test_error_wrong_api_key(server):
     assert isinstance(e.value.body, dict) and e.value.body.get("message"), e.value.body
     with pytest.raises(openai.AuthenticationError):
         c.models.list()
+
+
+def test_error_before_stream_starts(oai):
+    """A refused streaming request is a plain 400 before any SSE, so clients and gateways see an
+    error status (and can fall back) instead of a stream that breaks."""
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.chat.completions.create(model=MODEL, messages=TOO_LONG, max_tokens=4, stream=True)
+    assert e.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, n=2, stream=True)
+
+
+def test_concurrent_requests_queue_and_agree(server, oai):
+    """More requests than sequences at once: all are served (queued), each greedy answer the same
+    as when run alone."""
+    import concurrent.futures
+
+    ref = greedy(oai, max_tokens=8).choices[0].message.content
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        outs = list(ex.map(lambda _: greedy(oai, max_tokens=8).choices[0].message.content, range(4)))
+    assert outs == [ref] * 4
+
+
+def test_async_client_stream(server):
+    import asyncio
+
+    async def main():
+        c = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+        ref = await c.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8, temperature=0)
+        stream = await c.chat.completions.create(
+            model=MODEL, messages=QUESTION, max_tokens=8, temperature=0, stream=True
+        )
+        text = "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
+        await c.close()
+        return ref.choices[0].message.content, text
+
+    ref, text = asyncio.run(main())
+    assert text == ref

@@ -83,6 +83,13 @@ impl AppState {
 
     /// Load the weights, warm every sequence with one token and start the workers.
     pub fn load(&self) -> Result<Vec<std::thread::JoinHandle<()>>, EngineError> {
+        // Test seam: stands in for a slow disk so tests can watch the loading state.
+        if let Some(ms) = std::env::var("BACKSTOP_TEST_LOAD_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            std::thread::sleep(Duration::from_millis(ms.min(60_000)));
+        }
         let engine = Arc::new(Engine::load(&self.config.model_path, &self.config.engine)?);
         let mut sessions = Vec::with_capacity(self.scheduler.parallel());
         for _ in 0..self.scheduler.parallel() {
