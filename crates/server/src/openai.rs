@@ -529,7 +529,7 @@ fn stream(kind: Kind, model: String, mut job: Admitted, include_usage: bool) -> 
     });
     let created = unix_now();
     tokio::spawn(async move {
-        let chunk = |delta: Option<&str>, role: bool, finish: Option<&str>| -> SseEvent {
+        let chunk = |delta: Option<&str>, role: bool, finish: Option<&str>| -> Value {
             let mut v = match kind {
                 Kind::Chat => {
                     let mut d = serde_json::Map::new();
@@ -556,9 +556,9 @@ fn stream(kind: Kind, model: String, mut job: Admitted, include_usage: bool) -> 
             if include_usage {
                 v["usage"] = Value::Null;
             }
-            SseEvent::default().data(v.to_string())
+            v
         };
-        let send = |ev: SseEvent| tx.send(Ok(ev));
+        let send = |v: Value| tx.send(Ok(SseEvent::default().data(v.to_string())));
         if matches!(kind, Kind::Chat) && send(chunk(Some(""), true, None)).await.is_err() {
             return;
         }
@@ -570,10 +570,10 @@ fn stream(kind: Kind, model: String, mut job: Admitted, include_usage: bool) -> 
                     }
                 }
                 Some(Event::Done(o)) => {
-                    let mut last = chunk(None, false, Some(finish_reason(&o.stop_reason)));
-                    if matches!(kind, Kind::Text) {
-                        last = chunk(Some(""), false, Some(finish_reason(&o.stop_reason)));
-                    }
+                    let delta = matches!(kind, Kind::Text).then_some("");
+                    let mut last = chunk(delta, false, Some(finish_reason(&o.stop_reason)));
+                    // llama-server puts its timings on the last chunk; clients read them there.
+                    last["timings"] = timings(&o);
                     if send(last).await.is_err() {
                         return;
                     }
@@ -588,7 +588,7 @@ fn stream(kind: Kind, model: String, mut job: Admitted, include_usage: bool) -> 
                             "choices": [], "usage": usage(job.n_prompt, &o),
                             "timings": timings(&o),
                         });
-                        if send(SseEvent::default().data(u.to_string())).await.is_err() {
+                        if send(u).await.is_err() {
                             return;
                         }
                     }
@@ -597,17 +597,14 @@ fn stream(kind: Kind, model: String, mut job: Admitted, include_usage: bool) -> 
                 other => {
                     let ev = other.unwrap_or(Event::Failed("generation ended unexpectedly".into()));
                     let err = event_error(F, ev);
-                    if send(SseEvent::default().data(err.body().to_string()))
-                        .await
-                        .is_err()
-                    {
+                    if send(err.body()).await.is_err() {
                         return;
                     }
                     break;
                 }
             }
         }
-        let _ = send(SseEvent::default().data("[DONE]")).await;
+        let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
     });
     Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::default())
