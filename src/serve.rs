@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use backstop_server::{ModelNames, ServeConfig};
+use backstop_server::upstream::{FailoverConfig, UpstreamSpec};
+use backstop_server::{Flavor, ModelNames, ServeConfig};
 use clap::Args;
 
 use crate::options::ModelArgs;
@@ -47,6 +48,61 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may continue after SIGTERM before they are cut short.
     #[arg(long, default_value_t = 3.0)]
     pub shutdown_grace: f64,
+    /// Forward to a cloud first: `anthropic=https://api.anthropic.com` (for /v1/messages) or
+    /// `openai=https://api.openai.com` (the other /v1 routes); repeatable. The local model
+    /// answers when the cloud fails. Without it backstop never opens an outbound connection.
+    #[arg(long = "upstream", value_name = "NAME=URL")]
+    pub upstream: Vec<String>,
+    /// Also fall back on HTTP 429 (rate limited) from the cloud.
+    #[arg(long)]
+    pub fallback_on_429: bool,
+    /// Extra upstream attempts after a failure, within the first-byte deadline.
+    #[arg(long, default_value_t = 0)]
+    pub upstream_retries: u32,
+    /// Seconds to connect to the cloud.
+    #[arg(long, default_value_t = 3.0)]
+    pub connect_timeout: f64,
+    /// Seconds to the first response byte for non-streamed requests.
+    #[arg(long, default_value_t = 20.0)]
+    pub first_byte_timeout: f64,
+    /// Seconds to the first event for streamed requests.
+    #[arg(long, default_value_t = 10.0)]
+    pub stream_first_byte_timeout: f64,
+    /// Seconds a cloud stream may stay silent before it counts as broken.
+    #[arg(long, default_value_t = 30.0)]
+    pub stream_idle_timeout: f64,
+    /// Consecutive cloud failures that open the circuit breaker.
+    #[arg(long, default_value_t = 5)]
+    pub breaker_failures: u32,
+    /// Seconds the breaker stays open before one probe request tries the cloud again.
+    #[arg(long, default_value_t = 30.0)]
+    pub breaker_cooldown: f64,
+}
+
+fn seconds(flag: &str, v: f64) -> Result<Duration> {
+    if !(v.is_finite() && v >= 0.0 && v <= 86_400.0) {
+        bail!("{flag} must be a number of seconds between 0 and 86400, got {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn parse_upstream(s: &str) -> Result<UpstreamSpec> {
+    let (name, url) = s.split_once('=').with_context(|| {
+        format!("--upstream {s:?}: expected NAME=URL, e.g. anthropic=https://api.anthropic.com")
+    })?;
+    let flavor = match name.trim() {
+        "anthropic" => Flavor::Anthropic,
+        "openai" => Flavor::OpenAi,
+        other => bail!("--upstream {other:?}: the name must be 'anthropic' or 'openai'"),
+    };
+    let url = url.trim();
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 9 {
+        bail!("--upstream {name}={url}: the URL must start with http:// or https://");
+    }
+    Ok(UpstreamSpec {
+        flavor,
+        base_url: url.trim_end_matches('/').to_owned(),
+    })
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
@@ -56,9 +112,29 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if a.parallel == 0 {
         bail!("--parallel must be at least 1");
     }
-    if !(a.shutdown_grace.is_finite() && a.shutdown_grace >= 0.0) {
-        bail!("--shutdown-grace must be a non-negative number of seconds");
+    let shutdown_grace = seconds("--shutdown-grace", a.shutdown_grace)?;
+    let mut upstreams: Vec<UpstreamSpec> = Vec::new();
+    for u in &a.upstream {
+        let spec = parse_upstream(u)?;
+        if upstreams.iter().any(|x| x.flavor == spec.flavor) {
+            bail!("--upstream {} is given twice", spec.name());
+        }
+        upstreams.push(spec);
     }
+    let failover = FailoverConfig {
+        upstreams,
+        fallback_on_429: a.fallback_on_429,
+        retries: a.upstream_retries,
+        connect_timeout: seconds("--connect-timeout", a.connect_timeout)?,
+        first_byte_timeout: seconds("--first-byte-timeout", a.first_byte_timeout)?,
+        stream_first_byte_timeout: seconds(
+            "--stream-first-byte-timeout",
+            a.stream_first_byte_timeout,
+        )?,
+        stream_idle_timeout: seconds("--stream-idle-timeout", a.stream_idle_timeout)?,
+        breaker_failures: a.breaker_failures.max(1),
+        breaker_cooldown: seconds("--breaker-cooldown", a.breaker_cooldown)?,
+    };
     let mut keys: Vec<String> = a.api_key.iter().map(|k| k.trim().to_owned()).collect();
     if let Some(f) = &a.api_key_file {
         let text = std::fs::read_to_string(f)
@@ -98,7 +174,8 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             strict: a.strict_model_names,
         },
         max_body_bytes: a.max_body_bytes,
-        shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
+        shutdown_grace,
+        failover,
     };
     backstop_server::run(config)?;
     Ok(())

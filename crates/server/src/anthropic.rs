@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -23,11 +23,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{ApiError, Flavor};
-use crate::openai::checked_model_as;
+use crate::openai::{checked_model_as, Prepared};
 use crate::output::{collect, event_error, new_id, timings};
-use crate::request::{in_range, json_body, max_tokens, seed_or_random};
+use crate::request::{in_range, max_tokens, parse_json, read_body, seed_or_random};
 use crate::scheduler::Event;
 use crate::state::{Admitted, AppState};
+use crate::upstream::{self, Endpoint};
 
 const F: Flavor = Flavor::Anthropic;
 
@@ -144,7 +145,7 @@ fn conversation(
     Ok((out, prefill))
 }
 
-fn stop_reason(r: &StopReason) -> (&'static str, Option<String>) {
+pub fn stop_reason(r: &StopReason) -> (&'static str, Option<String>) {
     match r {
         StopReason::EndOfGeneration => ("end_turn", None),
         StopReason::StopString(s) => ("stop_sequence", Some(s.clone())),
@@ -222,24 +223,65 @@ fn check_tool_choice(v: &Option<Value>) -> Result<(), ApiError> {
     }
 }
 
-pub async fn messages(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let req: MessagesRequest = json_body(F, &headers, body, st.config.max_body_bytes).await?;
+/// Parse and tokenize a Messages request; `more_prefill` is assistant text already streamed
+/// by a cloud that broke half-way, which the local answer continues.
+pub async fn prepare_messages(
+    st: &Arc<AppState>,
+    bytes: &[u8],
+    more_prefill: Option<String>,
+) -> Result<Prepared, ApiError> {
+    let req: MessagesRequest = parse_json(F, bytes)?;
     if req.model.is_none() {
         return Err(ApiError::invalid(F, Some("model"), "model: Field required"));
     }
     check_tool_choice(&req.tool_choice)?;
-    let model = checked_model_as(F, &st, req.model.clone())?;
+    let model = checked_model_as(F, st, req.model.clone())?;
     let n_vocab = st.model(F)?.engine.model.cfg.n_vocab;
     let gen = params(&req, n_vocab)?;
-    let (conv, prefill) = conversation(req.system.as_ref(), req.messages)?;
+    let (conv, mut prefill) = conversation(req.system.as_ref(), req.messages)?;
+    if let Some(more) = more_prefill {
+        prefill.get_or_insert_with(String::new).push_str(&more);
+    }
     let prompt = st.chat_prompt(F, conv, prefill).await?;
-    let job = st.admit(F, prompt, gen)?;
-    if req.stream == Some(true) {
-        return Ok(stream(model, job));
+    Ok(Prepared {
+        prompt,
+        params: gen,
+        model,
+        stream: req.stream == Some(true),
+        include_usage: true,
+    })
+}
+
+pub async fn messages(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(F, &headers, body, st.config.max_body_bytes).await?;
+    if st.upstreams.get(F).is_some() {
+        return Ok(upstream::front(&st, Endpoint::Messages, &uri, &headers, bytes).await);
+    }
+    local(&st, Endpoint::Messages, &bytes).await
+}
+
+/// Answer `/v1/messages` or `/v1/messages/count_tokens` with the local model.
+pub async fn local(
+    st: &Arc<AppState>,
+    endpoint: Endpoint,
+    bytes: &[u8],
+) -> Result<Response, ApiError> {
+    if endpoint == Endpoint::CountTokens {
+        let req: CountRequest = parse_json(F, bytes)?;
+        checked_model_as(F, st, req.model)?;
+        let (conv, prefill) = conversation(req.system.as_ref(), req.messages)?;
+        let prompt = st.chat_prompt(F, conv, prefill).await?;
+        return Ok(Json(json!({"input_tokens": prompt.len()})).into_response());
+    }
+    let p = prepare_messages(st, bytes, None).await?;
+    let job = st.admit(F, p.prompt, p.params)?;
+    if p.stream {
+        return Ok(stream(p.model, job));
     }
     let mut job = job;
     let (text, o) = collect(F, &mut job).await?;
@@ -248,7 +290,7 @@ pub async fn messages(
         "id": new_id("msg_"),
         "type": "message",
         "role": "assistant",
-        "model": model,
+        "model": p.model,
         "content": [{"type": "text", "text": text}],
         "stop_reason": reason,
         "stop_sequence": seq,
@@ -258,7 +300,7 @@ pub async fn messages(
     .into_response())
 }
 
-fn usage(n_prompt: usize, o: &Outcome) -> Value {
+pub fn usage(n_prompt: usize, o: &Outcome) -> Value {
     json!({
         "input_tokens": n_prompt - o.n_cached,
         "cache_read_input_tokens": o.n_cached,
@@ -270,13 +312,14 @@ fn usage(n_prompt: usize, o: &Outcome) -> Value {
 pub async fn count_tokens(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
+    uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let req: CountRequest = json_body(F, &headers, body, st.config.max_body_bytes).await?;
-    checked_model_as(F, &st, req.model)?;
-    let (conv, prefill) = conversation(req.system.as_ref(), req.messages)?;
-    let prompt = st.chat_prompt(F, conv, prefill).await?;
-    Ok(Json(json!({"input_tokens": prompt.len()})).into_response())
+    let bytes = read_body(F, &headers, body, st.config.max_body_bytes).await?;
+    if st.upstreams.get(F).is_some() {
+        return Ok(upstream::front(&st, Endpoint::CountTokens, &uri, &headers, bytes).await);
+    }
+    local(&st, Endpoint::CountTokens, &bytes).await
 }
 
 fn event(name: &str, data: Value) -> SseEvent {

@@ -14,6 +14,7 @@ pub mod output;
 pub mod request;
 pub mod scheduler;
 pub mod state;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -52,6 +53,8 @@ pub enum ServeError {
     Load(#[from] backstop_engine::generate::EngineError),
     #[error("server error: {0}")]
     Io(std::io::Error),
+    #[error("cannot set up the upstream HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
 }
 
 /// The HTTP routes over a shared state.
@@ -61,6 +64,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ready", get(ready))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route("/backstop/status", get(status))
         .route("/v1/models", get(openai::models))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
@@ -103,7 +107,15 @@ async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         );
     }
     let grace = config.shutdown_grace;
-    let state = Arc::new(AppState::new(config));
+    let upstreams = upstream::Upstreams::new(config.failover.clone())?;
+    for u in &config.failover.upstreams {
+        eprintln!(
+            "backstop: {} requests go to {} first; the local model answers when it fails",
+            u.name(),
+            u.base_url
+        );
+    }
+    let state = Arc::new(AppState::new(config, upstreams));
 
     let loader = Arc::clone(&state);
     let (load_tx, mut load_rx) = tokio::sync::oneshot::channel();
@@ -239,6 +251,17 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// The failover front's state: each upstream's breaker, counts and last error.
+async fn status(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "ready": st.is_ready(),
+        "weights": st.weights,
+        "running": st.scheduler.running(),
+        "queued": st.scheduler.queued(),
+        "upstreams": st.upstreams.status(),
+    }))
+}
+
 async fn not_found(req: Request) -> ApiError {
     let path = req.uri().path();
     ApiError::new(
@@ -305,8 +328,11 @@ async fn observe(State(st): State<Arc<AppState>>, req: Request, next: Next) -> R
     let route = metrics::route_label(req.uri().path());
     let mut resp = next.run(req).await;
     st.metrics.count_request(route, resp.status().as_u16());
-    if let Ok(v) = HeaderValue::from_str(&format!("local; weights={}", st.weights)) {
-        resp.headers_mut().insert(SERVED_BY, v);
+    // The failover front marks cloud answers itself; everything else came from here.
+    if !resp.headers().contains_key(SERVED_BY) {
+        if let Ok(v) = HeaderValue::from_str(&format!("local; weights={}", st.weights)) {
+            resp.headers_mut().insert(SERVED_BY, v);
+        }
     }
     resp
 }

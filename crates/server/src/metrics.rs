@@ -65,7 +65,7 @@ pub struct Metrics {
 }
 
 /// The routes we label individually.
-pub const ROUTES: [&str; 10] = [
+pub const ROUTES: [&str; 11] = [
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/messages",
@@ -76,6 +76,7 @@ pub const ROUTES: [&str; 10] = [
     "/metrics",
     "/completion",
     "/tokenize",
+    "/backstop/status",
 ];
 
 pub fn route_label(path: &str) -> &'static str {

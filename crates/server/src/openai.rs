@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -24,9 +24,10 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{ApiError, ErrorKind, Flavor};
 use crate::output::{collect, event_error, new_id, timings, unix_now};
-use crate::request::{in_range, json_body, max_tokens, seed_or_random};
+use crate::request::{in_range, max_tokens, parse_json, read_body, seed_or_random};
 use crate::scheduler::Event;
 use crate::state::{Admitted, AppState};
+use crate::upstream::{self, Endpoint};
 
 const F: Flavor = Flavor::OpenAi;
 
@@ -306,49 +307,111 @@ fn check_chat_unsupported(r: &ChatRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub async fn chat_completions(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let req: ChatRequest = json_body(F, &headers, body, st.config.max_body_bytes).await?;
+/// A request checked and tokenized, ready to admit.
+pub struct Prepared {
+    pub prompt: Vec<u32>,
+    pub params: GenerateParams,
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// Parse and tokenize a chat request; `prefill` is assistant text the answer continues
+/// (a cloud stream that broke half-way).
+pub async fn prepare_chat(
+    st: &Arc<AppState>,
+    bytes: &[u8],
+    prefill: Option<String>,
+) -> Result<Prepared, ApiError> {
+    let req: ChatRequest = parse_json(F, bytes)?;
     check_chat_unsupported(&req)?;
     let budget = match req.max_completion_tokens {
         Some(n) => max_tokens(F, "max_completion_tokens", Some(n))?,
         None => max_tokens(F, "max_tokens", req.max_tokens)?,
     };
     let messages = chat_messages(req.messages)?;
-    let model = checked_model(&st, req.model)?;
+    let model = checked_model(st, req.model)?;
     let n_vocab = st.model(F)?.engine.model.cfg.n_vocab;
     let params = generate_params(req.sampling, budget, n_vocab)?;
-    let prompt = st.chat_prompt(F, messages, None).await?;
-    let job = st.admit(F, prompt, params)?;
-    let include_usage = req
-        .stream_options
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
-    if req.stream == Some(true) {
-        Ok(stream(Kind::Chat, model, job, include_usage))
-    } else {
-        let mut job = job;
-        let (text, o) = collect(F, &mut job).await?;
-        Ok(Json(json!({
-            "id": new_id("chatcmpl-"),
-            "object": "chat.completion",
-            "created": unix_now(),
-            "model": model,
-            "system_fingerprint": fingerprint(),
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": null},
-                "logprobs": null,
-                "finish_reason": finish_reason(&o.stop_reason),
-            }],
-            "usage": usage(job.n_prompt, &o),
-            "timings": timings(&o),
-        }))
-        .into_response())
+    let prompt = st.chat_prompt(F, messages, prefill).await?;
+    Ok(Prepared {
+        prompt,
+        params,
+        model,
+        stream: req.stream == Some(true),
+        include_usage: req
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+    })
+}
+
+pub async fn chat_completions(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(F, &headers, body, st.config.max_body_bytes).await?;
+    if st.upstreams.get(F).is_some() {
+        return Ok(upstream::front(&st, Endpoint::Chat, &uri, &headers, bytes).await);
     }
+    local(&st, Endpoint::Chat, &bytes).await
+}
+
+/// Answer with the local model.
+pub async fn local(
+    st: &Arc<AppState>,
+    endpoint: Endpoint,
+    bytes: &[u8],
+) -> Result<Response, ApiError> {
+    let kind = match endpoint {
+        Endpoint::Chat => Kind::Chat,
+        Endpoint::Completions => Kind::Text,
+        Endpoint::Models => return Ok(models_list(st).into_response()),
+        Endpoint::Messages | Endpoint::CountTokens => {
+            return crate::anthropic::local(st, endpoint, bytes).await
+        }
+    };
+    let p = match kind {
+        Kind::Chat => prepare_chat(st, bytes, None).await?,
+        Kind::Text => prepare_completion(st, bytes, None).await?,
+    };
+    let job = st.admit(F, p.prompt, p.params)?;
+    if p.stream {
+        return Ok(stream(kind, p.model, job, p.include_usage));
+    }
+    let mut job = job;
+    let (text, o) = collect(F, &mut job).await?;
+    let choice = match kind {
+        Kind::Chat => json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": null},
+            "logprobs": null,
+            "finish_reason": finish_reason(&o.stop_reason),
+        }),
+        Kind::Text => json!({
+            "index": 0,
+            "text": text,
+            "logprobs": null,
+            "finish_reason": finish_reason(&o.stop_reason),
+        }),
+    };
+    let (id, object) = match kind {
+        Kind::Chat => (new_id("chatcmpl-"), "chat.completion"),
+        Kind::Text => (new_id("cmpl-"), "text_completion"),
+    };
+    Ok(Json(json!({
+        "id": id,
+        "object": object,
+        "created": unix_now(),
+        "model": p.model,
+        "system_fingerprint": fingerprint(),
+        "choices": [choice],
+        "usage": usage(job.n_prompt, &o),
+        "timings": timings(&o),
+    }))
+    .into_response())
 }
 
 /// The prompt of a legacy completion: a string, or one string or token list in an array.
@@ -406,12 +469,13 @@ fn token_ids(v: &[Value]) -> Result<Vec<u32>, ApiError> {
         .collect()
 }
 
-pub async fn completions(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let req: CompletionRequest = json_body(F, &headers, body, st.config.max_body_bytes).await?;
+/// Parse and tokenize a legacy completion; `extra` is text already generated (appended).
+pub async fn prepare_completion(
+    st: &Arc<AppState>,
+    bytes: &[u8],
+    extra: Option<String>,
+) -> Result<Prepared, ApiError> {
+    let req: CompletionRequest = parse_json(F, bytes)?;
     if req.echo == Some(true) {
         return Err(refuse("echo", "is not supported by this server"));
     }
@@ -424,14 +488,15 @@ pub async fn completions(
     if req.logprobs.as_ref().is_some_and(|v| !v.is_null()) {
         return Err(refuse("logprobs", "is not supported by this server"));
     }
+    // OpenAI's default for the legacy endpoint.
     let budget = max_tokens(F, "max_tokens", req.max_tokens)?.or(Some(16));
     let prompt_in = completion_prompt(req.prompt)?;
-    let model = checked_model(&st, req.model)?;
+    let model = checked_model(st, req.model)?;
     let n_vocab = st.model(F)?.engine.model.cfg.n_vocab;
     let params = generate_params(req.sampling, budget, n_vocab)?;
     let prompt = match prompt_in {
-        PromptIn::Text(t) => st.raw_prompt(F, t).await?,
-        PromptIn::Tokens(ids) => {
+        PromptIn::Text(t) => st.raw_prompt(F, t + extra.as_deref().unwrap_or("")).await?,
+        PromptIn::Tokens(mut ids) => {
             if let Some(&bad) = ids.iter().find(|&&id| id as usize >= n_vocab) {
                 return Err(ApiError::invalid(
                     F,
@@ -439,39 +504,46 @@ pub async fn completions(
                     format!("token id {bad} is outside the vocabulary ({n_vocab} tokens)"),
                 ));
             }
+            if let Some(text) = extra {
+                ids.extend(st.continuation_tokens(F, text).await?);
+            }
             ids
         }
     };
-    let job = st.admit(F, prompt, params)?;
-    let include_usage = req
-        .stream_options
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
-    if req.stream == Some(true) {
-        Ok(stream(Kind::Text, model, job, include_usage))
-    } else {
-        let mut job = job;
-        let (text, o) = collect(F, &mut job).await?;
-        Ok(Json(json!({
-            "id": new_id("cmpl-"),
-            "object": "text_completion",
-            "created": unix_now(),
-            "model": model,
-            "system_fingerprint": fingerprint(),
-            "choices": [{
-                "index": 0,
-                "text": text,
-                "logprobs": null,
-                "finish_reason": finish_reason(&o.stop_reason),
-            }],
-            "usage": usage(job.n_prompt, &o),
-            "timings": timings(&o),
-        }))
-        .into_response())
-    }
+    Ok(Prepared {
+        prompt,
+        params,
+        model,
+        stream: req.stream == Some(true),
+        include_usage: req
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+    })
 }
 
-pub async fn models(State(st): State<Arc<AppState>>) -> Json<Value> {
+pub async fn completions(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(F, &headers, body, st.config.max_body_bytes).await?;
+    if st.upstreams.get(F).is_some() {
+        return Ok(upstream::front(&st, Endpoint::Completions, &uri, &headers, bytes).await);
+    }
+    local(&st, Endpoint::Completions, &bytes).await
+}
+
+pub async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {
+    if st.upstreams.get(F).is_some() {
+        let empty = axum::body::Bytes::new();
+        return upstream::front(&st, Endpoint::Models, &uri, &headers, empty).await;
+    }
+    models_list(&st).into_response()
+}
+
+fn models_list(st: &AppState) -> Json<Value> {
     let created = unix_now();
     let data: Vec<Value> = st
         .config
@@ -513,7 +585,7 @@ fn fingerprint() -> String {
 }
 
 #[derive(Clone, Copy)]
-enum Kind {
+pub enum Kind {
     Chat,
     Text,
 }
@@ -521,7 +593,7 @@ enum Kind {
 /// Server-sent events in OpenAI's chunk format. A forwarding task turns job events into
 /// chunks; when the client disconnects the body stream is dropped, the task's send fails,
 /// it drops the job's receiver, and the worker stops generating.
-fn stream(kind: Kind, model: String, mut job: Admitted, include_usage: bool) -> Response {
+pub fn stream(kind: Kind, model: String, mut job: Admitted, include_usage: bool) -> Response {
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(16);
     let id = new_id(match kind {
         Kind::Chat => "chatcmpl-",

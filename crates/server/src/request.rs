@@ -14,6 +14,17 @@ pub async fn json_body<T: DeserializeOwned>(
     body: Body,
     limit: usize,
 ) -> Result<T, ApiError> {
+    let bytes = read_body(flavor, headers, body, limit).await?;
+    parse_json(flavor, &bytes)
+}
+
+/// Read a JSON request's bytes (content type and size checked, not parsed).
+pub async fn read_body(
+    flavor: Flavor,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         // `application/json`, `application/json; charset=utf-8`, `application/vnd.x+json`.
@@ -39,14 +50,13 @@ pub async fn json_body<T: DeserializeOwned>(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
         if format!("{e:?}").contains("LengthLimit") {
             too_large()
         } else {
             ApiError::invalid(flavor, None, format!("cannot read the request body: {e}"))
         }
-    })?;
-    parse_json(flavor, &bytes)
+    })
 }
 
 pub fn parse_json<T: DeserializeOwned>(flavor: Flavor, bytes: &[u8]) -> Result<T, ApiError> {

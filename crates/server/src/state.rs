@@ -15,6 +15,7 @@ use crate::error::{ApiError, Flavor};
 use crate::metrics::Metrics;
 use crate::names::ModelNames;
 use crate::scheduler::{Event, Job, Rejected, Scheduler};
+use crate::upstream::{FailoverConfig, Upstreams};
 
 /// `backstop serve`'s settings.
 #[derive(Clone, Debug)]
@@ -35,6 +36,8 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// After SIGTERM, how long in-flight generations may run before they are cut short.
     pub shutdown_grace: Duration,
+    /// Cloud upstreams to try first (empty: local only, no outbound connection ever).
+    pub failover: FailoverConfig,
 }
 
 /// The loaded model and what requests need from it.
@@ -48,6 +51,7 @@ pub struct AppState {
     /// The weights' file name, for the served-by header.
     pub weights: String,
     pub loaded: OnceLock<Loaded>,
+    pub upstreams: Upstreams,
     pub scheduler: Arc<Scheduler>,
     pub metrics: Arc<Metrics>,
     pub draining: AtomicBool,
@@ -58,7 +62,7 @@ pub struct AppState {
 pub const RETRY_AFTER_S: u64 = 1;
 
 impl AppState {
-    pub fn new(config: ServeConfig) -> Self {
+    pub fn new(config: ServeConfig, upstreams: Upstreams) -> Self {
         let metrics = Arc::new(Metrics::default());
         let scheduler = Arc::new(Scheduler::new(
             config.parallel,
@@ -74,6 +78,7 @@ impl AppState {
             config,
             weights,
             loaded: OnceLock::new(),
+            upstreams,
             scheduler,
             metrics,
             draining: AtomicBool::new(false),
@@ -178,6 +183,24 @@ impl AppState {
                 .engine
                 .tokenizer
                 .encode(&text, true)
+                .map_err(|e| ApiError::invalid(flavor, Some("prompt"), e.to_string()))
+        })
+        .await
+    }
+
+    /// Tokens of text that continues a prompt (no BOS, special tokens not parsed).
+    pub async fn continuation_tokens(
+        self: &Arc<Self>,
+        flavor: Flavor,
+        text: String,
+    ) -> Result<Vec<u32>, ApiError> {
+        let me = Arc::clone(self);
+        blocking(flavor, move || {
+            let loaded = me.model(flavor)?;
+            loaded
+                .engine
+                .tokenizer
+                .encode_with(&text, false, false)
                 .map_err(|e| ApiError::invalid(flavor, Some("prompt"), e.to_string()))
         })
         .await

@@ -1,0 +1,240 @@
+//! A circuit breaker per upstream, so an outage costs one timeout, not one per request.
+//!
+//! Closed: requests go to the cloud; it opens after `failures` consecutive failures, or when
+//! more than half of the last `WINDOW` outcomes failed (at least `WINDOW / 2` seen).
+//! Open: requests go straight to the local model, no upstream wait, until `cooldown` passes.
+//! Half-open: exactly one real request probes the upstream; success closes the breaker,
+//! failure opens it for another cooldown. Everyone else goes local meanwhile.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const WINDOW: usize = 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// What the breaker lets a request do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permit {
+    /// Try the upstream.
+    Try,
+    /// Try the upstream as the half-open probe; its outcome decides the state.
+    Probe,
+    /// Skip the upstream.
+    Deny,
+}
+
+struct Inner {
+    state: State,
+    consecutive: u32,
+    recent: VecDeque<bool>,
+    opened_at: Instant,
+    probe_out: bool,
+    last_error: Option<String>,
+    successes: u64,
+    failures_total: u64,
+    short_circuited: u64,
+}
+
+pub struct Breaker {
+    failures: u32,
+    cooldown: Duration,
+    inner: Mutex<Inner>,
+}
+
+/// A snapshot for `/metrics` and the status endpoint.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub state: State,
+    pub consecutive_failures: u32,
+    pub successes: u64,
+    pub failures: u64,
+    pub short_circuited: u64,
+    pub last_error: Option<String>,
+    /// Seconds until an open breaker lets a probe through.
+    pub retry_in_s: Option<f64>,
+}
+
+impl Breaker {
+    pub fn new(failures: u32, cooldown: Duration) -> Self {
+        Self {
+            failures: failures.max(1),
+            cooldown,
+            inner: Mutex::new(Inner {
+                state: State::Closed,
+                consecutive: 0,
+                recent: VecDeque::with_capacity(WINDOW),
+                opened_at: Instant::now(),
+                probe_out: false,
+                last_error: None,
+                successes: 0,
+                failures_total: 0,
+                short_circuited: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn permit(&self) -> Permit {
+        self.permit_at(Instant::now())
+    }
+
+    pub fn permit_at(&self, now: Instant) -> Permit {
+        let mut s = self.lock();
+        match s.state {
+            State::Closed => Permit::Try,
+            State::Open if now.duration_since(s.opened_at) >= self.cooldown => {
+                s.state = State::HalfOpen;
+                s.probe_out = true;
+                Permit::Probe
+            }
+            State::HalfOpen if !s.probe_out => {
+                s.probe_out = true;
+                Permit::Probe
+            }
+            State::Open | State::HalfOpen => {
+                s.short_circuited += 1;
+                Permit::Deny
+            }
+        }
+    }
+
+    pub fn success(&self) {
+        let mut s = self.lock();
+        s.successes += 1;
+        s.consecutive = 0;
+        push(&mut s.recent, true);
+        s.state = State::Closed;
+        s.probe_out = false;
+    }
+
+    pub fn failure(&self, why: &str) {
+        self.failure_at(why, Instant::now());
+    }
+
+    pub fn failure_at(&self, why: &str, now: Instant) {
+        let mut s = self.lock();
+        s.failures_total += 1;
+        s.consecutive += 1;
+        s.last_error = Some(why.to_owned());
+        push(&mut s.recent, false);
+        let failed = s.recent.iter().filter(|ok| !**ok).count();
+        let rate_trips = s.recent.len() >= WINDOW / 2 && failed * 2 > s.recent.len();
+        let trips = match s.state {
+            State::HalfOpen => true,
+            State::Closed => s.consecutive >= self.failures || rate_trips,
+            State::Open => false,
+        };
+        if trips {
+            s.state = State::Open;
+            s.opened_at = now;
+            s.probe_out = false;
+        }
+    }
+
+    /// The probe ended without telling us anything (e.g. the client left): let another try.
+    pub fn release_probe(&self) {
+        let mut s = self.lock();
+        if s.state == State::HalfOpen {
+            s.probe_out = false;
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let s = self.lock();
+        Snapshot {
+            state: s.state,
+            consecutive_failures: s.consecutive,
+            successes: s.successes,
+            failures: s.failures_total,
+            short_circuited: s.short_circuited,
+            last_error: s.last_error.clone(),
+            retry_in_s: (s.state == State::Open).then(|| {
+                self.cooldown
+                    .saturating_sub(s.opened_at.elapsed())
+                    .as_secs_f64()
+            }),
+        }
+    }
+}
+
+fn push(q: &mut VecDeque<bool>, ok: bool) {
+    if q.len() == WINDOW {
+        q.pop_front();
+    }
+    q.push_back(ok);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_k_failures_then_lets_exactly_one_probe_through_after_cooldown() {
+        let b = Breaker::new(3, Duration::from_secs(10));
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            assert_eq!(b.permit_at(t0), Permit::Try);
+            b.failure_at("500", t0);
+        }
+        assert_eq!(b.snapshot().state, State::Closed);
+        b.failure_at("500", t0);
+        assert_eq!(b.snapshot().state, State::Open);
+        assert_eq!(b.permit_at(t0 + Duration::from_secs(5)), Permit::Deny);
+        let later = t0 + Duration::from_secs(11);
+        assert_eq!(b.permit_at(later), Permit::Probe);
+        assert_eq!(b.permit_at(later), Permit::Deny, "only one probe at a time");
+        b.failure_at("529", later);
+        assert_eq!(b.snapshot().state, State::Open, "failed probe reopens");
+        assert_eq!(b.permit_at(later + Duration::from_secs(1)), Permit::Deny);
+        let again = later + Duration::from_secs(11);
+        assert_eq!(b.permit_at(again), Permit::Probe);
+        b.success();
+        assert_eq!(b.snapshot().state, State::Closed);
+        assert_eq!(b.permit_at(again), Permit::Try);
+        assert_eq!(b.snapshot().short_circuited, 3);
+    }
+
+    #[test]
+    fn a_success_resets_the_consecutive_count() {
+        let b = Breaker::new(3, Duration::from_secs(10));
+        b.failure("x");
+        b.failure("x");
+        b.success();
+        b.failure("x");
+        b.failure("x");
+        assert_eq!(b.snapshot().state, State::Closed);
+    }
+
+    #[test]
+    fn a_high_failure_rate_opens_it_even_without_a_long_run() {
+        let b = Breaker::new(100, Duration::from_secs(10));
+        for i in 0..WINDOW {
+            if i % 3 == 0 {
+                b.success();
+            } else {
+                b.failure("flaky");
+            }
+        }
+        assert_eq!(b.snapshot().state, State::Open);
+    }
+}
