@@ -308,3 +308,76 @@ pub fn sse_events(body: &[u8]) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// The scripted fake cloud (crates/server/examples/fake_cloud.rs), built by `cargo test`.
+pub struct FakeCloud {
+    child: Child,
+    pub port: u16,
+}
+
+impl FakeCloud {
+    pub fn start() -> FakeCloud {
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/<test> -> target/<profile>/examples/fake_cloud
+        let path = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .map(|d| d.join("examples/fake_cloud"))
+            .unwrap();
+        assert!(
+            path.exists(),
+            "{} is missing: build it with `cargo test --workspace --no-run` or \
+             `cargo build -p backstop-server --example fake_cloud`",
+            path.display()
+        );
+        let mut child = Command::new(path)
+            .args(["--port", "0"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("fake cloud said {line:?}"));
+        FakeCloud { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn scenario(&self, s: &str) {
+        let r = Conn::open(self.port).request(
+            "POST",
+            &format!("/_control?scenario={s}&reset=1"),
+            &[],
+            b"",
+        );
+        assert_eq!(r.status, 200);
+    }
+
+    /// Requests seen since the last `scenario` call, and what the last one carried.
+    pub fn report(&self) -> serde_json::Value {
+        Conn::open(self.port)
+            .request("GET", "/_control", &[], b"")
+            .json()
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.report()["requests"].as_u64().unwrap()
+    }
+}
+
+impl Drop for FakeCloud {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

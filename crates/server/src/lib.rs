@@ -238,9 +238,10 @@ async fn ready(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let text = st
+    let mut text = st
         .metrics
         .render(st.scheduler.running(), st.scheduler.queued(), st.is_ready());
+    st.upstreams.render_metrics(&mut text);
     (
         [(
             header::CONTENT_TYPE,
