@@ -80,7 +80,7 @@ pub struct ServeArgs {
 }
 
 fn seconds(flag: &str, v: f64) -> Result<Duration> {
-    if !(v.is_finite() && v >= 0.0 && v <= 86_400.0) {
+    if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
         bail!("{flag} must be a number of seconds between 0 and 86400, got {v}");
     }
     Ok(Duration::from_secs_f64(v))

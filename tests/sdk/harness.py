@@ -243,3 +243,95 @@ def sse_events(lines) -> list[tuple[str | None, str]]:
     if data or name:
         events.append((name, "\n".join(data)))
     return events
+
+
+FAKE_CLOUD_RE = re.compile(r"fake_cloud: listening on http://([0-9.]+):(\d+)")
+
+
+def fake_cloud_bin() -> Path:
+    """FAKE_CLOUD_BIN, else the newer of the release and debug builds of the `fake_cloud`
+    example (built by `cargo test --workspace --no-run`, or `cargo build --examples`)."""
+    env = os.environ.get("FAKE_CLOUD_BIN")
+    if env:
+        if not Path(env).is_file():
+            raise RuntimeError(f"FAKE_CLOUD_BIN={env} is not a file")
+        return Path(env)
+    found = [
+        p
+        for p in (
+            REPO / "target" / "release" / "examples" / "fake_cloud",
+            REPO / "target" / "debug" / "examples" / "fake_cloud",
+        )
+        if p.is_file()
+    ]
+    if not found:
+        raise RuntimeError(
+            "no fake_cloud binary in target/{release,debug}/examples: build it with "
+            "`cargo test --workspace --no-run` (or `cargo build --examples`), or set FAKE_CLOUD_BIN"
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+class FakeCloud:
+    """The scripted cloud (crates/server/examples/fake_cloud.rs) as a child process on loopback.
+    `set(scenario)` applies to every following request; `report()` is its GET /_control (request
+    count and what the last request carried)."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            [str(fake_cloud_bin()), "--port", "0"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+        )
+        self.lines: list[str] = []
+        self._listening = threading.Event()
+        self.port = None
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + 10
+        while not self._listening.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("fake_cloud did not start listening:\n" + "\n".join(self.lines))
+        self.http = httpx.Client(base_url=self.url, timeout=10, trust_env=False)
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            m = FAKE_CLOUD_RE.search(line)
+            if m and not self._listening.is_set():
+                self.port = int(m.group(2))
+                self._listening.set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def set(self, scenario: str, reset: bool = False) -> dict:
+        params = {"scenario": scenario}
+        if reset:
+            params["reset"] = "1"
+        r = self.http.post("/_control", params=params)
+        r.raise_for_status()
+        return r.json()
+
+    def report(self) -> dict:
+        r = self.http.get("/_control")
+        r.raise_for_status()
+        return r.json()
+
+    @property
+    def requests(self) -> int:
+        return self.report()["requests"]
+
+    def stop(self) -> None:
+        if getattr(self, "http", None) is not None:
+            self.http.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._reader.join(2)

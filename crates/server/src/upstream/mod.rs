@@ -441,6 +441,8 @@ async fn attempt_with_retries(
     }
 }
 
+/// One upstream request; everything it needs is the request as received.
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     up: &Upstream,
     ep: Endpoint,

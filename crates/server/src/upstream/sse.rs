@@ -22,10 +22,7 @@ impl Splitter {
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, &'static str> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        loop {
-            let Some((end, term)) = find_terminator(&self.buf) else {
-                break;
-            };
+        while let Some((end, term)) = find_terminator(&self.buf) {
             let rest = self.buf.split_off(end + term);
             out.push(std::mem::replace(&mut self.buf, rest));
         }
@@ -164,11 +161,11 @@ impl Progress {
                     self.text.push_str(t);
                 }
             }
-            "content_block_delta" => {
-                if v.pointer("/delta/type").and_then(Value::as_str) == Some("text_delta") {
-                    if let Some(t) = v.pointer("/delta/text").and_then(Value::as_str) {
-                        self.text.push_str(t);
-                    }
+            "content_block_delta"
+                if v.pointer("/delta/type").and_then(Value::as_str) == Some("text_delta") =>
+            {
+                if let Some(t) = v.pointer("/delta/text").and_then(Value::as_str) {
+                    self.text.push_str(t);
                 }
             }
             "content_block_stop" => self.open_block = None,
