@@ -71,7 +71,8 @@ pub struct ServeArgs {
     /// Seconds a cloud stream may stay silent before it counts as broken.
     #[arg(long, default_value_t = 30.0)]
     pub stream_idle_timeout: f64,
-    /// Consecutive cloud failures that open the circuit breaker.
+    /// Consecutive cloud failures that open the circuit breaker (it also opens when more
+    /// than half of the last 20 outcomes failed).
     #[arg(long, default_value_t = 5)]
     pub breaker_failures: u32,
     /// Seconds the breaker stays open before one probe request tries the cloud again.

@@ -418,14 +418,14 @@ fn sigterm_during_a_stream_ends_it_cleanly_and_exits() {
         }
         body
     });
-    let (took, status) = s.terminate(Duration::from_secs(8));
+    let (took, status) = s.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit status {status:?}");
     let body = reader.join().unwrap();
     let data = sse_data(&body);
     assert_eq!(data.last().unwrap(), "[DONE]", "stream ended cleanly");
     let last: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
     assert_eq!(last["choices"][0]["finish_reason"], "length");
-    assert!(took < Duration::from_secs(6), "exit took {took:?}");
+    assert!(took < Duration::from_secs(8), "exit took {took:?}");
 }
 
 #[test]

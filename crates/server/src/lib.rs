@@ -169,7 +169,9 @@ async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     tokio::spawn(async move {
         tokio::time::sleep(grace).await;
         sched.cancel_in_flight();
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Streams end within a token of the cancel; this bound is for clients that stopped
+        // reading, with room for a machine under heavy load.
+        tokio::time::sleep(Duration::from_secs(5)).await;
         eprintln!("backstop: connections still open after the grace period; exiting");
         std::process::exit(0);
     });
