@@ -43,7 +43,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // llama-bench spells its combined test `-pg`; clap's short flags are one letter.
+    let args = std::env::args_os().map(|a| if a == "-pg" { "--pg".into() } else { a });
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             // clap's own rendering for --help/--version; a bad flag gets its one-line summary.

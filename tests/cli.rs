@@ -305,3 +305,80 @@ fn gemma3_runs_with_its_built_in_chat_template() {
         text(&chat.stderr)
     );
 }
+
+#[test]
+fn bench_json_and_jsonl_carry_llama_bench_fields() {
+    let m = model();
+    let m = m.to_str().unwrap();
+    let out = run(
+        &[
+            "bench", "-m", m, "-p", "8", "-n", "4", "-pg", "8,4", "-d", "0,8", "-t", "1", "-r",
+            "2", "-o", "json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let recs = v.as_array().unwrap();
+    // (pp8, tg4, pp8+tg4) at depths 0 and 8.
+    assert_eq!(recs.len(), 6);
+    let tests: Vec<(u64, u64, u64)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["n_prompt"].as_u64().unwrap(),
+                r["n_gen"].as_u64().unwrap(),
+                r["n_depth"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tests,
+        [
+            (8, 0, 0),
+            (0, 4, 0),
+            (8, 4, 0),
+            (8, 0, 8),
+            (0, 4, 8),
+            (8, 4, 8)
+        ]
+    );
+    for r in recs {
+        for key in [
+            "model_filename",
+            "model_type",
+            "model_size",
+            "model_n_params",
+            "n_threads",
+            "avg_ns",
+            "stddev_ns",
+            "avg_ts",
+            "stddev_ts",
+            "test_time",
+            "backends",
+        ] {
+            assert!(!r[key].is_null(), "missing {key}: {r}");
+        }
+        let samples = r["samples_ts"].as_array().unwrap();
+        assert_eq!(samples.len(), 2, "warm-up excluded, -r 2 kept");
+        let avg = r["avg_ts"].as_f64().unwrap();
+        let mean = samples.iter().map(|s| s.as_f64().unwrap()).sum::<f64>() / 2.0;
+        assert!((avg - mean).abs() < 1e-6 * mean.max(1.0));
+        assert_eq!(r["n_threads"], 1);
+    }
+    let out = run(
+        &[
+            "bench", "-m", m, "-p", "8", "-n", "0", "-r", "1", "-o", "jsonl",
+        ],
+        None,
+    );
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["n_prompt"], 8);
+    let out = run(&["bench", "-m", m, "-pg", "8", "-r", "1"], None);
+    assert_clean_error(&out, "-pg");
+}
