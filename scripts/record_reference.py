@@ -61,6 +61,11 @@ def post(port, path, body):
 
 def main():
     bin_dir, model = sys.argv[1], sys.argv[2]
+    # --out-dir DIR: write the reference there instead of the test data folder (scripts/requantize
+    # keeps references of derived models beside them, out of git).
+    out_dir = os.path.join(ROOT, "crates/engine/tests/data")
+    if len(sys.argv) > 4 and sys.argv[3] == "--out-dir":
+        out_dir = sys.argv[4]
     port = 18089
     cmd = [os.path.join(bin_dir, "llama-server"), "-m", model, "--port", str(port), "-t", "2",
            "-c", "2048", "--no-webui", "-np", "1"]
@@ -103,7 +108,7 @@ def main():
             "cases": cases,
         }
         name = os.path.basename(model).rsplit(".gguf", 1)[0]
-        path = os.path.join(ROOT, "crates/engine/tests/data", f"{name}.greedy.json")
+        path = os.path.join(out_dir, f"{name}.greedy.json")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             json.dump(out, f, indent=1, ensure_ascii=False)

@@ -94,15 +94,77 @@ const MIN_CLOSE_PROMPTS: usize = 5;
 /// amplify to up to ~0.2 nat by the last layer. The measured numbers are printed.
 #[test]
 fn gemma3_greedy_equals_llama_cpp_up_to_its_near_ties() {
-    let engine = Engine::load(
+    let r = check_up_to_near_ties(
         &common::model_path(common::GEMMA3),
-        &EngineOptions::default(),
-    )
-    .expect("load");
-    let data: Value = serde_json::from_slice(
-        &std::fs::read(common::data_path("gemma-3-270m-q4_k_m.greedy.json")).expect("reference"),
-    )
-    .unwrap();
+        &common::data_path("gemma-3-270m-q4_k_m.greedy.json"),
+    );
+    assert!(r.n_prompts >= 8, "the issue asks for at least 8 prompts");
+    assert!(
+        r.n_close >= MIN_CLOSE_PROMPTS,
+        "only {} prompts have every compared log-probability within {MAX_LOGPROB_DIFF} of llama.cpp's (want {MIN_CLOSE_PROMPTS})",
+        r.n_close
+    );
+}
+
+/// The slower suite (not run by default; `scripts/requantize` first, which needs llama.cpp's
+/// tools): SmolLM2 requantized by llama-quantize to other formats, each against llama.cpp's
+/// own greedy continuations on that file, by the same criterion as Gemma: top-1 equal and
+/// log-probability within 0.3 nat at every step before llama.cpp's first near-tie. How many
+/// prompts also stay within 0.1 is printed, not asserted. Measured (2026-11-23): Q8_0 0.0003 and
+/// F16 0.006 nat at worst; Q4_0 0.13 (llama.cpp repacks it to `q4_0_8x8`), Q4_K_M 0.22; Q5_K_M
+/// and Q6_K 0.38-0.39 on one prompt each, so this suite FAILS on those two until we reproduce
+/// ggml's repacked and tiled K-quant matmuls (see the Gemma test): the bound states the target.
+#[test]
+#[ignore = "slow suite: needs scripts/requantize (llama.cpp's llama-quantize) and its references"]
+fn smollm2_requantized_variants_equal_llama_cpp_up_to_near_ties() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/requant");
+    let (mut summary, mut failed) = (Vec::new(), Vec::new());
+    for ty in ["Q4_0", "Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K", "F16"] {
+        let name = format!("SmolLM2-135M-Instruct.{ty}");
+        let model = dir.join(format!("{name}.gguf"));
+        let reference = dir.join(format!("{name}.greedy.json"));
+        assert!(
+            model.exists() && reference.exists(),
+            "{} or its reference is missing: run scripts/requantize",
+            model.display()
+        );
+        eprintln!("== {ty}");
+        // Measure every variant before failing, so one run reports them all.
+        let run = std::panic::catch_unwind(|| check_up_to_near_ties(&model, &reference));
+        match run {
+            Ok(r) => summary.push(format!(
+                "{ty}: ok, {}/{} compared prompts within {MAX_LOGPROB_DIFF}, max |logprob diff| {:.4}",
+                r.n_close, r.n_compared, r.worst
+            )),
+            Err(_) => {
+                failed.push(ty);
+                summary.push(format!("{ty}: FAILED (above)"));
+            }
+        }
+    }
+    eprintln!("{}", summary.join("\n"));
+    assert!(failed.is_empty(), "variants that differ: {failed:?}");
+}
+
+/// What [`check_up_to_near_ties`] measured.
+struct NearTieReport {
+    n_prompts: usize,
+    /// Prompts whose first step is not already a near-tie (so at least one step compared).
+    n_compared: usize,
+    /// Prompts with every compared step within [`MAX_LOGPROB_DIFF`].
+    n_close: usize,
+    worst: f64,
+}
+
+/// Greedy decoding of `model` against llama.cpp's reference (scripts/record_reference.py),
+/// compared only up to the first step where llama.cpp's own top-1 margin is under
+/// [`NEAR_TIE`]. Up to there, on every prompt, our top-1 must be llama.cpp's and its
+/// log-probability within [`NEAR_TIE`] of llama.cpp's (panics otherwise); returns how many
+/// prompts stay within [`MAX_LOGPROB_DIFF`] at every compared step, after printing them all.
+fn check_up_to_near_ties(model: &std::path::Path, reference: &std::path::Path) -> NearTieReport {
+    let engine = Engine::load(model, &EngineOptions::default()).expect("load");
+    let data: Value =
+        serde_json::from_slice(&std::fs::read(reference).expect("reference")).unwrap();
     let cases = data["cases"].as_array().unwrap();
     let ids = |v: &Value| -> Vec<u32> {
         v.as_array()
@@ -120,7 +182,7 @@ fn gemma3_greedy_equals_llama_cpp_up_to_its_near_ties() {
     };
     let mut failures = Vec::new();
     let mut report = Vec::new();
-    let (mut n_steps, mut worst, mut n_close) = (0usize, 0f64, 0usize);
+    let (mut n_steps, mut worst, mut n_close, mut n_compared) = (0usize, 0f64, 0usize, 0usize);
     for case in cases {
         let prompt = case["prompt"].as_str().unwrap();
         let want_top1 = ids(&case["top1"]);
@@ -154,6 +216,7 @@ fn gemma3_greedy_equals_llama_cpp_up_to_its_near_ties() {
             engine.eval(&mut session, &[want_top1[step]]).unwrap();
         }
         worst = worst.max(case_worst);
+        n_compared += usize::from(cut > 0);
         if cut > 0 && case_worst <= MAX_LOGPROB_DIFF {
             n_close += 1;
         }
@@ -166,7 +229,6 @@ fn gemma3_greedy_equals_llama_cpp_up_to_its_near_ties() {
         report.join("\n"),
         cases.len()
     );
-    assert!(cases.len() >= 8, "the issue asks for at least 8 prompts");
     assert!(
         failures.is_empty(),
         "{} of {} prompts differ before llama.cpp's first near-tie:\n{}",
@@ -174,11 +236,12 @@ fn gemma3_greedy_equals_llama_cpp_up_to_its_near_ties() {
         cases.len(),
         failures.join("\n")
     );
-    assert!(
-        n_close >= MIN_CLOSE_PROMPTS,
-        "only {n_close} prompts have every compared log-probability within {MAX_LOGPROB_DIFF} of llama.cpp's (want {MIN_CLOSE_PROMPTS}):\n{}",
-        report.join("\n")
-    );
+    NearTieReport {
+        n_prompts: cases.len(),
+        n_compared,
+        n_close,
+        worst,
+    }
 }
 
 /// Our top-1 token and its log-probability, log-softmax computed in f64.
