@@ -1,6 +1,7 @@
-//! Chat templates: SmolLM2's own template against llama.cpp's rendering (recorded from
-//! `llama-server --jinja`'s `/apply-template` by tests/data/record_chat_refs.py), Gemma 3's
-//! built-in template, and the template environment's Python-compatible helpers and errors.
+//! Chat templates: SmolLM2's own template and Gemma 3's built-in one against llama.cpp's
+//! rendering (recorded from `llama-server`'s `/apply-template` by
+//! tests/data/record_chat_refs.py), and the template environment's Python-compatible helpers
+//! and errors.
 
 use std::path::PathBuf;
 
@@ -44,14 +45,16 @@ fn custom(src: &str) -> Result<ChatTemplate, ChatError> {
     )
 }
 
-#[test]
-fn smollm2_renders_exactly_as_llama_cpp() {
-    let (tmpl, _) = template_of("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert_eq!(tmpl.source(), &TemplateSource::File);
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/chat_refs_smollm2.json");
+/// The recorded conversations of `refs` (tests/data/record_chat_refs.py), rendered as the
+/// prompt we tokenize (`render_prompt`: without the template's BOS when the tokenizer adds one,
+/// as llama.cpp's `/apply-template` returns it), must equal llama.cpp's text byte for byte.
+fn renders_as_recorded(tmpl: &ChatTemplate, tk: &Tokenizer, refs: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(refs);
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let cases = doc["cases"].as_array().unwrap();
-    assert!(!cases.is_empty());
+    assert!(cases.len() >= 8, "{refs}: {} cases", cases.len());
     for case in cases {
         let messages: Vec<ChatMessage> = case["messages"]
             .as_array()
@@ -60,13 +63,32 @@ fn smollm2_renders_exactly_as_llama_cpp() {
             .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
             .collect();
         let add_gen = case["add_generation_prompt"].as_bool().unwrap();
-        let got = tmpl.render(&messages, add_gen).expect("render");
+        let got = tmpl
+            .render_prompt(&messages, add_gen, tk.add_bos())
+            .expect("render");
         assert_eq!(
             got,
             case["prompt"].as_str().unwrap(),
-            "messages {messages:?}, add_generation_prompt {add_gen}"
+            "{refs}: messages {messages:?}, add_generation_prompt {add_gen}"
         );
     }
+}
+
+#[test]
+fn smollm2_renders_exactly_as_llama_cpp() {
+    let (tmpl, tk) = template_of("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert_eq!(tmpl.source(), &TemplateSource::File);
+    renders_as_recorded(&tmpl, &tk, "chat_refs_smollm2.json");
+}
+
+/// Gemma 3's file has no template; our built-in one must render as llama.cpp's own built-in
+/// Gemma formatter (`llama-server --no-jinja --chat-template gemma`): system text folded into the
+/// first user turn, contents trimmed, `model` as the assistant's role.
+#[test]
+fn gemma3_renders_exactly_as_llama_cpp_gemma_template() {
+    let (tmpl, tk) = template_of("models/gemma-3-270m-q4_k_m.gguf");
+    assert_eq!(tmpl.source(), &TemplateSource::BuiltIn("gemma"));
+    renders_as_recorded(&tmpl, &tk, "chat_refs_gemma3.json");
 }
 
 #[test]

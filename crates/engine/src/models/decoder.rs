@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use super::weights::{Linear, SharedFile};
 use super::ModelError;
 use crate::cpu::Kernels;
-use crate::ops::activation::{gelu_tanh_mul, silu_mul};
+use crate::ops::activation::{gelu_f16_table, gelu_tanh_mul, silu_mul};
 use crate::ops::attention::{attention, round_f16_slice, AttnParams};
 use crate::ops::matmul::{act_row_bytes, matmul, quantize_acts};
 use crate::ops::norm::{rms_norm, rms_norm_inplace};
@@ -161,6 +161,10 @@ impl Decoder {
         output: Linear,
         layers: Vec<LayerWeights>,
     ) -> Self {
+        if cfg.activation == Activation::GeluTanh {
+            // Built here so that the first decode step does not allocate it.
+            gelu_f16_table();
+        }
         let mut ropes: Vec<RopeCache> = Vec::new();
         let mut bases: Vec<f32> = Vec::new();
         let mut layer_rope = Vec::with_capacity(cfg.n_layer);

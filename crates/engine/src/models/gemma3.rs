@@ -5,11 +5,10 @@
 //! Gemma's "1 + w" (llama.cpp's converter adds the one), so plain RMSNorm applies.
 
 use super::decoder::{Activation, Decoder};
-use super::loader::{base_config, fparam_or, hparam_or, load_io, load_layer};
+use super::loader::{base_config, fparam_or, hparam_or, load_io, load_layers, GateUp, Required};
 use super::weights::SharedFile;
 use super::ModelError;
 use crate::gguf::keys::arch_key;
-use crate::gguf::GgufError;
 use crate::ops::rope::RopeLayout;
 
 const ARCH: &str = "gemma3";
@@ -41,21 +40,12 @@ pub fn from_gguf(file: SharedFile) -> Result<Decoder, ModelError> {
     let softcap = fparam_or(&file, ARCH, "final_logit_softcapping", 0.0)?;
     cfg.final_logit_softcap = (softcap > 0.0).then_some(softcap);
     let (tok_embd, output_norm, output) = load_io(&file, &cfg)?;
-    let layers = (0..cfg.n_layer)
-        .map(|l| load_layer(&file, &cfg, l))
-        .collect::<Result<Vec<_>, _>>()?;
-    // load_layer treats these as optional (other families lack them); Gemma 3 requires them.
-    for (l, lw) in layers.iter().enumerate() {
-        let required = [
-            ("attn_q_norm", lw.q_norm.is_some()),
-            ("attn_k_norm", lw.k_norm.is_some()),
-            ("post_attention_norm", lw.post_attn_norm.is_some()),
-            ("post_ffw_norm", lw.post_ffn_norm.is_some()),
-        ];
-        if let Some((name, _)) = required.iter().find(|(_, present)| !present) {
-            return Err(GgufError::MissingTensor(format!("blk.{l}.{name}.weight")).into());
-        }
-    }
+    let layers = load_layers(
+        &file,
+        &cfg,
+        GateUp::Separate,
+        &[Required::QkNorm, Required::PostNorms],
+    )?;
     Ok(Decoder::new(
         file,
         cfg,

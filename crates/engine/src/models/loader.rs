@@ -6,7 +6,7 @@ use super::decoder::{Activation, DecoderConfig, LayerWeights};
 use super::weights::{load_vector, Linear, SharedFile};
 use super::ModelError;
 use crate::gguf::keys::arch_key;
-use crate::gguf::GgufHeader;
+use crate::gguf::{GgufError, GgufHeader};
 use crate::ops::rope::RopeLayout;
 
 /// Read a positive usize hyper-parameter `{arch}.{suffix}`, bounded so later products can't
@@ -114,20 +114,60 @@ pub(super) fn base_config(h: &GgufHeader, arch: &str) -> Result<DecoderConfig, M
     })
 }
 
+/// How a family stores its gated MLP's gate and up matrices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum GateUp {
+    /// `ffn_gate` and `ffn_up`, each `n_ff` rows.
+    Separate,
+    /// One `ffn_up` of `2 * n_ff` rows: the gate's rows first, then the up rows (Phi-3).
+    Fused,
+}
+
 /// The attention and MLP matrices every family names the same way (`blk.N.attn_q.weight`, ...).
+/// Q, K and V come from a fused `attn_qkv` (rows: all of Q, then K, then V) when the file has
+/// one, as llama.cpp accepts for any family, else from `attn_q`, `attn_k`, `attn_v`.
 pub(super) fn load_layer(
     file: &SharedFile,
     c: &DecoderConfig,
     l: usize,
+    gate_up: GateUp,
 ) -> Result<LayerWeights, ModelError> {
     let t = |s: &str| format!("blk.{l}.{s}");
     let (d, qd, kvd, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
     let opt = |s: &str, n: usize| super::weights::load_vector_opt(file, &t(s), n);
+    let (wq, wk, wv) = if file.tensor(&t("attn_qkv.weight")).is_some() {
+        let name = t("attn_qkv.weight");
+        let rows = qd + 2 * kvd;
+        (
+            Linear::load_rows(file, &name, d, rows, 0, qd)?,
+            Linear::load_rows(file, &name, d, rows, qd, kvd)?,
+            Linear::load_rows(file, &name, d, rows, qd + kvd, kvd)?,
+        )
+    } else {
+        (
+            Linear::load(file, &t("attn_q.weight"), d, qd)?,
+            Linear::load(file, &t("attn_k.weight"), d, kvd)?,
+            Linear::load(file, &t("attn_v.weight"), d, kvd)?,
+        )
+    };
+    let (w_gate, w_up) = match gate_up {
+        GateUp::Separate => (
+            Linear::load(file, &t("ffn_gate.weight"), d, ff)?,
+            Linear::load(file, &t("ffn_up.weight"), d, ff)?,
+        ),
+        GateUp::Fused => {
+            let name = t("ffn_up.weight");
+            (
+                Linear::load_rows(file, &name, d, 2 * ff, 0, ff)?,
+                Linear::load_rows(file, &name, d, 2 * ff, ff, ff)?,
+            )
+        }
+    };
     Ok(LayerWeights {
         attn_norm: load_vector(file, &t("attn_norm.weight"), d)?,
-        wq: Linear::load(file, &t("attn_q.weight"), d, qd)?,
-        wk: Linear::load(file, &t("attn_k.weight"), d, kvd)?,
-        wv: Linear::load(file, &t("attn_v.weight"), d, kvd)?,
+        wq,
+        wk,
+        wv,
         wo: Linear::load(file, &t("attn_output.weight"), qd, d)?,
         bq: opt("attn_q.bias", qd)?,
         bk: opt("attn_k.bias", kvd)?,
@@ -136,11 +176,57 @@ pub(super) fn load_layer(
         k_norm: opt("attn_k_norm.weight", c.head_dim)?,
         post_attn_norm: opt("post_attention_norm.weight", d)?,
         ffn_norm: load_vector(file, &t("ffn_norm.weight"), d)?,
-        w_gate: Linear::load(file, &t("ffn_gate.weight"), d, ff)?,
-        w_up: Linear::load(file, &t("ffn_up.weight"), d, ff)?,
+        w_gate,
+        w_up,
         w_down: Linear::load(file, &t("ffn_down.weight"), ff, d)?,
         post_ffn_norm: opt("post_ffw_norm.weight", d)?,
     })
+}
+
+/// Optional layer tensors that a family requires (llama.cpp refuses its files without them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Required {
+    /// `attn_q.bias`, `attn_k.bias`, `attn_v.bias` (Qwen 2).
+    QkvBias,
+    /// `attn_q_norm.weight`, `attn_k_norm.weight` (Qwen 3, Gemma 3).
+    QkNorm,
+    /// `post_attention_norm.weight`, `post_ffw_norm.weight` (Gemma 2/3).
+    PostNorms,
+}
+
+/// Load every layer and check that the optional tensors in `required` are present.
+pub(super) fn load_layers(
+    file: &SharedFile,
+    c: &DecoderConfig,
+    gate_up: GateUp,
+    required: &[Required],
+) -> Result<Vec<LayerWeights>, ModelError> {
+    let layers = (0..c.n_layer)
+        .map(|l| load_layer(file, c, l, gate_up))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (l, lw) in layers.iter().enumerate() {
+        for need in required {
+            let tensors: &[(&str, bool)] = match need {
+                Required::QkvBias => &[
+                    ("attn_q.bias", lw.bq.is_some()),
+                    ("attn_k.bias", lw.bk.is_some()),
+                    ("attn_v.bias", lw.bv.is_some()),
+                ],
+                Required::QkNorm => &[
+                    ("attn_q_norm.weight", lw.q_norm.is_some()),
+                    ("attn_k_norm.weight", lw.k_norm.is_some()),
+                ],
+                Required::PostNorms => &[
+                    ("post_attention_norm.weight", lw.post_attn_norm.is_some()),
+                    ("post_ffw_norm.weight", lw.post_ffn_norm.is_some()),
+                ],
+            };
+            if let Some((name, _)) = tensors.iter().find(|(_, present)| !present) {
+                return Err(GgufError::MissingTensor(format!("blk.{l}.{name}")).into());
+            }
+        }
+    }
+    Ok(layers)
 }
 
 /// Embeddings, final norm and LM head (tied to the embeddings when `output.weight` is absent).

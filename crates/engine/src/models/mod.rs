@@ -1,13 +1,16 @@
 //! Model families. Every supported architecture is a decoder-only transformer, so one
 //! parameterised forward pass ([`decoder`]) is shared and each family file is a
 //! `from_gguf` that reads its hyper-parameters and tensor names into a [`DecoderConfig`]
-//! (llama.rs, gemma3.rs; later qwen2.rs, ...). Differences between families are config fields,
+//! (llama.rs, gemma3.rs, qwen2.rs, qwen3.rs, phi3.rs). Differences between families are config fields,
 //! not copied code.
 
 pub mod decoder;
 pub mod gemma3;
 pub mod llama;
 mod loader;
+pub mod phi3;
+pub mod qwen2;
+pub mod qwen3;
 mod weights;
 
 use std::path::Path;
@@ -24,8 +27,10 @@ pub use decoder::{Decoder, DecoderConfig, Session};
 pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("unsupported architecture {0:?} (supported: llama, gemma3)")]
+    #[error("unsupported architecture {0:?} (supported: llama, gemma3, qwen2, qwen3, phi3)")]
     UnsupportedArch(String),
+    #[error("{arch} file uses {what}, which is not supported yet")]
+    Unsupported { arch: String, what: String },
     #[error("tensor {name} has shape {found:?}, expected {expected:?}")]
     BadShape {
         name: String,
@@ -55,6 +60,9 @@ pub fn load(path: &Path) -> Result<Decoder, ModelError> {
     match arch.as_str() {
         "llama" => llama::from_gguf(file),
         "gemma3" => gemma3::from_gguf(file),
+        "qwen2" => qwen2::from_gguf(file),
+        "qwen3" => qwen3::from_gguf(file),
+        "phi3" => phi3::from_gguf(file),
         _ => Err(ModelError::UnsupportedArch(arch)),
     }
 }

@@ -38,6 +38,32 @@ impl Linear {
         Ok(Self { info, n_in, n_out })
     }
 
+    /// Rows `first..first + n_rows` of the `total_rows`-row matrix `name`, as a matrix of its
+    /// own: a view of the same bytes (rows are whole blocks, so a row range is a byte range).
+    /// Fused tensors (Phi-3's `attn_qkv`, its gate-and-up `ffn_up`) are split this way, so the
+    /// forward pass sees separate matrices without a copy.
+    pub fn load_rows(
+        file: &GgufFile,
+        name: &str,
+        n_in: usize,
+        total_rows: usize,
+        first: usize,
+        n_rows: usize,
+    ) -> Result<Self, ModelError> {
+        let whole = Self::load(file, name, n_in, total_rows)?;
+        debug_assert!(first + n_rows <= total_rows);
+        let row_bytes = whole.info.n_bytes / total_rows as u64;
+        let mut info = whole.info;
+        info.offset += first as u64 * row_bytes;
+        info.n_bytes = n_rows as u64 * row_bytes;
+        info.dims = vec![n_in as u64, n_rows as u64];
+        Ok(Self {
+            info,
+            n_in,
+            n_out: n_rows,
+        })
+    }
+
     pub fn mat<'a>(&self, file: &'a GgufFile) -> MatRef<'a> {
         MatRef {
             ty: self.info.ty,

