@@ -2,7 +2,6 @@
 //! terms, so the two tables compare line by line. Like llama-bench: random tokens, one warm-up
 //! run excluded, `-r` repetitions reported as mean ± standard deviation.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -12,9 +11,10 @@ use clap::Args;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// GGUF model file (repeatable).
-    #[arg(short = 'm', long = "model", value_name = "FILE", required = true)]
-    pub models: Vec<PathBuf>,
+    /// GGUF model: a path, OWNER/REPO[:QUANT] from the cache, or a name in ./models
+    /// (repeatable).
+    #[arg(short = 'm', long = "model", value_name = "MODEL", required = true)]
+    pub models: Vec<String>,
     /// Prompt tokens for the pp test (0 = skip).
     #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
     pub n_prompt: usize,
@@ -51,7 +51,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     };
     println!("| model | size | params | backend | threads | test | t/s |");
     println!("| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: |");
-    for path in &a.models {
+    let places = crate::models::Places::from_env();
+    let paths = a
+        .models
+        .iter()
+        .map(|m| crate::models::resolve(m, &places))
+        .collect::<Result<Vec<_>, _>>()?;
+    for path in &paths {
         for &t in &threads {
             let engine = Engine::load(
                 path,
