@@ -159,6 +159,13 @@ fn interactive_chat_reuses_the_conversation_and_quits_on_bye() {
     assert!(stats[0].contains("(0 cached)"), "{}", stats[0]);
     assert!(!stats[1].contains("(0 cached)"), "{}", stats[1]);
     assert!(!text(&out.stdout).trim().is_empty());
+    // Load feedback: what was loaded and how long it took, before the first prompt.
+    let loaded = err.lines().next().unwrap_or("");
+    assert!(
+        loaded.starts_with(&format!("loaded {} (93.8 MiB) in ", m.display()))
+            && loaded.ends_with(" s"),
+        "{loaded:?}"
+    );
 }
 
 #[test]
