@@ -2,7 +2,6 @@
 //! terms, so the two tables compare line by line. Like llama-bench: random tokens, one warm-up
 //! run excluded, `-r` repetitions reported as mean ± standard deviation.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -12,9 +11,10 @@ use clap::Args;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// GGUF model file (repeatable).
-    #[arg(short = 'm', long = "model", value_name = "FILE", required = true)]
-    pub models: Vec<PathBuf>,
+    /// GGUF model: a path, OWNER/REPO[:QUANT] from the cache, or a name in ./models
+    /// (repeatable).
+    #[arg(short = 'm', long = "model", value_name = "MODEL", required = true)]
+    pub models: Vec<String>,
     /// Prompt tokens for the pp test, comma-separated list (0 = skip).
     #[arg(
         short = 'p',
@@ -135,15 +135,18 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         bail!("--threads must be at least 1");
     }
     let tests = tests(&a)?;
+    let places = crate::models::Places::from_env();
+    let paths = a
+        .models
+        .iter()
+        .map(|m| crate::models::resolve(m, &places))
+        .collect::<Result<Vec<_>, _>>()?;
     if a.output == Format::Md {
         println!("| model | size | params | backend | threads | test | t/s |");
         println!("| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: |");
     }
     let mut records = Vec::new();
-    for path in &a.models {
-        if !path.exists() {
-            bail!("model file {} does not exist", path.display());
-        }
+    for path in &paths {
         for &t in &threads {
             let engine = Engine::load(
                 path,

@@ -1,7 +1,6 @@
 //! `backstop info`: what a GGUF file holds, read from its header only.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use backstop_engine::gguf::{keys, Array, GgufFile, Value};
@@ -9,18 +8,19 @@ use clap::Args;
 
 #[derive(Args)]
 pub struct InfoArgs {
-    /// Path to a GGUF model file.
-    #[arg(value_name = "FILE", required_unless_present = "model")]
-    pub file: Option<PathBuf>,
-    #[arg(short = 'm', long = "model", value_name = "FILE", hide = true)]
-    pub model: Option<PathBuf>,
+    /// A GGUF file path, OWNER/REPO[:QUANT] from the cache, or a file name in ./models.
+    #[arg(value_name = "MODEL", required_unless_present = "model")]
+    pub file: Option<String>,
+    #[arg(short = 'm', long = "model", value_name = "MODEL", hide = true)]
+    pub model: Option<String>,
     /// Also list every tensor.
     #[arg(long)]
     pub tensors: bool,
 }
 
 pub fn info(a: InfoArgs) -> Result<()> {
-    let path = a.file.or(a.model).context("no model file given")?;
+    let name = a.file.or(a.model).context("no model file given")?;
+    let path = crate::models::resolve(&name, &crate::models::Places::from_env())?;
     let file = GgufFile::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let arch = file

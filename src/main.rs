@@ -1,12 +1,16 @@
 //! The `backstop` command line: run, chat, info, tokenize, bench, serve.
 //!
-//! Errors end as one line on stderr and a non-zero exit. Nothing opens an outbound network
-//! connection; `serve` listens (on loopback by default).
+//! Errors end as one line on stderr and a non-zero exit. Only `pull` opens an outbound network
+//! connection (and refuses under HF_HUB_OFFLINE=1 or --offline); every other command resolves
+//! models from local files, and `serve` listens (on loopback by default).
 
 mod bench;
 mod chat;
 mod info;
+mod ls;
+mod models;
 mod options;
+mod pull;
 mod run;
 mod serve;
 mod tokenize;
@@ -40,6 +44,13 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve the model over HTTP with OpenAI- and Anthropic-compatible endpoints.
     Serve(serve::ServeArgs),
+    /// Download a model from the Hugging Face hub into the local cache (the only command that
+    /// uses the network).
+    Pull(pull::PullArgs),
+    /// List local models: downloads in the cache and files in ./models and BACKSTOP_MODELS.
+    Ls(ls::LsArgs),
+    /// Remove a downloaded model from the cache.
+    Rm(ls::RmArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +77,9 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => tokenize::tokenize(a),
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Pull(a) => pull::pull(a),
+        Command::Ls(a) => ls::ls(a),
+        Command::Rm(a) => ls::rm(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,7 +91,7 @@ fn main() -> ExitCode {
 }
 
 /// The error chain on one line: "context: cause: cause".
-fn one_line(e: &anyhow::Error) -> String {
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
     e.chain()
         .map(|c| c.to_string().replace('\n', " "))
         .collect::<Vec<_>>()

@@ -2,7 +2,8 @@
 //! spell them.
 
 use std::io::{IsTerminal, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use backstop_engine::cpu::Tier;
@@ -12,9 +13,10 @@ use clap::{Args, ValueEnum};
 
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// Path to a GGUF model file.
-    #[arg(short = 'm', long = "model", value_name = "FILE")]
-    pub model: PathBuf,
+    /// A GGUF file path, a download as OWNER/REPO[:QUANT] (see `backstop ls`), or a file name
+    /// in ./models or a BACKSTOP_MODELS folder. Resolved from local files only.
+    #[arg(short = 'm', long = "model", value_name = "MODEL")]
+    pub model: String,
     /// Worker threads (default: all cores).
     #[arg(short = 't', long = "threads", default_value_t = 0)]
     pub threads: usize,
@@ -48,13 +50,67 @@ impl ModelArgs {
         }
     }
 
-    pub fn load(&self) -> Result<Engine> {
-        if !self.model.exists() {
-            bail!("model file {} does not exist", self.model.display());
-        }
-        Engine::load(&self.model, &self.engine_options())
-            .with_context(|| format!("cannot load {}", self.model.display()))
+    /// The model file the argument names (local files only).
+    pub fn path(&self) -> Result<PathBuf> {
+        Ok(crate::models::resolve(
+            &self.model,
+            &crate::models::Places::from_env(),
+        )?)
     }
+
+    pub fn load(&self) -> Result<Engine> {
+        let path = self.path()?;
+        Engine::load(&path, &self.engine_options())
+            .with_context(|| format!("cannot load {}", path.display()))
+    }
+
+    /// Load with feedback on stderr: progress while a big file is read in (on a terminal) and
+    /// the time the load took.
+    pub fn load_with_feedback(&self) -> Result<Engine> {
+        let path = self.path()?;
+        let t0 = Instant::now();
+        let size = read_in(&path);
+        let engine = Engine::load(&path, &self.engine_options())
+            .with_context(|| format!("cannot load {}", path.display()))?;
+        eprintln!(
+            "loaded {} ({}) in {:.2} s",
+            self.model,
+            crate::pull::human(size),
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(engine)
+    }
+}
+
+/// Files at least this large show reading progress on a terminal.
+const BIG_FILE: u64 = 128 << 20;
+
+/// Read a big model file through once, with progress on a terminal, so the memory-mapped load
+/// that follows finds it in the page cache. Returns the file's size. Best effort: a read error
+/// here is left for the load to report.
+pub fn read_in(path: &Path) -> u64 {
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    if size < BIG_FILE || !std::io::stderr().is_terminal() {
+        return size;
+    }
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return size;
+    };
+    let label = path
+        .file_name()
+        .map_or_else(|| "model".to_owned(), |n| n.to_string_lossy().into_owned());
+    let mut progress = crate::pull::Progress::new(&format!("reading {label}"), 0, size);
+    let mut buf = vec![0u8; 4 << 20];
+    let mut done = 0u64;
+    while let Ok(n) = file.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        done += n as u64;
+        progress.update(done.min(size));
+    }
+    progress.clear();
+    size
 }
 
 #[derive(Args, Clone, Debug)]

@@ -107,9 +107,7 @@ fn parse_upstream(s: &str) -> Result<UpstreamSpec> {
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
-    if !a.model.model.exists() {
-        bail!("model file {} does not exist", a.model.model.display());
-    }
+    let model_path = a.model.path()?;
     if a.parallel == 0 {
         bail!("--parallel must be at least 1");
     }
@@ -154,14 +152,18 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         bail!("--api-key must not be empty");
     }
     let served = a.served_model_name.clone().unwrap_or_else(|| {
-        a.model
-            .model
+        model_path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "local".into())
     });
     let config = ServeConfig {
-        model_path: a.model.model.clone(),
+        model_path: {
+            // Read a big file in with progress before the server maps it; the server reports
+            // the time its load took.
+            crate::options::read_in(&model_path);
+            model_path.clone()
+        },
         engine: a.model.engine_options(),
         n_ctx: a.model.ctx_size,
         host: a.host,

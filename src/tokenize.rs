@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use backstop_engine::gguf::GgufFile;
 use backstop_engine::tokenizer::Tokenizer;
 use clap::Args;
@@ -12,8 +12,8 @@ use crate::options::read_prompt;
 #[derive(Args)]
 pub struct TokenizeArgs {
     /// Path to a GGUF model file.
-    #[arg(short = 'm', long = "model", value_name = "FILE")]
-    pub model: PathBuf,
+    #[arg(short = 'm', long = "model", value_name = "MODEL")]
+    pub model: String,
     /// The text (or use -f FILE, or pipe it on stdin).
     pub text: Option<String>,
     /// Read the text from a file, byte for byte.
@@ -32,11 +32,8 @@ pub struct TokenizeArgs {
 
 pub fn tokenize(a: TokenizeArgs) -> Result<()> {
     let text = read_prompt(a.text.as_deref(), a.file.as_ref())?;
-    if !a.model.exists() {
-        bail!("model file {} does not exist", a.model.display());
-    }
-    let file =
-        GgufFile::open(&a.model).with_context(|| format!("cannot load {}", a.model.display()))?;
+    let path = crate::models::resolve(&a.model, &crate::models::Places::from_env())?;
+    let file = GgufFile::open(&path).with_context(|| format!("cannot load {}", path.display()))?;
     let tok = Tokenizer::from_gguf(&file).context("cannot build the tokenizer")?;
     let ids = tok.encode_with(&text, !a.no_bos, !a.no_parse_special)?;
     if a.ids {

@@ -159,6 +159,13 @@ fn interactive_chat_reuses_the_conversation_and_quits_on_bye() {
     assert!(stats[0].contains("(0 cached)"), "{}", stats[0]);
     assert!(!stats[1].contains("(0 cached)"), "{}", stats[1]);
     assert!(!text(&out.stdout).trim().is_empty());
+    // Load feedback: what was loaded and how long it took, before the first prompt.
+    let loaded = err.lines().next().unwrap_or("");
+    assert!(
+        loaded.starts_with(&format!("loaded {} (93.8 MiB) in ", m.display()))
+            && loaded.ends_with(" s"),
+        "{loaded:?}"
+    );
 }
 
 #[test]
@@ -381,4 +388,58 @@ fn bench_json_and_jsonl_carry_llama_bench_fields() {
     assert_eq!(lines[0]["n_prompt"], 8);
     let out = run(&["bench", "-m", m, "-pg", "8", "-r", "1"], None);
     assert_clean_error(&out, "-pg");
+}
+
+#[test]
+fn ls_lists_the_test_models_with_their_facts_and_names_resolve() {
+    let models_dir = model().parent().unwrap().to_path_buf();
+    let home = tempfile::tempdir().unwrap();
+    let ls = |args: &[&str]| {
+        bin()
+            .args(args)
+            .current_dir(home.path())
+            .env("HF_HOME", home.path().join("hf"))
+            .env_remove("HF_HUB_CACHE")
+            .env("BACKSTOP_MODELS", &models_dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = ls(&["ls", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let find = |name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed: {list}"))
+            .clone()
+    };
+    let smol = find("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert_eq!(smol["architecture"], "llama");
+    assert_eq!(smol["parameters"], 134_515_008);
+    assert_eq!(smol["quant"], "Q4_1");
+    assert_eq!(smol["size"], 98_362_432);
+    assert_eq!(smol["context_length"], 8192);
+    assert_eq!(smol["chat_template"], true);
+    let gemma = find("gemma-3-270m-q4_k_m.gguf");
+    assert_eq!(gemma["architecture"], "gemma3");
+    assert_eq!(gemma["parameters"], 268_098_176);
+    assert_eq!(gemma["quant"], "Q4_K_M");
+    assert_eq!(gemma["size"], 253_113_024);
+    assert_eq!(gemma["context_length"], 32768);
+    assert_eq!(gemma["chat_template"], false);
+
+    let table = text(&ls(&["ls"]).stdout);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("gemma-3-270m-q4_k_m.gguf"))
+        .unwrap_or_else(|| panic!("no gemma row:\n{table}"));
+    for needle in ["gemma3", "268.1M", "Q4_K_M", "241.4 MiB", "32768", "no"] {
+        assert!(row.contains(needle), "{needle:?} not in {row:?}");
+    }
+    // A name from the models folder resolves for info (header only).
+    let info = ls(&["info", "SmolLM2-135M-Instruct.Q4_1"]);
+    assert!(text(&info.stdout).contains("architecture:  llama"));
 }
