@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::error::{ApiError, Flavor};
 use crate::openai::{checked_model_as, Prepared};
 use crate::output::{collect, event_error, new_id, timings};
-use crate::request::{in_range, max_tokens, parse_json, read_body, seed_or_random};
+use crate::request::{in_range, max_tokens, parse_json, seed_or_random};
 use crate::scheduler::Event;
 use crate::state::{Admitted, AppState};
 use crate::upstream::{self, Endpoint};
@@ -258,11 +258,7 @@ pub async fn messages(
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(F, &headers, body, st.config.max_body_bytes).await?;
-    if st.upstreams.get(F).is_some() {
-        return Ok(upstream::front(&st, Endpoint::Messages, &uri, &headers, bytes).await);
-    }
-    local(&st, Endpoint::Messages, &bytes).await
+    upstream::route(&st, Endpoint::Messages, &headers, &uri, body).await
 }
 
 /// Answer `/v1/messages` or `/v1/messages/count_tokens` with the local model.
@@ -315,11 +311,7 @@ pub async fn count_tokens(
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(F, &headers, body, st.config.max_body_bytes).await?;
-    if st.upstreams.get(F).is_some() {
-        return Ok(upstream::front(&st, Endpoint::CountTokens, &uri, &headers, bytes).await);
-    }
-    local(&st, Endpoint::CountTokens, &bytes).await
+    upstream::route(&st, Endpoint::CountTokens, &headers, &uri, body).await
 }
 
 fn event(name: &str, data: Value) -> SseEvent {

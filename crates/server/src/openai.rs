@@ -24,7 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{ApiError, ErrorKind, Flavor};
 use crate::output::{collect, event_error, new_id, timings, unix_now};
-use crate::request::{in_range, max_tokens, parse_json, read_body, seed_or_random};
+use crate::request::{in_range, max_tokens, parse_json, seed_or_random};
 use crate::scheduler::Event;
 use crate::state::{Admitted, AppState};
 use crate::upstream::{self, Endpoint};
@@ -352,11 +352,7 @@ pub async fn chat_completions(
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(F, &headers, body, st.config.max_body_bytes).await?;
-    if st.upstreams.get(F).is_some() {
-        return Ok(upstream::front(&st, Endpoint::Chat, &uri, &headers, bytes).await);
-    }
-    local(&st, Endpoint::Chat, &bytes).await
+    upstream::route(&st, Endpoint::Chat, &headers, &uri, body).await
 }
 
 /// Answer with the local model.
@@ -528,11 +524,7 @@ pub async fn completions(
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(F, &headers, body, st.config.max_body_bytes).await?;
-    if st.upstreams.get(F).is_some() {
-        return Ok(upstream::front(&st, Endpoint::Completions, &uri, &headers, bytes).await);
-    }
-    local(&st, Endpoint::Completions, &bytes).await
+    upstream::route(&st, Endpoint::Completions, &headers, &uri, body).await
 }
 
 pub async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {

@@ -264,6 +264,23 @@ impl Drop for ProbeGuard<'_> {
     }
 }
 
+/// A generating or counting route: read the body once, then the cloud first if this route's
+/// provider has an upstream, else the local model.
+pub async fn route(
+    st: &Arc<AppState>,
+    ep: Endpoint,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: Body,
+) -> Result<Response, crate::error::ApiError> {
+    let limit = st.config.max_body_bytes;
+    let bytes = crate::request::read_body(ep.flavor(), headers, body, limit).await?;
+    if st.upstreams.get(ep.flavor()).is_some() {
+        return Ok(front(st, ep, uri, headers, bytes).await);
+    }
+    crate::openai::local(st, ep, &bytes).await
+}
+
 /// Forward to the cloud, or answer locally.
 pub async fn front(
     st: &Arc<AppState>,
