@@ -5,7 +5,8 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use backstop_engine::generate::{Engine, EngineOptions};
+use backstop_engine::backend::{BackendKind, DeviceSpec};
+use backstop_engine::generate::{Backend, Engine, EngineOptions};
 use backstop_engine::gguf::keys;
 use clap::Args;
 
@@ -48,6 +49,13 @@ pub struct BenchArgs {
     /// Repetitions of each test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
     pub reps: usize,
+    /// Backends to compare, comma-separated: native, candle (default: native on the CPU,
+    /// candle on a GPU).
+    #[arg(long = "backend", value_delimiter = ',', value_name = "native|candle")]
+    pub backends: Vec<BackendKind>,
+    /// cpu, cuda, cuda:N or metal (the candle backend's device).
+    #[arg(long, value_name = "DEVICE", default_value_t = DeviceSpec::Cpu)]
+    pub device: DeviceSpec,
     /// Output format: md (llama-bench's table), json (an array) or jsonl (one object a line),
     /// with llama-bench's field names.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Md)]
@@ -145,14 +153,25 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         println!("| model | size | params | backend | threads | test | t/s |");
         println!("| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: |");
     }
+    let backends = if a.backends.is_empty() {
+        vec![crate::options::backend_for(None, a.device)]
+    } else {
+        a.backends.clone()
+    };
+    let runs: Vec<(BackendKind, usize)> = backends
+        .iter()
+        .flat_map(|&b| threads.iter().map(move |&t| (b, t)))
+        .collect();
     let mut records = Vec::new();
     for path in &paths {
-        for &t in &threads {
+        for &(kind, t) in &runs {
             let engine = Engine::load(
                 path,
                 &EngineOptions {
                     threads: t,
                     kernels: None,
+                    backend: kind,
+                    device: a.device,
                 },
             )?;
             let desc = describe(&engine, path);
@@ -162,8 +181,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 .map(|t| t.n_depth + t.n_prompt + t.n_gen)
                 .max()
                 .unwrap_or(0);
-            let mut session = engine.new_session(longest.max(16));
-            let backend = format!("CPU/{}", engine.kernels.tier);
+            let mut session = engine.new_session(longest.max(16))?;
+            // llama-bench names the ggml backend ("CPU"); ours says which engine and where.
+            let backend = match &engine.backend {
+                Backend::Native => format!("CPU/{}", engine.kernels.tier),
+                Backend::Candle(m) => format!("candle/{}", m.device),
+            };
             for test in &tests {
                 let mut rng = Tokens(0x2545_F491_4F6C_DD1D);
                 let depth: Vec<u32> = (0..test.n_depth).map(|_| rng.next(n_vocab)).collect();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use backstop_engine::backend::{BackendKind, DeviceSpec};
 use backstop_engine::cpu::Tier;
 use backstop_engine::generate::{Engine, EngineOptions, GenerateParams, Outcome};
 use backstop_engine::sampling::SamplingParams;
@@ -26,6 +27,22 @@ pub struct ModelArgs {
     /// Force a kernel tier instead of the best one this CPU supports.
     #[arg(long, value_enum)]
     pub kernels: Option<KernelTier>,
+    /// native (our kernels, CPU) or candle (candle's models, any --device). Default: native
+    /// on the CPU, candle on a GPU.
+    #[arg(long, value_name = "native|candle")]
+    pub backend: Option<BackendKind>,
+    /// cpu, cuda, cuda:N or metal (GPUs need a build with --features cuda or metal).
+    #[arg(long, value_name = "DEVICE", default_value_t = DeviceSpec::Cpu)]
+    pub device: DeviceSpec,
+}
+
+/// The backend a `--backend` flag (or its absence) means on `device`.
+pub fn backend_for(backend: Option<BackendKind>, device: DeviceSpec) -> BackendKind {
+    backend.unwrap_or(if device.is_cpu() {
+        BackendKind::Native
+    } else {
+        BackendKind::Candle
+    })
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -47,6 +64,8 @@ impl ModelArgs {
         EngineOptions {
             threads: self.threads,
             kernels,
+            backend: backend_for(self.backend, self.device),
+            device: self.device,
         }
     }
 

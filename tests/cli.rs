@@ -443,3 +443,86 @@ fn ls_lists_the_test_models_with_their_facts_and_names_resolve() {
     let info = ls(&["info", "SmolLM2-135M-Instruct.Q4_1"]);
     assert!(text(&info.stdout).contains("architecture:  llama"));
 }
+
+#[test]
+fn candle_backend_runs_the_same_greedy_text_and_benches_beside_native() {
+    let m = model();
+    let m = m.to_str().unwrap();
+    let prompt = "The capital of France is";
+    let args = ["run", "-m", m, "--raw", "-n", "8", "--temp", "0", "-t", "2"];
+    let native = run(&[&args[..], &[prompt]].concat(), None);
+    let candle = run(
+        &[&args[..], &["--backend", "candle", prompt]].concat(),
+        None,
+    );
+    assert!(candle.status.success(), "{}", text(&candle.stderr));
+    // Greedy text on this prompt is clear of near-ties (backends_agree.rs checks logits).
+    assert_eq!(text(&candle.stdout), text(&native.stdout));
+    assert!(text(&candle.stdout).contains("Paris"));
+
+    // One bench table, both backends, named in the backend column.
+    let out = run(
+        &[
+            "bench",
+            "-m",
+            m,
+            "-p",
+            "8",
+            "-n",
+            "4",
+            "-t",
+            "2",
+            "-r",
+            "1",
+            "--backend",
+            "native,candle",
+            "-o",
+            "jsonl",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let recs: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let backends: Vec<&str> = recs
+        .iter()
+        .map(|r| r["backends"].as_str().unwrap())
+        .collect();
+    assert_eq!(recs.len(), 4, "{backends:?}");
+    assert!(
+        backends[..2].iter().all(|b| b.starts_with("CPU/")),
+        "{backends:?}"
+    );
+    assert!(
+        backends[2..].iter().all(|b| *b == "candle/cpu"),
+        "{backends:?}"
+    );
+}
+
+#[test]
+fn gpu_devices_without_a_gpu_build_are_one_line_errors() {
+    let m = model();
+    let m = m.to_str().unwrap();
+    let base = ["run", "-m", m, "--raw", "-n", "1", "hi"];
+    // This build has no cuda/metal feature: say how to get one, do not fall back silently.
+    for (device, feature) in [("cuda", "cuda"), ("cuda:1", "cuda"), ("metal", "metal")] {
+        let out = run(&[&base[..], &["--device", device]].concat(), None);
+        if cfg!(feature = "cuda") || cfg!(feature = "metal") {
+            // A GPU build: the message depends on the machine; it must still be one line.
+            assert_clean_error(&out, device.split(':').next().unwrap());
+        } else {
+            assert_clean_error(&out, &format!("--features {feature}"));
+        }
+    }
+    let out = run(
+        &[&base[..], &["--backend", "native", "--device", "cuda"]].concat(),
+        None,
+    );
+    assert_clean_error(&out, "native backend runs on the CPU only");
+    let out = run(&[&base[..], &["--device", "gpu"]].concat(), None);
+    assert_clean_error(&out, "expected cpu, cuda");
+    let out = run(&[&base[..], &["--backend", "onnx"]].concat(), None);
+    assert_clean_error(&out, "expected native or candle");
+}

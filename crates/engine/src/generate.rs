@@ -7,9 +7,12 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::backend::candle::{CandleError, CandleModel};
+pub use crate::backend::Session;
+use crate::backend::{BackendKind, DeviceSpec};
 use crate::chat::{ChatError, ChatTemplate};
 use crate::cpu::{KernelError, Kernels, Tier};
-use crate::models::{self, Decoder, ModelError, Session};
+use crate::models::{self, Decoder, ModelError};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
@@ -23,10 +26,16 @@ pub enum EngineError {
     Chat(#[from] ChatError),
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Candle(#[from] CandleError),
+    #[error("the native backend runs on the CPU only; use --backend candle for --device {0}")]
+    NativeOnCpuOnly(DeviceSpec),
     #[error("prompt is {n_prompt} tokens but the context holds {n_ctx}; use a larger --ctx-size or a shorter prompt")]
     PromptTooLong { n_prompt: usize, n_ctx: usize },
     #[error("prompt is empty")]
     EmptyPrompt,
+    #[error("a session from another engine was passed in")]
+    ForeignSession,
     #[error("cannot start {threads} worker threads: {why}")]
     ThreadPool { threads: usize, why: String },
 }
@@ -38,11 +47,23 @@ pub struct EngineOptions {
     pub threads: usize,
     /// Force a kernel tier; `None` = best this CPU has (or `BACKSTOP_KERNELS`).
     pub kernels: Option<Tier>,
+    pub backend: BackendKind,
+    pub device: DeviceSpec,
+}
+
+/// Which implementation runs the forward pass.
+pub enum Backend {
+    /// Our kernels over the mapped file ([`Engine::model`]).
+    Native,
+    Candle(Box<CandleModel>),
 }
 
 /// A loaded model with its tokenizer, chat template, kernels and thread pool.
 pub struct Engine {
+    /// The file as our loader reads it: hyper-parameters, and the weights the native backend
+    /// runs on (mapped, so they cost no memory when another backend runs).
     pub model: Decoder,
+    pub backend: Backend,
     pub tokenizer: Tokenizer,
     /// The chat template (the file's own or a built-in one), or why there is none.
     pub template: Result<ChatTemplate, ChatError>,
@@ -109,7 +130,16 @@ impl Engine {
             Some(t) => Kernels::new(t)?,
             None => Kernels::from_env()?,
         };
+        if opts.backend == BackendKind::Native && !opts.device.is_cpu() {
+            return Err(EngineError::NativeOnCpuOnly(opts.device));
+        }
         let model = models::load(path)?;
+        let backend = match opts.backend {
+            BackendKind::Native => Backend::Native,
+            BackendKind::Candle => {
+                Backend::Candle(Box::new(CandleModel::load(path, &model, opts.device)?))
+            }
+        };
         let tokenizer = Tokenizer::from_gguf(&model.file)?;
         let template = ChatTemplate::from_gguf(&model.file, &tokenizer);
         let threads = if opts.threads == 0 {
@@ -127,6 +157,7 @@ impl Engine {
             })?;
         Ok(Self {
             model,
+            backend,
             tokenizer,
             template,
             kernels,
@@ -138,32 +169,72 @@ impl Engine {
         self.pool.current_num_threads()
     }
 
-    /// A session with room for `n_ctx` tokens (0 = the model's training context, at most 4096).
-    pub fn new_session(&self, n_ctx: usize) -> Session {
+    pub fn backend_kind(&self) -> BackendKind {
+        match self.backend {
+            Backend::Native => BackendKind::Native,
+            Backend::Candle(_) => BackendKind::Candle,
+        }
+    }
+
+    pub fn device(&self) -> DeviceSpec {
+        match &self.backend {
+            Backend::Native => DeviceSpec::Cpu,
+            Backend::Candle(m) => m.device,
+        }
+    }
+
+    /// A session with room for `n_ctx` tokens (0 = the model's training context, at most 4096;
+    /// the candle backend's llama also holds at most 4096).
+    pub fn new_session(&self, n_ctx: usize) -> Result<Session, EngineError> {
         let n_ctx = if n_ctx == 0 {
             self.model.cfg.n_ctx_train.min(4096)
         } else {
             n_ctx
         };
-        self.model.new_session(n_ctx)
+        Ok(match &self.backend {
+            Backend::Native => Session::Native(self.model.new_session(n_ctx)),
+            Backend::Candle(m) => Session::Candle(m.new_session(n_ctx)?),
+        })
+    }
+
+    /// One forward pass over `tokens` on the session's backend. Must run inside the pool.
+    fn forward(&self, session: &mut Session, tokens: &[u32]) -> Result<(), EngineError> {
+        match (&self.backend, session) {
+            (Backend::Native, Session::Native(s)) => {
+                self.model.forward(&self.kernels, s, tokens)?;
+            }
+            (Backend::Candle(m), Session::Candle(s)) => {
+                let needed = s.history().len() + tokens.len();
+                if needed > s.n_ctx {
+                    return Err(ModelError::ContextFull {
+                        needed,
+                        n_ctx: s.n_ctx,
+                    }
+                    .into());
+                }
+                let n_vocab = self.model.cfg.n_vocab;
+                if let Some(&id) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
+                    return Err(ModelError::BadToken { id, n_vocab }.into());
+                }
+                m.forward(s, tokens)?;
+            }
+            _ => return Err(EngineError::ForeignSession),
+        }
+        Ok(())
     }
 
     /// Run the forward pass over `tokens` on this engine's thread pool.
     pub fn eval(&self, session: &mut Session, tokens: &[u32]) -> Result<(), EngineError> {
-        self.pool
-            .install(|| self.model.forward(&self.kernels, session, tokens))?;
-        Ok(())
+        self.pool.install(|| self.forward(session, tokens))
     }
 
     /// Run `tokens` one at a time, as decode steps do (benchmarks: llama-bench's tg test).
     pub fn eval_each(&self, session: &mut Session, tokens: &[u32]) -> Result<(), EngineError> {
         self.pool.install(|| {
-            tokens.iter().try_for_each(|t| {
-                self.model
-                    .forward(&self.kernels, session, std::slice::from_ref(t))
-            })
-        })?;
-        Ok(())
+            tokens
+                .iter()
+                .try_for_each(|t| self.forward(session, std::slice::from_ref(t)))
+        })
     }
 
     /// Generate a continuation of `prompt` (token ids). The session's cached prefix is reused;
@@ -178,10 +249,10 @@ impl Engine {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
-        if prompt.len() > session.n_ctx {
+        if prompt.len() > session.n_ctx() {
             return Err(EngineError::PromptTooLong {
                 n_prompt: prompt.len(),
-                n_ctx: session.n_ctx,
+                n_ctx: session.n_ctx(),
             });
         }
         // Reuse the common prefix, but always evaluate at least one token to get logits.
@@ -202,13 +273,12 @@ impl Engine {
         let mut tokens = Vec::with_capacity(params.max_tokens);
         let t0 = Instant::now();
         self.pool.install(|| -> Result<Outcome, EngineError> {
-            self.model
-                .forward(&self.kernels, session, &prompt[n_cached..])?;
+            self.forward(session, &prompt[n_cached..])?;
             let prompt_time = t0.elapsed();
             let t1 = Instant::now();
             let mut stop_reason = StopReason::MaxTokens;
             while tokens.len() < params.max_tokens {
-                let id = sampler.sample(&mut session.logits);
+                let id = sampler.sample(session.logits_mut());
                 if self.tokenizer.is_eog(id) {
                     stop_reason = StopReason::EndOfGeneration;
                     break;
@@ -225,11 +295,11 @@ impl Engine {
                 if tokens.len() == params.max_tokens {
                     break;
                 }
-                if session.n_past >= session.n_ctx {
+                if session.n_past() >= session.n_ctx() {
                     stop_reason = StopReason::ContextFull;
                     break;
                 }
-                self.model.forward(&self.kernels, session, &[id])?;
+                self.forward(session, &[id])?;
             }
             if !matches!(
                 stop_reason,

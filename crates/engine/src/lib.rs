@@ -4,6 +4,7 @@
 //! (matvec, norms, RoPE, attention) -> models (one file per architecture) -> generate, with
 //! tokenizer, chat and sampling beside it. This crate knows nothing of HTTP or async.
 
+pub mod backend;
 pub mod chat;
 pub mod cpu;
 pub mod generate;

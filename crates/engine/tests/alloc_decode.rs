@@ -38,12 +38,12 @@ static GLOBAL: Counting = Counting;
 fn decode_steps_allocate_nothing() {
     let opts = EngineOptions {
         threads: 2,
-        kernels: None,
+        ..EngineOptions::default()
     };
     let engine = Engine::load(&common::model_path(common::SMOLLM2), &opts).unwrap();
     let prompt = engine.tokenizer.encode("1, 2, 3, 4, 5,", true).unwrap();
     let count = |n: usize| {
-        let mut session = engine.new_session(512);
+        let mut session = engine.new_session(512).unwrap();
         let params = GenerateParams {
             max_tokens: n,
             sampling: SamplingParams::greedy(),

@@ -32,7 +32,7 @@ fn check_model(model: &str, reference: &str) {
             .collect();
         let tokens = engine.tokenizer.encode(prompt, true).unwrap();
         assert_eq!(tokens, want_prompt, "prompt tokens of {prompt:?}");
-        let mut session = engine.new_session(2048);
+        let mut session = engine.new_session(2048).unwrap();
         let params = GenerateParams {
             max_tokens: want.len(),
             sampling: SamplingParams::greedy(),
@@ -198,11 +198,11 @@ fn check_up_to_near_ties(model: &std::path::Path, reference: &std::path::Path) -
             .iter()
             .position(|&m| m < NEAR_TIE)
             .unwrap_or(margin.len());
-        let mut session = engine.new_session(2048);
+        let mut session = engine.new_session(2048).unwrap();
         engine.eval(&mut session, &tokens).unwrap();
         let mut case_worst = 0f64;
         for step in 0..cut {
-            let (ours, ours_lp) = top1_logprob(&session.logits);
+            let (ours, ours_lp) = top1_logprob(session.logits());
             let diff = (ours_lp - want_lp[step]).abs();
             case_worst = case_worst.max(diff);
             if ours != want_top1[step] || diff > NEAR_TIE {

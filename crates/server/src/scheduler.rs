@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
+use backstop_engine::generate::Session;
 use backstop_engine::generate::{Engine, GenerateParams, Outcome, StopReason};
-use backstop_engine::models::Session;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;

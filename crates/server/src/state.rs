@@ -98,7 +98,7 @@ impl AppState {
         let engine = Arc::new(Engine::load(&self.config.model_path, &self.config.engine)?);
         let mut sessions = Vec::with_capacity(self.scheduler.parallel());
         for _ in 0..self.scheduler.parallel() {
-            sessions.push(engine.new_session(self.config.n_ctx));
+            sessions.push(engine.new_session(self.config.n_ctx)?);
         }
         // Warm-up: touch the weights (page them in) and the code paths before saying ready.
         let first = engine.tokenizer.bos_id().unwrap_or(0);
@@ -106,7 +106,7 @@ impl AppState {
             engine.eval(s, &[first])?;
             s.truncate(0);
         }
-        let n_ctx = sessions.first().map_or(0, |s| s.n_ctx);
+        let n_ctx = sessions.first().map_or(0, |s| s.n_ctx());
         let handles = self
             .scheduler
             .start(Arc::clone(&engine), sessions)
