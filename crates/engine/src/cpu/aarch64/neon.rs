@@ -1,6 +1,6 @@
 //! NEON kernels, each block format in two builds: plain NEON (`smull` + pairwise add, exact
 //! for any i8 x i8) and NEON + dotprod (`sdot`, four i8 products straight into an i32 lane).
-//! Types: Q4_0, Q4_1, Q8_0, Q4_K, Q6_K and F32, plus the Q8_0/Q8_1/Q8_K activation
+//! Types: Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K and F32, plus the Q8_0/Q8_1/Q8_K activation
 //! quantizers (`fcvtns` rounds ties to even exactly as the reference's `round_ties_even`)
 //! and the f32 helpers.
 //!
@@ -28,6 +28,7 @@ macro_rules! safe_vec_dot {
 }
 
 const Q4_K_BYTES: usize = 144;
+const Q5_K_BYTES: usize = 176;
 const Q6_K_BYTES: usize = 210;
 const Q8_K_BYTES: usize = 292;
 const Q8K_QS: usize = 4;
@@ -96,19 +97,117 @@ fn dot16_sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     acc
 }
 
+/// Lane `j` of a 16-byte vector tests bit `j % 8` of its byte.
+const LANE_BITS: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+
 /// Builds one family of block kernels for the given target features and `dot16`.
 macro_rules! neon_kernels {
     (
         features = $feat:literal,
         dot16 = $dot16:ident,
-        $q4_0:ident, $q4_1:ident, $q8_0:ident, $q4_k:ident, $q6_k:ident,
-        wrappers: $w4_0:ident, $w4_1:ident, $w8_0:ident, $w4_k:ident, $w6_k:ident $(,)?
+        $q4_0:ident, $q4_1:ident, $q5_0:ident, $q8_0:ident, $q4_k:ident, $q5_k:ident,
+        $q6_k:ident,
+        wrappers: $w4_0:ident, $w4_1:ident, $w5_0:ident, $w8_0:ident, $w4_k:ident,
+        $w5_k:ident, $w6_k:ident $(,)?
     ) => {
         safe_vec_dot!($w4_0 => $q4_0, 32, 18, 34);
         safe_vec_dot!($w4_1 => $q4_1, 32, 20, 36);
+        safe_vec_dot!($w5_0 => $q5_0, 32, 22, 34);
         safe_vec_dot!($w8_0 => $q8_0, 32, 34, 34);
         safe_vec_dot!($w4_k => $q4_k, 256, Q4_K_BYTES, Q8_K_BYTES);
+        safe_vec_dot!($w5_k => $q5_k, 256, Q5_K_BYTES, Q8_K_BYTES);
         safe_vec_dot!($w6_k => $q6_k, 256, Q6_K_BYTES, Q8_K_BYTES);
+
+        /// Q5_0 (22: d, qh u32, 16 nibble bytes) against Q8_0 (34): the fifth bit of element
+        /// `j` is bit `j` of `qh`, spread to a byte by testing each lane against its bit.
+        ///
+        /// # Safety
+        /// The features above present; `w` and `a` valid for `nb` blocks.
+        #[target_feature(enable = $feat)]
+        unsafe fn $q5_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
+            // SAFETY: every pointer read is inside block `i < nb` of its row; `LANE_BITS` is a
+            // 16-byte constant.
+            unsafe {
+                let m4 = vdupq_n_u8(0x0F);
+                let sixteen = vdupq_n_u8(16);
+                let bits = vld1q_u8(LANE_BITS.as_ptr());
+                let mut acc = vdupq_n_f32(0.0);
+                for i in 0..nb {
+                    let (x, y) = (w.add(i * 22), a.add(i * 34));
+                    let d = load_f16(x) * load_f16(y);
+                    let qh = u32::from_le_bytes(x.add(2).cast::<[u8; 4]>().read_unaligned());
+                    let spread = |b0: u32, b1: u32| {
+                        let v = vcombine_u8(vdup_n_u8(b0 as u8), vdup_n_u8(b1 as u8));
+                        vandq_u8(vtstq_u8(v, bits), sixteen)
+                    };
+                    let (hl, hh) = (spread(qh, qh >> 8), spread(qh >> 16, qh >> 24));
+                    let v = vld1q_u8(x.add(6));
+                    let lo = vorrq_u8(vandq_u8(v, m4), hl);
+                    let hi = vorrq_u8(vshrq_n_u8::<4>(v), hh);
+                    let s16 = vreinterpretq_s8_u8(sixteen);
+                    let lo = vsubq_s8(vreinterpretq_s8_u8(lo), s16);
+                    let hi = vsubq_s8(vreinterpretq_s8_u8(hi), s16);
+                    let p = $dot16(vdupq_n_s32(0), lo, vld1q_s8(y.add(2).cast()));
+                    let p = $dot16(p, hi, vld1q_s8(y.add(18).cast()));
+                    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), d);
+                }
+                vaddvq_f32(acc)
+            }
+        }
+
+        /// Q5_K (176: d, dmin, 12 scale bytes, qh[32], qs[128]) against Q8_K: Q4_K's
+        /// arithmetic with a fifth bit per quant, bit `2c` (low half) or `2c + 1` (high half)
+        /// of `qh[l]` for element `l` of 64-element chunk `c`.
+        ///
+        /// # Safety
+        /// The features above present; `w` and `a` valid for `nb` super-blocks.
+        #[target_feature(enable = $feat)]
+        unsafe fn $q5_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
+            // SAFETY: every pointer read is inside super-block `i < nb` of its row.
+            unsafe {
+                let m4 = vdupq_n_u8(0x0F);
+                let sixteen = vdupq_n_u8(16);
+                let mut sum = 0.0f32;
+                for i in 0..nb {
+                    let (x, y) = (w.add(i * Q5_K_BYTES), a.add(i * Q8_K_BYTES));
+                    let dy = f32::from_le_bytes(y.cast::<[u8; 4]>().read_unaligned());
+                    let d = load_f16(x) * dy;
+                    let dmin = load_f16(x.add(2)) * dy;
+                    let (sc, mn) = unpack_q4_k(&*x.add(4).cast::<[u8; 12]>());
+                    let bs = y.add(Q8K_BSUMS).cast::<i16>();
+                    let sums = vpaddq_s16(vld1q_s16(bs), vld1q_s16(bs.add(8)));
+                    let mins = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(mn.as_ptr())));
+                    let pm = vmull_s16(vget_low_s16(mins), vget_low_s16(sums));
+                    let pm = vmlal_high_s16(pm, mins, sums);
+                    let (qh0, qh1) = (vld1q_u8(x.add(16)), vld1q_u8(x.add(32)));
+                    let qs = x.add(48);
+                    let yq = y.add(Q8K_QS).cast::<i8>();
+                    let mut sumi = 0i32;
+                    for j in 0..4 {
+                        let q0 = vld1q_u8(qs.add(32 * j));
+                        let q1 = vld1q_u8(qs.add(32 * j + 16));
+                        let high = |qh: uint8x16_t, bit: u8| {
+                            vandq_u8(vtstq_u8(qh, vdupq_n_u8(bit)), sixteen)
+                        };
+                        let (bl, bh) = (1u8 << (2 * j), 2u8 << (2 * j));
+                        let l0 = vorrq_u8(vandq_u8(q0, m4), high(qh0, bl));
+                        let l1 = vorrq_u8(vandq_u8(q1, m4), high(qh1, bl));
+                        let h0 = vorrq_u8(vshrq_n_u8::<4>(q0), high(qh0, bh));
+                        let h1 = vorrq_u8(vshrq_n_u8::<4>(q1), high(qh1, bh));
+                        let yl = yq.add(64 * j);
+                        let s8 = vreinterpretq_s8_u8;
+                        let plo = $dot16(vdupq_n_s32(0), s8(l0), vld1q_s8(yl));
+                        let plo = $dot16(plo, s8(l1), vld1q_s8(yl.add(16)));
+                        let phi = $dot16(vdupq_n_s32(0), s8(h0), vld1q_s8(yl.add(32)));
+                        let phi = $dot16(phi, s8(h1), vld1q_s8(yl.add(48)));
+                        sumi += vaddvq_s32(plo) * i32::from(sc[2 * j])
+                            + vaddvq_s32(phi) * i32::from(sc[2 * j + 1]);
+                    }
+                    sum += d * sumi as f32 - dmin * vaddvq_s32(pm) as f32;
+                }
+                sum
+            }
+        }
 
         /// Q4_0 (18-byte blocks) against Q8_0 (34).
         ///
@@ -308,17 +407,18 @@ macro_rules! neon_kernels {
 neon_kernels! {
     features = "neon",
     dot16 = dot16_plain,
-    q4_0_q8_0, q4_1_q8_1, q8_0_q8_0, q4_k_q8_k, q6_k_q8_k,
-    wrappers: vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1, vec_dot_q8_0_q8_0, vec_dot_q4_k_q8_k,
-    vec_dot_q6_k_q8_k,
+    q4_0_q8_0, q4_1_q8_1, q5_0_q8_0, q8_0_q8_0, q4_k_q8_k, q5_k_q8_k, q6_k_q8_k,
+    wrappers: vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1, vec_dot_q5_0_q8_0, vec_dot_q8_0_q8_0,
+    vec_dot_q4_k_q8_k, vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k,
 }
 
 neon_kernels! {
     features = "neon,dotprod",
     dot16 = dot16_sdot,
-    q4_0_q8_0_dot, q4_1_q8_1_dot, q8_0_q8_0_dot, q4_k_q8_k_dot, q6_k_q8_k_dot,
-    wrappers: vec_dot_q4_0_q8_0_dot, vec_dot_q4_1_q8_1_dot, vec_dot_q8_0_q8_0_dot,
-    vec_dot_q4_k_q8_k_dot, vec_dot_q6_k_q8_k_dot,
+    q4_0_q8_0_dot, q4_1_q8_1_dot, q5_0_q8_0_dot, q8_0_q8_0_dot, q4_k_q8_k_dot,
+    q5_k_q8_k_dot, q6_k_q8_k_dot,
+    wrappers: vec_dot_q4_0_q8_0_dot, vec_dot_q4_1_q8_1_dot, vec_dot_q5_0_q8_0_dot,
+    vec_dot_q8_0_q8_0_dot, vec_dot_q4_k_q8_k_dot, vec_dot_q5_k_q8_k_dot, vec_dot_q6_k_q8_k_dot,
 }
 
 safe_vec_dot!(vec_dot_f32 => dot_f32_raw, 1, 4, 4);
