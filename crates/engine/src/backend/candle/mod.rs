@@ -39,9 +39,30 @@ pub enum CandleError {
     #[error("cannot read {path}: {why}")]
     Read { path: String, why: String },
     #[error("candle: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(String),
     #[error("candle returned {got} logits, the vocabulary has {n_vocab}")]
     BadLogits { got: usize, n_vocab: usize },
+}
+
+impl From<candle_core::Error> for CandleError {
+    fn from(e: candle_core::Error) -> Self {
+        CandleError::Candle(first_line(&e))
+    }
+}
+
+/// candle appends a multi-line backtrace to its errors when RUST_BACKTRACE is set; a user
+/// gets the message only.
+fn first_line(e: &candle_core::Error) -> String {
+    let e = match e {
+        candle_core::Error::WithBacktrace { inner, .. } => inner.as_ref(),
+        e => e,
+    };
+    e.to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// Tokens per forward call during prefill, as the native backend does.
@@ -139,7 +160,7 @@ pub fn check_supported(cfg: &DecoderConfig, has_rope_freqs: bool) -> Result<(), 
 fn open_device(spec: DeviceSpec) -> Result<Device, CandleError> {
     let no_device = |e: candle_core::Error| CandleError::NoDevice {
         device: spec,
-        why: e.to_string(),
+        why: first_line(&e),
     };
     match spec {
         DeviceSpec::Cpu => Ok(Device::Cpu),
