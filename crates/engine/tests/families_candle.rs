@@ -1,5 +1,6 @@
-//! Qwen 2, Qwen 3 and Phi-3 against an independent implementation: candle-transformers 0.11's
-//! `quantized_qwen2`, `quantized_qwen3` and `quantized_phi3` on CPU, reading the same GGUF file.
+//! Llama, Qwen 2, Qwen 3 and Phi-3 against an independent implementation: candle-transformers
+//! 0.11's `quantized_llama`, `quantized_qwen2`, `quantized_qwen3` and `quantized_phi3` on CPU,
+//! reading the same GGUF file.
 //!
 //! Each test writes a tiny model with random weights in llama.cpp's GGUF conventions (tensor
 //! names, `{arch}.*` metadata, a small gpt2-style vocabulary), loads it with our `Engine` (so
@@ -50,6 +51,7 @@ const REL_TOL_Q8_0: f32 = 3e-2;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Arch {
+    Llama,
     Qwen2,
     Qwen3,
     Phi3,
@@ -58,6 +60,7 @@ enum Arch {
 impl Arch {
     fn name(self) -> &'static str {
         match self {
+            Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Phi3 => "phi3",
@@ -139,6 +142,8 @@ enum Edit<'a> {
     Drop(&'a str),
     /// Add Phi-3's LongRoPE factors (`rope_factors_long/short.weight`).
     AddRopeFactors,
+    /// Add Llama 3.1-style per-pair RoPE frequency factors (`rope_freqs.weight`).
+    RopeFreqs(&'a [f32]),
 }
 
 /// Write a tiny `arch` model with random weights, changed by `edit`.
@@ -219,6 +224,17 @@ fn write_model(arch: Arch, ty: GgmlType, seed: u64, edit: Edit) -> PathBuf {
             }
             "rope-factors".to_string()
         }
+        Edit::RopeFreqs(f) => {
+            b.w.add_f32_tensor("rope_freqs.weight", &[f.len() as u64], f)
+                .unwrap();
+            format!(
+                "rope-freqs-{}",
+                f.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join("-")
+            )
+        }
     };
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("tiny-{a}-{seed}-{tag}-{}.gguf", std::process::id()));
@@ -244,6 +260,7 @@ fn rebuild_without(w: &GgufWriter, drop: &str) -> GgufWriter {
 
 /// candle's model for `arch`, behind one interface: logits of the last of `ids` at `pos`.
 enum Candle {
+    Llama(candle_transformers::models::quantized_llama::ModelWeights),
     Qwen2(candle_transformers::models::quantized_qwen2::ModelWeights),
     Qwen3(candle_transformers::models::quantized_qwen3::ModelWeights),
     Phi3(candle_transformers::models::quantized_phi3::ModelWeights),
@@ -256,6 +273,9 @@ impl Candle {
         let dev = Device::Cpu;
         use candle_transformers::models as m;
         match arch {
+            Arch::Llama => Candle::Llama(
+                m::quantized_llama::ModelWeights::from_gguf(ct, &mut f, &dev).unwrap(),
+            ),
             Arch::Qwen2 => Candle::Qwen2(
                 m::quantized_qwen2::ModelWeights::from_gguf(ct, &mut f, &dev).unwrap(),
             ),
@@ -274,6 +294,7 @@ impl Candle {
             .unsqueeze(0)
             .unwrap();
         let y = match self {
+            Candle::Llama(m) => m.forward(&x, pos),
             Candle::Qwen2(m) => m.forward(&x, pos),
             Candle::Qwen3(m) => m.forward(&x, pos),
             Candle::Phi3(m) => m.forward(&x, pos),
@@ -374,6 +395,71 @@ fn compare_backend_with_candle(
 fn qwen2_matches_candle() {
     compare_with_candle(Arch::Qwen2, GgmlType::F32, 2, REL_TOL_F32);
     compare_with_candle(Arch::Qwen2, GgmlType::Q8_0, 2, REL_TOL_Q8_0);
+}
+
+#[test]
+fn llama_matches_candle() {
+    compare_with_candle(Arch::Llama, GgmlType::F32, 1, REL_TOL_F32);
+    compare_with_candle(Arch::Llama, GgmlType::Q8_0, 1, REL_TOL_Q8_0);
+}
+
+/// Llama 3.1+ files scale RoPE for long contexts by per-pair frequency factors in
+/// `rope_freqs.weight`. Native applies them (ggml's formula is checked in ops/rope.rs); factors
+/// of 1 change nothing, others change the logits; an unusable factor is refused; the candle
+/// backend, whose llama ignores them, refuses the file with the reason.
+#[test]
+fn llama_rope_frequency_factors_are_applied_checked_or_refused() {
+    let logits = |edit: Edit| {
+        let path = write_model(Arch::Llama, GgmlType::F32, 9, edit);
+        let e = Engine::load(&path, &EngineOptions::default()).unwrap();
+        let mut s = e.new_session(N_CTX).unwrap();
+        e.eval(&mut s, &PROMPT).unwrap();
+        std::fs::remove_file(&path).ok();
+        s.logits().to_vec()
+    };
+    let half = N_EMBD / N_HEAD / 2;
+    let plain = logits(Edit::None);
+    assert_eq!(logits(Edit::RopeFreqs(&vec![1.0; half])), plain);
+    let llama3: Vec<f32> = (0..half).map(|i| 1.0 + i as f32).collect();
+    let scaled = logits(Edit::RopeFreqs(&llama3));
+    let diff = plain
+        .iter()
+        .zip(&scaled)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff > 1e-3, "factors had no effect ({diff})");
+
+    let mut zero = llama3.clone();
+    zero[1] = 0.0;
+    for (edit, backend, expect) in [
+        (
+            Edit::RopeFreqs(&zero),
+            BackendKind::Native,
+            "rope_freqs.weight",
+        ),
+        (
+            Edit::RopeFreqs(&llama3[..half - 1]),
+            BackendKind::Native,
+            "rope_freqs.weight",
+        ),
+        (
+            Edit::RopeFreqs(&llama3),
+            BackendKind::Candle,
+            "rope_freqs.weight",
+        ),
+    ] {
+        let path = write_model(Arch::Llama, GgmlType::F32, 9, edit);
+        let opts = EngineOptions {
+            backend,
+            ..EngineOptions::default()
+        };
+        let err = match Engine::load(&path, &opts) {
+            Ok(_) => panic!("{path:?} loaded on {backend}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(expect), "{err}");
+        std::fs::remove_file(&path).ok();
+    }
 }
 
 /// The candle backend runs Qwen 2 on our own forward pass over candle's ops (its

@@ -202,6 +202,18 @@ impl Decoder {
         }
     }
 
+    /// Apply per-pair RoPE frequency factors (`rope_freqs.weight`) to every layer's RoPE.
+    pub(super) fn with_rope_factors(mut self, factors: Option<Vec<f32>>) -> Self {
+        if factors.is_some() {
+            self.ropes = self
+                .ropes
+                .into_iter()
+                .map(|r| r.with_factors(factors.clone()))
+                .collect();
+        }
+        self
+    }
+
     /// Allocate a session with room for `n_ctx` tokens.
     pub fn new_session(&self, n_ctx: usize) -> Session {
         let c = &self.cfg;

@@ -57,12 +57,29 @@ pub enum ModelError {
 pub fn load(path: &Path) -> Result<Decoder, ModelError> {
     let file = Arc::new(GgufFile::open(path)?);
     let arch = file.get_str(keys::GENERAL_ARCHITECTURE)?.to_string();
-    match arch.as_str() {
+    let decoder = match arch.as_str() {
         "llama" => llama::from_gguf(file),
         "gemma3" => gemma3::from_gguf(file),
         "qwen2" => qwen2::from_gguf(file),
         "qwen3" => qwen3::from_gguf(file),
         "phi3" => phi3::from_gguf(file),
         _ => Err(ModelError::UnsupportedArch(arch)),
+    }?;
+    // Llama 3.1+ files carry long-context RoPE scaling as per-pair frequency factors.
+    let factors = weights::load_vector_opt(
+        &decoder.file,
+        "rope_freqs.weight",
+        decoder.cfg.rope_dims / 2,
+    )?;
+    if let Some(bad) = factors
+        .iter()
+        .flatten()
+        .find(|f| !(f.is_finite() && **f > 0.0))
+    {
+        return Err(ModelError::BadHyperParam {
+            key: "rope_freqs.weight".into(),
+            why: format!("frequency factor {bad} is not a positive number"),
+        });
     }
+    Ok(decoder.with_rope_factors(factors))
 }

@@ -5,7 +5,9 @@
 //! - `Neox` (Gemma, Qwen, Phi-3): rotates (x[i], x[i + d/2]).
 //!
 //! Angles: theta_i = pos * base^(-2i/n_rot), computed as ggml does (start at `pos`, multiply by
-//! base^(-2/n_rot) per pair, in f32) so our angles round the same way as llama.cpp's.
+//! base^(-2/n_rot) per pair, in f32) so our angles round the same way as llama.cpp's. Files with
+//! per-pair frequency factors (`rope_freqs.weight`: Llama 3.1+'s long-context scaling) divide
+//! theta_i by factor_i, as ggml does, before the linear `freq_scale`.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RopeLayout {
@@ -20,6 +22,8 @@ pub struct RopeCache {
     pub n_rot: usize,
     theta_scale: f32,
     freq_scale: f32,
+    /// Per-pair divisors of the angle (n_rot / 2 of them), from `rope_freqs.weight`.
+    factors: Option<Vec<f32>>,
 }
 
 impl RopeCache {
@@ -30,7 +34,15 @@ impl RopeCache {
             n_rot,
             theta_scale,
             freq_scale,
+            factors: None,
         }
+    }
+
+    /// Divide pair `i`'s angle by `factors[i]` (`n_rot / 2` values, checked by the loader).
+    pub fn with_factors(mut self, factors: Option<Vec<f32>>) -> Self {
+        debug_assert!(factors.as_ref().is_none_or(|f| f.len() == self.n_rot / 2));
+        self.factors = factors;
+        self
     }
 
     /// Rotate every head of `x` (n_heads * head_dim, heads contiguous) for position `pos`.
@@ -40,7 +52,11 @@ impl RopeCache {
         for head in x.chunks_exact_mut(head_dim) {
             let mut theta = pos as f32;
             for i in 0..half {
-                let (sin, cos) = (theta * self.freq_scale).sin_cos();
+                let t = match &self.factors {
+                    Some(f) => theta / f[i],
+                    None => theta,
+                };
+                let (sin, cos) = (t * self.freq_scale).sin_cos();
                 theta *= self.theta_scale;
                 let (a, b) = match self.layout {
                     RopeLayout::Normal => (2 * i, 2 * i + 1),
@@ -74,6 +90,27 @@ mod tests {
             let n1: f32 = x.iter().map(|v| v * v).sum();
             assert!((n0 - n1).abs() < 1e-3);
         }
+    }
+
+    /// Factors divide each pair's angle: factor 1 changes nothing, and a pair with factor f at
+    /// position p is rotated as the unfactored pair is at p / f (p a multiple of f, so exact).
+    #[test]
+    fn frequency_factors_divide_each_pairs_angle() {
+        let x: Vec<f32> = (0..8).map(|i| (i as f32 * 0.7).cos()).collect();
+        let plain = RopeCache::new(RopeLayout::Normal, 8, 10000.0, 1.0);
+        let ones = plain.clone().with_factors(Some(vec![1.0; 4]));
+        let (mut a, mut b) = (x.clone(), x.clone());
+        plain.apply(&mut a, 8, 12);
+        ones.apply(&mut b, 8, 12);
+        assert_eq!(a, b);
+        let fourth = plain.clone().with_factors(Some(vec![1.0, 1.0, 1.0, 4.0]));
+        let (mut a, mut b) = (x.clone(), x.clone());
+        fourth.apply(&mut a, 8, 12);
+        plain.apply(&mut b, 8, 3);
+        assert_eq!(a[6..8], b[6..8], "pair 3 at 12 / 4");
+        let mut c = x.clone();
+        plain.apply(&mut c, 8, 12);
+        assert_eq!(a[..6], c[..6], "pairs 0..3 unchanged");
     }
 
     #[test]
