@@ -204,18 +204,8 @@ impl Engine {
                 self.model.forward(&self.kernels, s, tokens)?;
             }
             (Backend::Candle(m), Session::Candle(s)) => {
-                let needed = s.history().len() + tokens.len();
-                if needed > s.n_ctx {
-                    return Err(ModelError::ContextFull {
-                        needed,
-                        n_ctx: s.n_ctx,
-                    }
-                    .into());
-                }
-                let n_vocab = self.model.cfg.n_vocab;
-                if let Some(&id) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
-                    return Err(ModelError::BadToken { id, n_vocab }.into());
-                }
+                self.model
+                    .check_tokens(s.history().len(), s.n_ctx, tokens)?;
                 m.forward(s, tokens)?;
             }
             _ => return Err(EngineError::ForeignSession),

@@ -261,23 +261,30 @@ impl Decoder {
         per_layer + self.output.info.n_bytes
     }
 
+    /// `tokens` fit after `n_past` in a context of `n_ctx`, and every id is in the vocabulary
+    /// (checked before any backend runs them).
+    pub fn check_tokens(
+        &self,
+        n_past: usize,
+        n_ctx: usize,
+        tokens: &[u32],
+    ) -> Result<(), ModelError> {
+        let needed = n_past + tokens.len();
+        if needed > n_ctx {
+            return Err(ModelError::ContextFull { needed, n_ctx });
+        }
+        let n_vocab = self.cfg.n_vocab;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(ModelError::BadToken { id, n_vocab });
+        }
+        Ok(())
+    }
+
     /// Run `tokens` (at positions `s.n_past..`) through the model, append them to the KV cache
     /// and leave the logits of the last one in `s.logits`. Must run inside the caller's rayon
     /// pool, which decides the thread count.
     pub fn forward(&self, k: &Kernels, s: &mut Session, tokens: &[u32]) -> Result<(), ModelError> {
-        let needed = s.n_past + tokens.len();
-        if needed > s.n_ctx {
-            return Err(ModelError::ContextFull {
-                needed,
-                n_ctx: s.n_ctx,
-            });
-        }
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.cfg.n_vocab) {
-            return Err(ModelError::BadToken {
-                id,
-                n_vocab: self.cfg.n_vocab,
-            });
-        }
+        self.check_tokens(s.n_past, s.n_ctx, tokens)?;
         for chunk in tokens.chunks(N_UBATCH) {
             self.forward_ubatch(k, s, chunk);
             s.n_past += chunk.len();
