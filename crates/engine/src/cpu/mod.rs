@@ -31,6 +31,17 @@ mod x86_64;
 
 /// `(n, weight_row_bytes, activation_row_bytes) -> dot`. Activations are in `ty.vec_dot_type()`.
 pub type VecDotFn = fn(usize, &[u8], &[u8]) -> f32;
+/// Weight rows per call of a [`TileDotFn`].
+pub const TILE_ROWS: usize = 2;
+/// Activation rows (tokens) per call of a [`TileDotFn`].
+pub const TILE_TOKS: usize = 4;
+/// `(n, w, w_stride, a, a_stride, out, out_stride)`: the [`TILE_ROWS`] x [`TILE_TOKS`] dot
+/// products of weight rows `w[r * w_stride..]` with activation rows `a[t * a_stride..]`
+/// (strides in bytes), written to `out[r * out_stride + t]`. Each result is bit-identical to
+/// the same variant's [`VecDotFn`] on that pair: a tile only shares the unpacking of weight
+/// blocks and the loads of activation blocks between the pairs, never their summation order,
+/// so prefill and decode compute the same numbers.
+pub type TileDotFn = fn(usize, &[u8], usize, &[u8], usize, &mut [f32], usize);
 /// `(src, dst_bytes)`: quantize a row of activations into a `vec_dot_type` format.
 pub type QuantizeFn = fn(&[f32], &mut [u8]);
 /// Dot product of two equal-length f32 slices.
@@ -199,6 +210,14 @@ impl Kernels {
             .unwrap_or(reference::vec_dot(ty))
     }
 
+    /// The tile kernel for weights of `ty` at this tier, if the variant whose dot product
+    /// [`Self::vec_dot`] hands out has one (a tile from another variant could sum in another
+    /// order and break the bit-identity with decode).
+    pub fn vec_dot_tile(&self, ty: GgmlType) -> Option<TileDotFn> {
+        let v = self.variants().iter().find(|v| v.vec_dot(ty).is_some())?;
+        v.vec_dot_tile(ty)
+    }
+
     /// The activation quantizer for `act_ty` (Q8_0, Q8_1 or Q8_K, or F32 as a plain copy) at
     /// this tier. Its bytes are identical to the scalar reference's.
     pub fn quantize(&self, act_ty: GgmlType) -> QuantizeFn {
@@ -307,6 +326,23 @@ impl Variant {
         }
     }
 
+    /// This variant's own tile kernel for `ty` (see [`TileDotFn`]), if any and the CPU can run
+    /// it. Types without one are computed pair by pair with [`Self::vec_dot`].
+    pub fn vec_dot_tile(self, ty: GgmlType) -> Option<TileDotFn> {
+        if !self.is_supported() {
+            return None;
+        }
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Variant::Avx2 | Variant::Avx512 | Variant::Avx512Vnni => x86_64::vec_dot_tile(self, ty),
+            #[allow(unreachable_patterns)]
+            _ => {
+                let _ = ty;
+                None
+            }
+        }
+    }
+
     /// This variant's own activation quantizer for `act_ty`, if any and the CPU can run it.
     pub fn quantize(self, act_ty: GgmlType) -> Option<QuantizeFn> {
         if !self.is_supported() {
@@ -375,6 +411,33 @@ pub(crate) fn row_blocks(
         "vec_dot: {n} elements do not fit rows of {} and {} bytes ({qk} per block)",
         w.len(),
         a.len()
+    );
+    nb
+}
+
+/// [`row_blocks`] for a tile: `rows` weight rows `w_stride` bytes apart and `toks` activation
+/// rows `a_stride` bytes apart all hold the blocks of `n` elements, and `out` holds
+/// `out[r * out_stride + t]` for every pair.
+#[allow(dead_code, clippy::too_many_arguments)] // not every architecture's build has tiles
+#[inline(always)]
+pub(crate) fn tile_blocks(
+    n: usize,
+    qk: usize,
+    (w, w_stride, w_block): (&[u8], usize, usize),
+    (a, a_stride, a_block): (&[u8], usize, usize),
+    (out, out_stride): (&[f32], usize),
+    (rows, toks): (usize, usize),
+) -> usize {
+    let nb = n / qk;
+    assert!(
+        nb * qk == n
+            && w_stride >= nb * w_block
+            && a_stride >= nb * a_block
+            && w.len() >= (rows - 1) * w_stride + nb * w_block
+            && a.len() >= (toks - 1) * a_stride + nb * a_block
+            && out_stride >= toks
+            && out.len() >= (rows - 1) * out_stride + toks,
+        "vec_dot_tile: {rows}x{toks} rows of {n} elements do not fit the buffers"
     );
     nb
 }

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::Kernels;
+use crate::cpu::{Kernels, TILE_ROWS, TILE_TOKS};
 use crate::quant::GgmlType;
 
 /// A weight matrix inside the model file.
@@ -91,6 +91,7 @@ pub fn matmul(
             });
         return;
     }
+    let tile = k.vec_dot_tile(w.ty);
     let t_out = &mut scratch[..w.n_out * n_tok];
     t_out
         .par_chunks_mut(ROWS_PER_TASK * n_tok)
@@ -100,7 +101,27 @@ pub fn matmul(
             let rows = o.len() / n_tok;
             for t0 in (0..n_tok).step_by(TOKEN_TILE) {
                 let t1 = (t0 + TOKEN_TILE).min(n_tok);
-                for i in 0..rows {
+                let mut i = 0;
+                // Whole tiles first, then the pairs left over at the edges one by one.
+                if let Some(tile) = tile {
+                    while i + TILE_ROWS <= rows {
+                        let wrows = &w.data[(r0 + i) * wrb..(r0 + i + TILE_ROWS) * wrb];
+                        let mut t = t0;
+                        while t + TILE_TOKS <= t1 {
+                            let acts = &act[t * arb..(t + TILE_TOKS) * arb];
+                            tile(n_in, wrows, wrb, acts, arb, &mut o[i * n_tok + t..], n_tok);
+                            t += TILE_TOKS;
+                        }
+                        for r in i..i + TILE_ROWS {
+                            let wrow = &w.data[(r0 + r) * wrb..(r0 + r + 1) * wrb];
+                            for t in t..t1 {
+                                o[r * n_tok + t] = dot(n_in, wrow, &act[t * arb..(t + 1) * arb]);
+                            }
+                        }
+                        i += TILE_ROWS;
+                    }
+                }
+                for i in i..rows {
                     let r = r0 + i;
                     let wrow = &w.data[r * wrb..(r + 1) * wrb];
                     for t in t0..t1 {

@@ -13,7 +13,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::cpu::row_blocks;
+use crate::cpu::{row_blocks, tile_blocks, TILE_ROWS, TILE_TOKS};
 
 /// Generates the safe wrapper of a block kernel `unsafe fn(nb, w, a) -> f32`.
 macro_rules! safe_vec_dot {
@@ -37,6 +37,46 @@ safe_vec_dot!(vec_dot_q4_1_q8_1 => q4_1_q8_1, 32, 20, 36);
 safe_vec_dot!(vec_dot_q5_0_q8_0 => q5_0_q8_0, 32, 22, 34);
 safe_vec_dot!(vec_dot_q5_1_q8_1 => q5_1_q8_1, 32, 24, 36);
 safe_vec_dot!(vec_dot_q8_0_q8_0 => q8_0_q8_0, 32, 34, 34);
+
+/// Generates the safe wrapper of a tile kernel
+/// `unsafe fn(nb, w, w_stride, a, a_stride, out, out_stride)` (see `cpu::TileDotFn`).
+macro_rules! safe_tile {
+    ($name:ident => $kernel:ident, $qk:expr, $w_block:expr, $a_block:expr) => {
+        pub(super) fn $name(
+            n: usize,
+            w: &[u8],
+            w_stride: usize,
+            a: &[u8],
+            a_stride: usize,
+            out: &mut [f32],
+            out_stride: usize,
+        ) {
+            let nb = tile_blocks(
+                n,
+                $qk,
+                (w, w_stride, $w_block),
+                (a, a_stride, $a_block),
+                (out, out_stride),
+                (TILE_ROWS, TILE_TOKS),
+            );
+            // SAFETY: runtime detection as for `safe_vec_dot`; `tile_blocks` checked that
+            // every row of the tile holds `nb` blocks and that `out` holds every result.
+            unsafe {
+                $kernel(
+                    nb,
+                    w.as_ptr(),
+                    w_stride,
+                    a.as_ptr(),
+                    a_stride,
+                    out.as_mut_ptr(),
+                    out_stride,
+                )
+            }
+        }
+    };
+}
+
+safe_tile!(tile_q4_1_q8_1 => q4_1_q8_1_tile, 32, 20, 36);
 
 // ---- shared helpers (inlined into the kernels, which have the same features) ----
 
@@ -204,6 +244,67 @@ pub(super) unsafe fn q4_1_q8_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
             acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
         }
         hsum_ps(acc) + summ
+    }
+}
+
+/// [`q4_1_q8_1`] for a tile of `TILE_ROWS` weight rows by `TILE_TOKS` activation rows: each
+/// weight block is unpacked once and each activation block loaded once per tile. Per pair the
+/// operations and their order are those of `q4_1_q8_1`: the eight-lane accumulator takes the
+/// same fused multiply-adds block by block, and the scalar `m * s` sum becomes one lane of a
+/// four-lane fused multiply-add, so every result equals the single dot product to the bit.
+///
+/// # Safety
+/// AVX2, FMA and F16C present; every row of the tile valid for `nb` blocks and `out` valid for
+/// every `out[r * os + t]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_q8_1_tile(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+    os: usize,
+) {
+    const { assert!(TILE_TOKS == 4) };
+    // SAFETY: every pointer read is inside block `i < nb` of a row of the tile, and every
+    // write inside `out`'s tile (caller's contract).
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); TILE_TOKS]; TILE_ROWS];
+        let mut summ = [_mm_setzero_ps(); TILE_ROWS];
+        for i in 0..nb {
+            let y: [*const u8; TILE_TOKS] = std::array::from_fn(|t| a.add(t * as_ + i * 36));
+            let yd: [__m256; TILE_TOKS] = std::array::from_fn(|t| load_f16_x8(y[t]));
+            let ys = _mm_cvtph_ps(_mm_setr_epi16(
+                y[0].add(2).cast::<i16>().read_unaligned(),
+                y[1].add(2).cast::<i16>().read_unaligned(),
+                y[2].add(2).cast::<i16>().read_unaligned(),
+                y[3].add(2).cast::<i16>().read_unaligned(),
+                0,
+                0,
+                0,
+                0,
+            ));
+            for r in 0..TILE_ROWS {
+                let x = w.add(r * ws + i * 20);
+                let m = _mm_set1_ps(load_f16(x.add(2)));
+                summ[r] = _mm_fmadd_ps(m, ys, summ[r]);
+                let xd = load_f16_x8(x);
+                let q = nibbles(x.add(4));
+                for t in 0..TILE_TOKS {
+                    let d = _mm256_mul_ps(xd, yd[t]);
+                    let p = dot_u8_i8(q, loadu(y[t].add(4)));
+                    acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][t]);
+                }
+            }
+        }
+        for (r, (acc, summ)) in acc.iter().zip(summ).enumerate() {
+            let mut s = [0.0f32; 4];
+            _mm_storeu_ps(s.as_mut_ptr(), summ);
+            for t in 0..TILE_TOKS {
+                *out.add(r * os + t) = hsum_ps(acc[t]) + s[t];
+            }
+        }
     }
 }
 

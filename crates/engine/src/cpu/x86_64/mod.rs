@@ -6,7 +6,7 @@
 
 use crate::quant::GgmlType;
 
-use super::{DotF32Fn, QuantizeFn, ScaleAddFn, Variant, VecDotFn};
+use super::{DotF32Fn, QuantizeFn, ScaleAddFn, TileDotFn, Variant, VecDotFn};
 
 mod avx2;
 mod avx2_k;
@@ -58,6 +58,18 @@ pub(super) fn vec_dot(v: Variant, ty: GgmlType) -> Option<VecDotFn> {
         (Variant::Avx512Vnni, GgmlType::Q4_K) => avx512::vec_dot_q4_k_q8_k_vnni,
         (Variant::Avx512Vnni, GgmlType::Q6_K) => avx512::vec_dot_q6_k_q8_k_vnni,
         // Q2_K, Q3_K, Q8_1 and Q8_K weights have no SIMD variant yet: the reference serves them.
+        _ => return None,
+    };
+    Some(f)
+}
+
+/// The variant's own tile kernel for `ty`. Only AVX2 has tiles so far; the AVX-512 tiers
+/// hand out their own dot products for the types they cover, and [`super::Kernels`] takes a
+/// tile only from the variant whose dot product it uses.
+pub(super) fn vec_dot_tile(v: Variant, ty: GgmlType) -> Option<TileDotFn> {
+    debug_assert!(missing(v).is_none());
+    let f: TileDotFn = match (v, ty) {
+        (Variant::Avx2, GgmlType::Q4_1) => avx2::tile_q4_1_q8_1,
         _ => return None,
     };
     Some(f)
