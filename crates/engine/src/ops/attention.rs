@@ -67,32 +67,52 @@ pub fn attention(
     let n_tok = q.len() / (p.n_head * hd);
     let f16_path = n_tok < F16_ACC_MAX_TOKENS && hd <= 256;
     let fma = has_fma();
-    out[..n_tok * p.n_head * hd]
-        .par_chunks_mut(hd)
-        .enumerate()
-        .for_each(|(idx, acc)| {
-            let (t, h) = (idx / p.n_head, idx % p.n_head);
-            let pos = pos0 + t;
-            let kvh = h / group;
-            let qh = &q[idx * hd..(idx + 1) * hd];
-            let start = match p.window {
-                Some(w) => (pos + 1).saturating_sub(w),
-                None => 0,
-            };
-            let keys = (start..=pos).map(|j| j * kv_dim + kvh * hd);
-            if f16_path {
+    let out = &mut out[..n_tok * p.n_head * hd];
+    if !f16_path {
+        // Prefill: blocks of consecutive queries share each key and value row they read, so
+        // a row comes from L2 once per block instead of once per query.
+        out.par_chunks_mut(QUERY_BLOCK * p.n_head * hd)
+            .enumerate()
+            .for_each(|(b, o)| {
+                let t0 = b * QUERY_BLOCK;
                 #[cfg(target_arch = "x86_64")]
-                if fma {
-                    // SAFETY: `has_fma` checked that this CPU has FMA and AVX2.
-                    unsafe { one_query_f16_fma(p, qh, k_cache, v_cache, keys, acc) };
+                if fma && hd % 8 == 0 {
+                    // SAFETY: `has_fma` checked that this CPU has FMA and AVX2, and `hd` is a
+                    // multiple of 8.
+                    unsafe { query_block_f32_avx2(p, q, k_cache, v_cache, pos0 + t0, t0, o) };
                     return;
                 }
-                let _ = fma;
-                one_query_f16(p, qh, k_cache, v_cache, keys, acc);
-            } else {
-                one_query_f32(p, qh, k_cache, v_cache, keys, acc);
-            }
-        });
+                query_block_f32(p, q, k_cache, v_cache, pos0 + t0, t0, o, step_f32);
+            });
+        return;
+    }
+    out.par_chunks_mut(hd).enumerate().for_each(|(idx, acc)| {
+        let (t, h) = (idx / p.n_head, idx % p.n_head);
+        let pos = pos0 + t;
+        let kvh = h / group;
+        let qh = &q[idx * hd..(idx + 1) * hd];
+        let keys = (first_key(p, pos)..=pos).map(|j| j * kv_dim + kvh * hd);
+        #[cfg(target_arch = "x86_64")]
+        if fma {
+            // SAFETY: `has_fma` checked that this CPU has FMA and AVX2.
+            unsafe { one_query_f16_fma(p, qh, k_cache, v_cache, keys, acc) };
+            return;
+        }
+        let _ = fma;
+        one_query_f16(p, qh, k_cache, v_cache, keys, acc);
+    });
+}
+
+/// Queries per prefill task: each key and value row is read once per block (from L2 into L1)
+/// and used by up to this many queries; the block's accumulators (a few KiB) stay in L1.
+const QUERY_BLOCK: usize = 16;
+
+/// The first key position a query at `pos` sees (its sliding window, if any).
+fn first_key(p: &AttnParams, pos: usize) -> usize {
+    match p.window {
+        Some(w) => (pos + 1).saturating_sub(w),
+        None => 0,
+    }
 }
 
 /// Whether the FMA-compiled copy of the one-query kernel can run here.
@@ -176,39 +196,186 @@ fn one_query_f16(
     }
 }
 
+/// One query's online softmax so far: the largest score seen and the sum of
+/// `exp(score - max)`; the accumulator (the weighted sum of values) lives in the output.
+#[derive(Clone, Copy, Debug)]
+struct Running {
+    max: f32,
+    sum: f32,
+}
+
+impl Running {
+    const START: Running = Running {
+        max: f32::NEG_INFINITY,
+        sum: 0.0,
+    };
+}
+
+/// The per-key step of the f32 path: `(params, state, query, key, value, accumulator)`.
+type StepFn = fn(&AttnParams, &mut Running, &[f32], &[f32], &[f32], &mut [f32]);
+
 /// The f32 online-softmax path for large batches (ggml's tiled kernel also computes in f32,
-/// though it sums in a different order, so prefill of 64+ tokens is not bit-exact).
-fn one_query_f32(
+/// though it sums in a different order, so prefill of 64+ tokens is not bit-exact). Queries
+/// `t0..` (at positions `pos0..`) fill the output block `out` (whole tokens, every head); each
+/// query takes its keys in ascending order, so the result does not depend on the blocking.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn query_block_f32(
     p: &AttnParams,
     q: &[f32],
     k_cache: &[f32],
     v_cache: &[f32],
-    keys: impl Iterator<Item = usize>,
+    pos0: usize,
+    t0: usize,
+    out: &mut [f32],
+    step: StepFn,
+) {
+    let hd = p.head_dim;
+    let row = p.n_head * hd;
+    let kv_dim = p.n_head_kv * hd;
+    let group = p.n_head / p.n_head_kv;
+    let nt = out.len() / row;
+    out.fill(0.0);
+    let mut run = [Running::START; QUERY_BLOCK];
+    for h in 0..p.n_head {
+        let kvh = h / group;
+        run.fill(Running::START);
+        let last = pos0 + nt - 1;
+        for j in first_key(p, pos0)..=last {
+            let off = j * kv_dim + kvh * hd;
+            let (k, v) = (&k_cache[off..off + hd], &v_cache[off..off + hd]);
+            // Query `t` sees keys `first_key(pos)..=pos`: `t` from `j - pos0` on, up to where
+            // the window has moved past `j`.
+            for (t, r) in run
+                .iter_mut()
+                .enumerate()
+                .take(nt)
+                .skip(j.saturating_sub(pos0))
+            {
+                if first_key(p, pos0 + t) > j {
+                    break;
+                }
+                let qo = (t0 + t) * row + h * hd;
+                let acc = &mut out[t * row + h * hd..][..hd];
+                step(p, r, &q[qo..qo + hd], k, v, acc);
+            }
+        }
+        for (t, r) in run.iter().enumerate().take(nt) {
+            let inv = 1.0 / r.sum;
+            for a in &mut out[t * row + h * hd..][..hd] {
+                *a *= inv;
+            }
+        }
+    }
+}
+
+/// [`query_block_f32`] compiled for AVX2 with [`step_f32_avx2`].
+///
+/// # Safety
+/// The CPU must have FMA and AVX2, and `p.head_dim` must be a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma,avx2")]
+unsafe fn query_block_f32_avx2(
+    p: &AttnParams,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    pos0: usize,
+    t0: usize,
+    out: &mut [f32],
+) {
+    fn step(p: &AttnParams, r: &mut Running, q: &[f32], k: &[f32], v: &[f32], acc: &mut [f32]) {
+        // SAFETY: only reached through `query_block_f32_avx2`, whose caller guarantees AVX2,
+        // FMA and a head size that is a multiple of 8.
+        unsafe { step_f32_avx2(p, r, q, k, v, acc) }
+    }
+    query_block_f32(p, q, k_cache, v_cache, pos0, t0, out, step)
+}
+
+/// One key for one query, portable: score, rescale on a new maximum, add the weighted value.
+#[inline(always)]
+fn step_f32(p: &AttnParams, r: &mut Running, q: &[f32], k: &[f32], v: &[f32], acc: &mut [f32]) {
+    let mut s = dot(q, k) * p.scale;
+    if let Some(cap) = p.softcap {
+        s = cap * (s / cap).tanh();
+    }
+    if s > r.max {
+        let c = (r.max - s).exp();
+        for a in acc.iter_mut() {
+            *a *= c;
+        }
+        r.sum *= c;
+        r.max = s;
+    }
+    let wgt = (s - r.max).exp();
+    r.sum += wgt;
+    axpy(acc, wgt, v);
+}
+
+/// [`step_f32`] with AVX2 intrinsics: the score is a four-accumulator fused dot product and
+/// the value update one fused multiply-add per eight lanes. Fused products round differently
+/// from the portable step, within the f32 path's tolerance.
+///
+/// # Safety
+/// The CPU must have FMA and AVX2; `q`, `k`, `v` and `acc` have the same length, a multiple
+/// of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma,avx2")]
+#[inline]
+unsafe fn step_f32_avx2(
+    p: &AttnParams,
+    r: &mut Running,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
     acc: &mut [f32],
 ) {
+    use std::arch::x86_64::*;
     let hd = q.len();
-    acc.fill(0.0);
-    let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-    for off in keys {
-        let mut s = dot(q, &k_cache[off..off + hd]) * p.scale;
+    debug_assert!(hd % 8 == 0 && k.len() == hd && v.len() == hd && acc.len() == hd);
+    // SAFETY: the four slices hold `hd` elements (caller's contract) and every access below
+    // is at an offset `i` with `i + 8 <= hd`.
+    unsafe {
+        let (qp, kp, vp, ap) = (q.as_ptr(), k.as_ptr(), v.as_ptr(), acc.as_mut_ptr());
+        let mut d = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= hd {
+            for (j, d) in d.iter_mut().enumerate() {
+                let o = i + 8 * j;
+                *d = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(o)), _mm256_loadu_ps(kp.add(o)), *d);
+            }
+            i += 32;
+        }
+        while i < hd {
+            d[0] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(kp.add(i)), d[0]);
+            i += 8;
+        }
+        let d = _mm256_add_ps(_mm256_add_ps(d[0], d[2]), _mm256_add_ps(d[1], d[3]));
+        let h = _mm_add_ps(_mm256_castps256_ps128(d), _mm256_extractf128_ps::<1>(d));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        let mut s = _mm_cvtss_f32(h) * p.scale;
         if let Some(cap) = p.softcap {
             s = cap * (s / cap).tanh();
         }
-        if s > max {
-            let c = (max - s).exp();
-            for a in acc.iter_mut() {
-                *a *= c;
+        let wgt = if s > r.max {
+            let c = (r.max - s).exp();
+            let cv = _mm256_set1_ps(c);
+            for i in (0..hd).step_by(8) {
+                _mm256_storeu_ps(ap.add(i), _mm256_mul_ps(_mm256_loadu_ps(ap.add(i)), cv));
             }
-            sum *= c;
-            max = s;
+            r.sum *= c;
+            r.max = s;
+            1.0
+        } else {
+            (s - r.max).exp()
+        };
+        r.sum += wgt;
+        let w = _mm256_set1_ps(wgt);
+        for i in (0..hd).step_by(8) {
+            let a = _mm256_fmadd_ps(w, _mm256_loadu_ps(vp.add(i)), _mm256_loadu_ps(ap.add(i)));
+            _mm256_storeu_ps(ap.add(i), a);
         }
-        let wgt = (s - max).exp();
-        sum += wgt;
-        axpy(acc, wgt, &v_cache[off..off + hd]);
-    }
-    let inv = 1.0 / sum;
-    for a in acc.iter_mut() {
-        *a *= inv;
     }
 }
 
@@ -300,6 +467,37 @@ mod tests {
                 for (a, b) in out.iter().zip(&r) {
                     assert!((a - b).abs() < tol, "n_tok {n_tok}: {a} vs {b}");
                 }
+            }
+        }
+    }
+
+    /// The portable prefill step (the SIMD one is what `attention` picks on most hosts), over
+    /// query blocks of every size the blocking produces, with and without a window.
+    #[test]
+    fn portable_prefill_blocks_match_two_pass() {
+        for window in [None, Some(5)] {
+            let p = AttnParams {
+                n_head: 4,
+                n_head_kv: 2,
+                head_dim: 12,
+                scale: 0.3,
+                window,
+                softcap: None,
+            };
+            let (pos0, n_tok) = (3, QUERY_BLOCK * 2 + 5);
+            let n_ctx = pos0 + n_tok;
+            let f = |i: usize, m: f32| ((i as f32) * m).sin() * 2.0;
+            let k: Vec<f32> = (0..n_ctx * 24).map(|i| f(i, 0.7)).collect();
+            let v: Vec<f32> = (0..n_ctx * 24).map(|i| f(i, 1.3)).collect();
+            let q: Vec<f32> = (0..n_tok * 48).map(|i| f(i, 0.9)).collect();
+            let mut out = vec![0.0; q.len()];
+            for (b, o) in out.chunks_mut(QUERY_BLOCK * 48).enumerate() {
+                let t0 = b * QUERY_BLOCK;
+                query_block_f32(&p, &q, &k, &v, pos0 + t0, t0, o, step_f32);
+            }
+            let r = reference(&p, &q, &k, &v, pos0);
+            for (a, b) in out.iter().zip(&r) {
+                assert!((a - b).abs() < 1e-5, "{window:?}: {a} vs {b}");
             }
         }
     }

@@ -2,7 +2,7 @@
 //! (eight independent accumulators break the sequential float dependency chain).
 
 /// Dot product of two equal-length f32 slices.
-#[inline]
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0.0f32; 8];
@@ -21,7 +21,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `out += a * x`.
-#[inline]
+#[inline(always)]
 pub fn axpy(out: &mut [f32], a: f32, x: &[f32]) {
     debug_assert_eq!(out.len(), x.len());
     for (o, v) in out.iter_mut().zip(x) {
@@ -30,7 +30,7 @@ pub fn axpy(out: &mut [f32], a: f32, x: &[f32]) {
 }
 
 /// `out += x`.
-#[inline]
+#[inline(always)]
 pub fn add_assign(out: &mut [f32], x: &[f32]) {
     debug_assert_eq!(out.len(), x.len());
     for (o, v) in out.iter_mut().zip(x) {
