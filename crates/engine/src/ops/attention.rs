@@ -76,7 +76,7 @@ pub fn attention(
             .for_each(|(b, o)| {
                 let t0 = b * QUERY_BLOCK;
                 #[cfg(target_arch = "x86_64")]
-                if fma && hd % 8 == 0 {
+                if fma && hd.is_multiple_of(8) {
                     // SAFETY: `has_fma` checked that this CPU has FMA and AVX2, and `hd` is a
                     // multiple of 8.
                     unsafe { query_block_f32_avx2(p, q, k_cache, v_cache, pos0 + t0, t0, o) };
@@ -332,7 +332,7 @@ unsafe fn step_f32_avx2(
 ) {
     use std::arch::x86_64::*;
     let hd = q.len();
-    debug_assert!(hd % 8 == 0 && k.len() == hd && v.len() == hd && acc.len() == hd);
+    debug_assert!(hd.is_multiple_of(8) && k.len() == hd && v.len() == hd && acc.len() == hd);
     // SAFETY: the four slices hold `hd` elements (caller's contract) and every access below
     // is at an offset `i` with `i + 8 <= hd`.
     unsafe {
