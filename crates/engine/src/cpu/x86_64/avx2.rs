@@ -77,6 +77,7 @@ macro_rules! safe_tile {
 }
 
 safe_tile!(tile_q4_1_q8_1 => q4_1_q8_1_tile, 32, 20, 36);
+safe_tile!(tile_q5_0_q8_0 => q5_0_q8_0_tile, 32, 22, 34);
 
 // ---- shared helpers (inlined into the kernels, which have the same features) ----
 
@@ -329,6 +330,54 @@ unsafe fn q5_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
             acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
         }
         hsum_ps(acc)
+    }
+}
+
+/// [`q5_0_q8_0`] for a tile of `TILE_ROWS` weight rows by `TILE_TOKS` activation rows: the
+/// 5-bit unpacking and the weight half of the sign trick (`|q|`) are done once per weight
+/// block, the activation loads once per tile; per pair the operations and their order are
+/// those of `q5_0_q8_0`, so every result equals the single dot product to the bit.
+///
+/// # Safety
+/// AVX2, FMA and F16C present; every row of the tile valid for `nb` blocks and `out` valid for
+/// every `out[r * os + t]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_0_q8_0_tile(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+    os: usize,
+) {
+    // SAFETY: every pointer read is inside block `i < nb` of a row of the tile, and every
+    // write inside `out`'s tile (caller's contract).
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); TILE_TOKS]; TILE_ROWS];
+        for i in 0..nb {
+            let y: [*const u8; TILE_TOKS] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
+            let yd: [__m256; TILE_TOKS] = std::array::from_fn(|t| load_f16_x8(y[t]));
+            for r in 0..TILE_ROWS {
+                let x = w.add(r * ws + i * 22);
+                let xd = load_f16_x8(x);
+                let qh = x.add(2).cast::<u32>().read_unaligned();
+                let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
+                let qx = _mm256_or_si256(nibbles(x.add(6)), hi);
+                let ax = _mm256_sign_epi8(qx, qx);
+                for t in 0..TILE_TOKS {
+                    let d = _mm256_mul_ps(xd, yd[t]);
+                    let sy = _mm256_sign_epi8(loadu(y[t].add(2)), qx);
+                    let p = dot_u8_i8(ax, sy);
+                    acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][t]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (t, acc) in acc.iter().enumerate() {
+                *out.add(r * os + t) = hsum_ps(*acc);
+            }
+        }
     }
 }
 
