@@ -94,8 +94,14 @@ pub fn attention(
         let keys = (first_key(p, pos)..=pos).map(|j| j * kv_dim + kvh * hd);
         #[cfg(target_arch = "x86_64")]
         if fma {
-            // SAFETY: `has_fma` checked that this CPU has FMA and AVX2.
-            unsafe { one_query_f16_fma(p, qh, k_cache, v_cache, keys, acc) };
+            if hd.is_multiple_of(32) && has_f16c() {
+                // SAFETY: AVX2, FMA and F16C checked; `hd` is a multiple of 32 and every key
+                // offset leaves `hd` elements in both caches.
+                unsafe { one_query_f16_avx2(p, qh, k_cache, v_cache, keys, acc) };
+            } else {
+                // SAFETY: `has_fma` checked that this CPU has FMA and AVX2.
+                unsafe { one_query_f16_fma(p, qh, k_cache, v_cache, keys, acc) };
+            }
             return;
         }
         let _ = fma;
@@ -124,6 +130,94 @@ fn has_fma() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
+    }
+}
+
+/// Whether F16C (hardware f32 <-> f16 conversion) is present.
+#[cfg(target_arch = "x86_64")]
+fn has_f16c() -> bool {
+    std::is_x86_feature_detected!("f16c")
+}
+
+/// [`one_query_f16`] with AVX2 intrinsics, bit for bit: the score is [`dot_f16_ggml`]'s four
+/// fused accumulators and reduction (no tail: `hd` is a multiple of 32), and every rounding
+/// to f16 is a hardware round trip (`vcvtps2ph` to nearest even, then `vcvtph2ps`), which is
+/// exactly what [`round_f16`] computes for every non-NaN value.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `q.len() == acc.len()` is a multiple of 32, at most
+/// 256, and every key offset leaves `q.len()` elements in both caches.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma,avx2,f16c")]
+unsafe fn one_query_f16_avx2(
+    p: &AttnParams,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    keys: impl Iterator<Item = usize>,
+    acc: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let hd = q.len();
+    debug_assert!(hd.is_multiple_of(32) && hd <= 256 && acc.len() == hd);
+    #[inline(always)]
+    fn round(x: __m256) -> __m256 {
+        // SAFETY: only inlined into `one_query_f16_avx2`, which has F16C.
+        unsafe { _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x)) }
+    }
+    let mut q16 = [0.0f32; 256];
+    let scale = p.softcap.map_or(p.scale, |cap| p.scale / cap);
+    let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+    // SAFETY: `q16`, `q` and `acc` hold `hd` elements, and so do the cache rows at every key
+    // offset (caller's contract); every access below is at `i + 8 <= hd`.
+    unsafe {
+        let (qp, ap) = (q16.as_mut_ptr(), acc.as_mut_ptr());
+        for i in (0..hd).step_by(8) {
+            _mm256_storeu_ps(qp.add(i), round(_mm256_loadu_ps(q.as_ptr().add(i))));
+            _mm256_storeu_ps(ap.add(i), _mm256_setzero_ps());
+        }
+        for off in keys {
+            let (k, v) = (&k_cache[off..off + hd], &v_cache[off..off + hd]);
+            let (kp, vp) = (k.as_ptr(), v.as_ptr());
+            let mut d = [_mm256_setzero_ps(); 4];
+            for i in (0..hd).step_by(32) {
+                for (j, d) in d.iter_mut().enumerate() {
+                    let o = i + 8 * j;
+                    *d =
+                        _mm256_fmadd_ps(_mm256_loadu_ps(kp.add(o)), _mm256_loadu_ps(qp.add(o)), *d);
+                }
+            }
+            let v8 = _mm256_add_ps(_mm256_add_ps(d[0], d[2]), _mm256_add_ps(d[1], d[3]));
+            let t = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps::<1>(v8));
+            let t = _mm_hadd_ps(t, t);
+            let t = _mm_hadd_ps(t, t);
+            let mut s = _mm_cvtss_f32(t) * scale;
+            if let Some(cap) = p.softcap {
+                s = cap * s.tanh();
+            }
+            let (mut ms, mut vs) = (1.0f32, 1.0f32);
+            if s > m {
+                ms = (m - s).exp();
+                m = s;
+                let c = _mm256_set1_ps(ms);
+                for i in (0..hd).step_by(8) {
+                    let a = round(_mm256_mul_ps(_mm256_loadu_ps(ap.add(i)), c));
+                    _mm256_storeu_ps(ap.add(i), a);
+                }
+            } else {
+                vs = (s - m).exp();
+            }
+            let w = _mm256_set1_ps(vs);
+            for i in (0..hd).step_by(8) {
+                let a = _mm256_fmadd_ps(_mm256_loadu_ps(vp.add(i)), w, _mm256_loadu_ps(ap.add(i)));
+                _mm256_storeu_ps(ap.add(i), round(a));
+            }
+            sum = sum.mul_add(ms, vs);
+        }
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    for a in acc.iter_mut() {
+        *a *= inv;
     }
 }
 
@@ -498,6 +592,39 @@ mod tests {
             let r = reference(&p, &q, &k, &v, pos0);
             for (a, b) in out.iter().zip(&r) {
                 assert!((a - b).abs() < 1e-5, "{window:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// The AVX2 decode kernel must equal the portable one to the bit (greedy decoding matches
+    /// llama.cpp's through it), with and without soft-capping, across new maxima.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_one_query_f16_is_bit_identical_or_skip() {
+        if !(has_fma() && has_f16c()) {
+            eprintln!("SKIPPED: host lacks AVX2, FMA or F16C");
+            return;
+        }
+        for (hd, softcap) in [(64usize, None), (256, Some(30.0f32)), (32, None)] {
+            let p = AttnParams {
+                n_head: 1,
+                n_head_kv: 1,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                window: None,
+                softcap,
+            };
+            let n_keys = 300;
+            let f = |i: usize, m: f32| ((i as f32) * m).sin() * (1.0 + (i % 7) as f32);
+            let k: Vec<f32> = (0..n_keys * hd).map(|i| round_f16(f(i, 0.7))).collect();
+            let v: Vec<f32> = (0..n_keys * hd).map(|i| round_f16(f(i, 1.3))).collect();
+            let q: Vec<f32> = (0..hd).map(|i| f(i, 0.9) * 3.0).collect();
+            let (mut want, mut got) = (vec![0.0; hd], vec![0.0; hd]);
+            one_query_f16(&p, &q, &k, &v, (0..n_keys).map(|j| j * hd), &mut want);
+            // SAFETY: features checked above; `hd` is a multiple of 32 and at most 256.
+            unsafe { one_query_f16_avx2(&p, &q, &k, &v, (0..n_keys).map(|j| j * hd), &mut got) };
+            for (a, b) in got.iter().zip(&want) {
+                assert_eq!(a.to_bits(), b.to_bits(), "hd {hd}: {a} vs {b}");
             }
         }
     }
