@@ -358,7 +358,7 @@ unsafe fn q5_0_q8_0_tile(
         for i in 0..nb {
             let y: [*const u8; TILE_TOKS] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
             let yd: [__m256; TILE_TOKS] = std::array::from_fn(|t| load_f16_x8(y[t]));
-            for r in 0..TILE_ROWS {
+            for (r, acc) in acc.iter_mut().enumerate() {
                 let x = w.add(r * ws + i * 22);
                 let xd = load_f16_x8(x);
                 let qh = x.add(2).cast::<u32>().read_unaligned();
@@ -369,7 +369,7 @@ unsafe fn q5_0_q8_0_tile(
                     let d = _mm256_mul_ps(xd, yd[t]);
                     let sy = _mm256_sign_epi8(loadu(y[t].add(2)), qx);
                     let p = dot_u8_i8(ax, sy);
-                    acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][t]);
+                    acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[t]);
                 }
             }
         }
