@@ -1,0 +1,172 @@
+//! The operations a forward pass is built from, one at a time, on one thread: the tile kernels
+//! of prefill, whole matrix products (decode and a prefill tile of tokens), attention (decode
+//! at a depth, and a prefill block), RMSNorm and RoPE. `kernels.rs` has the dot products.
+//!
+//! `cargo bench -p backstop-engine --bench ops [-- FILTER]`; ids are
+//! `tile/{type}/{variant}/{n}` (one `TILE_ROWS x TILE_TOKS` call), `matmul/{type}/{n_out}x{n_in}/t{n_tok}`,
+//! `attention/{decode|prefill}/...`, `rms_norm/{n}`, `rope/{layout}/{heads}x{head_dim}`.
+//! Shapes are SmolLM2-135M's (576 wide, 9 query heads, 3 KV heads of 64) and Gemma 3 270M's.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use backstop_engine::cpu::{Kernels, Variant, TILE_ROWS, TILE_TOKS};
+use backstop_engine::ops::attention::{attention, AttnParams};
+use backstop_engine::ops::matmul::{act_row_bytes, matmul, quantize_acts, MatRef};
+use backstop_engine::ops::norm::rms_norm;
+use backstop_engine::ops::rope::{RopeCache, RopeLayout};
+use backstop_engine::quant::{self, GgmlType};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn floats(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// `rows` rows of `n` weights of `ty`, quantized from random floats.
+fn weights(ty: GgmlType, n: usize, rows: usize) -> Vec<u8> {
+    let x = floats(&mut StdRng::seed_from_u64(1), n * rows);
+    let wrb = ty.row_bytes(n).unwrap();
+    let mut w = vec![0u8; wrb * rows];
+    for (src, dst) in x.chunks_exact(n).zip(w.chunks_exact_mut(wrb)) {
+        quant::quantize_row(ty, src, dst).unwrap();
+    }
+    w
+}
+
+/// Everything runs on one thread: the per-core cost, free of scheduling noise.
+fn one_thread() -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+}
+
+fn bench_tiles(c: &mut Criterion) {
+    let mut g = c.benchmark_group("tile");
+    for ty in [GgmlType::Q4_1, GgmlType::Q5_0] {
+        let n = 640;
+        let w = weights(ty, n, TILE_ROWS);
+        let act = ty.vec_dot_type();
+        let arb = act.row_bytes(n).unwrap();
+        let mut a = vec![0u8; arb * TILE_TOKS];
+        let x = floats(&mut StdRng::seed_from_u64(2), n * TILE_TOKS);
+        for (src, dst) in x.chunks_exact(n).zip(a.chunks_exact_mut(arb)) {
+            quant::quantize_row(act, src, dst).unwrap();
+        }
+        let mut out = vec![0.0f32; TILE_ROWS * TILE_TOKS];
+        g.throughput(Throughput::Elements((TILE_ROWS * TILE_TOKS) as u64));
+        for v in Variant::ALL.into_iter().filter(|v| v.is_supported()) {
+            let Some(tile) = v.vec_dot_tile(ty) else {
+                continue;
+            };
+            let wrb = w.len() / TILE_ROWS;
+            g.bench_function(format!("{}/{v}/{n}", ty.name()), |b| {
+                b.iter(|| {
+                    tile(
+                        n,
+                        black_box(&w),
+                        wrb,
+                        black_box(&a),
+                        arb,
+                        &mut out,
+                        TILE_TOKS,
+                    )
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn bench_matmul(c: &mut Criterion) {
+    let mut g = c.benchmark_group("matmul");
+    let k = Kernels::detect();
+    let pool = one_thread();
+    let (n_in, n_out) = (576, 1536);
+    for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        let data = weights(ty, n_in, n_out);
+        let w = MatRef {
+            ty,
+            n_in,
+            n_out,
+            data: &data,
+        };
+        for n_tok in [1usize, 64] {
+            let x = floats(&mut StdRng::seed_from_u64(3), n_in * n_tok);
+            let mut act = vec![0u8; act_row_bytes(ty, n_in) * n_tok];
+            quantize_acts(&k, ty, &x, n_in, &mut act);
+            let mut out = vec![0.0f32; n_out * n_tok];
+            let mut scratch = vec![0.0f32; n_out * n_tok];
+            g.throughput(Throughput::Bytes((data.len() * n_tok) as u64));
+            g.bench_function(format!("{}/{n_out}x{n_in}/t{n_tok}", ty.name()), |b| {
+                b.iter(|| pool.install(|| matmul(&k, w, &act, n_tok, &mut out, &mut scratch)))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn bench_attention(c: &mut Criterion) {
+    let mut g = c.benchmark_group("attention");
+    let pool = one_thread();
+    let mut rng = StdRng::seed_from_u64(4);
+    // (name, heads, kv heads, head size)
+    for (name, n_head, n_head_kv, hd) in [("smollm2", 9, 3, 64), ("gemma3", 4, 1, 256)] {
+        let p = AttnParams {
+            n_head,
+            n_head_kv,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            window: None,
+            softcap: None,
+        };
+        let n_ctx = 1024;
+        let k = floats(&mut rng, n_ctx * n_head_kv * hd);
+        let v = floats(&mut rng, n_ctx * n_head_kv * hd);
+        // Decode: one query at depth 1023 (the f16 path); prefill: 64 queries after 448 tokens.
+        for (what, pos0, n_tok) in [("decode/d1023", n_ctx - 1, 1), ("prefill/t64@448", 448, 64)] {
+            let q = floats(&mut rng, n_tok * n_head * hd);
+            let mut out = vec![0.0f32; q.len()];
+            g.bench_function(format!("{what}/{name}"), |b| {
+                b.iter(|| pool.install(|| attention(&p, black_box(&q), &k, &v, pos0, &mut out)))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn bench_norm_rope(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut g = c.benchmark_group("rms_norm");
+    for n in [576usize, 640] {
+        let (x, w) = (floats(&mut rng, n), floats(&mut rng, n));
+        let mut out = vec![0.0f32; n];
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(format!("{n}"), |b| {
+            b.iter(|| rms_norm(&mut out, black_box(&x), &w, 1e-6))
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("rope");
+    for (layout, name) in [(RopeLayout::Normal, "normal"), (RopeLayout::Neox, "neox")] {
+        let (heads, hd) = (9usize, 64usize);
+        let cache = RopeCache::new(layout, hd, 10000.0, 1.0);
+        let mut x = floats(&mut rng, heads * hd);
+        g.bench_function(format!("{name}/{heads}x{hd}"), |b| {
+            b.iter(|| cache.apply(black_box(&mut x), hd, 517))
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(20);
+    targets = bench_tiles, bench_matmul, bench_attention, bench_norm_rope
+}
+criterion_main!(benches);
