@@ -512,6 +512,34 @@ fn api_keys_are_required_when_set_and_probes_stay_open() {
     assert_eq!(r.status, 200);
     assert_eq!(s.get("/health").status, 200);
     assert_eq!(s.get("/ready").status, 200);
+
+    // A rejected request whose body arrives after its head must not cost the connection:
+    // the next request on it is answered.
+    let mut c = s.conn();
+    let wrong = [
+        ("content-type", "application/json"),
+        ("authorization", "Bearer wrong"),
+    ];
+    c.send_paused(
+        "POST",
+        "/v1/chat/completions",
+        &wrong,
+        body.as_bytes(),
+        Duration::from_millis(300),
+    );
+    let (status, headers) = c.read_head();
+    assert_eq!(status, 401);
+    c.read_body(&headers);
+    let r = c.request(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", "Bearer sekrit"),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200);
 }
 
 #[test]

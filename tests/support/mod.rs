@@ -195,6 +195,19 @@ impl Conn {
     }
 
     pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) {
+        self.send_paused(method, path, headers, body, Duration::ZERO);
+    }
+
+    /// [`Self::send`] with a pause between the head and the body, as a slow client or a
+    /// large body over a slow link gives the server.
+    pub fn send_paused(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        pause: Duration,
+    ) {
         let mut req = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
@@ -202,6 +215,10 @@ impl Conn {
         req.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
         let s = self.r.get_mut();
         s.write_all(req.as_bytes()).unwrap();
+        if !pause.is_zero() {
+            s.flush().unwrap();
+            std::thread::sleep(pause);
+        }
         s.write_all(body).unwrap();
     }
 

@@ -319,8 +319,22 @@ async fn authenticate(State(st): State<Arc<AppState>>, req: Request, next: Next)
     } else {
         "invalid API key"
     };
+    // Read the unread body (bounded in size and time) before answering: hyper closes a
+    // keep-alive connection whose request body was left unread, which made a client's next
+    // request on it fail with a broken pipe whenever the body had not fully arrived yet.
+    let body = req.into_body();
+    let _ = tokio::time::timeout(
+        REJECTED_BODY_DRAIN_TIME,
+        axum::body::to_bytes(body, REJECTED_BODY_DRAIN_BYTES),
+    )
+    .await;
     ApiError::new(flavor, ErrorKind::Authentication, msg).into_response()
 }
+
+/// How much of a rejected request's body is read so the connection stays usable; past either
+/// bound the connection is closed instead.
+const REJECTED_BODY_DRAIN_BYTES: usize = 1 << 20;
+const REJECTED_BODY_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
