@@ -76,6 +76,8 @@ macro_rules! safe_tile {
     };
 }
 
+pub(super) use safe_tile;
+
 safe_tile!(tile_q4_1_q8_1 => q4_1_q8_1_tile, 32, 20, 36);
 safe_tile!(tile_q5_0_q8_0 => q5_0_q8_0_tile, 32, 22, 34);
 

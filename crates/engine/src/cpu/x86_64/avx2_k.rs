@@ -10,10 +10,10 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{
-    hsum_epi32_128, hsum_ps, load_f16, loadu, loadu128, pack_i32x32_to_i8, safe_vec_dot,
+    hsum_epi32_128, hsum_ps, load_f16, loadu, loadu128, pack_i32x32_to_i8, safe_tile, safe_vec_dot,
 };
 use crate::cpu::k_scales::unpack_q4_k;
-use crate::cpu::row_blocks;
+use crate::cpu::{row_blocks, tile_blocks, TILE_ROWS, TILE_TOKS};
 
 /// Bytes per super-block: Q4_K, Q5_K, Q6_K, Q8_K.
 pub(super) const Q4_K_BYTES: usize = 144;
@@ -27,6 +27,7 @@ pub(super) const Q8K_BSUMS: usize = 260;
 safe_vec_dot!(vec_dot_q4_k_q8_k => q4_k_q8_k, 256, Q4_K_BYTES, Q8_K_BYTES);
 safe_vec_dot!(vec_dot_q5_k_q8_k => q5_k_q8_k, 256, Q5_K_BYTES, Q8_K_BYTES);
 safe_vec_dot!(vec_dot_q6_k_q8_k => q6_k_q8_k, 256, Q6_K_BYTES, Q8_K_BYTES);
+safe_tile!(tile_q4_k_q8_k => q4_k_q8_k_tile, 256, Q4_K_BYTES, Q8_K_BYTES);
 
 /// Byte-shuffle masks that broadcast scales `2k` and `2k + 1` of 16 i8 scales into the low and
 /// high eight bytes (then widened to i16: one scale per 16-element half of a 32-byte vector).
@@ -96,6 +97,68 @@ unsafe fn q4_k_q8_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
         }
         hsum_ps(acc) - summ
+    }
+}
+
+/// [`q4_k_q8_k`] for a tile of `TILE_ROWS` weight rows by `TILE_TOKS` activation rows, one
+/// weight row at a time (eight accumulators of each kind would not fit the 16 registers): the
+/// scale unpacking and the nibble split of a super-block are done once for the four tokens.
+/// Per pair the operations and their order are those of `q4_k_q8_k` (the integer sums are
+/// exact whatever their order), so every result equals the single dot product to the bit.
+///
+/// # Safety
+/// AVX2, FMA and F16C present; every row of the tile valid for `nb` super-blocks and `out`
+/// valid for every `out[r * os + t]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k_q8_k_tile(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+    os: usize,
+) {
+    // SAFETY: every pointer read is inside super-block `i < nb` of a row of the tile, and
+    // every write inside `out`'s tile (caller's contract).
+    unsafe {
+        let low4 = _mm256_set1_epi8(0x0F);
+        for r in 0..TILE_ROWS {
+            let mut acc = [_mm256_setzero_ps(); TILE_TOKS];
+            let mut summ = [0.0f32; TILE_TOKS];
+            for i in 0..nb {
+                let x = w.add(r * ws + i * Q4_K_BYTES);
+                let y: [*const u8; TILE_TOKS] =
+                    std::array::from_fn(|t| a.add(t * as_ + i * Q8_K_BYTES));
+                let (xd, xdmin) = (load_f16(x), load_f16(x.add(2)));
+                let (sc, mn) = unpack_q4_k(&*x.add(4).cast::<[u8; 12]>());
+                let mut sumi = [_mm256_setzero_si256(); TILE_TOKS];
+                for j in 0..4 {
+                    let q4 = loadu(x.add(16 + 32 * j));
+                    let lo = _mm256_and_si256(q4, low4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), low4);
+                    let slo = _mm256_set1_epi16(i16::from(sc[2 * j]));
+                    let shi = _mm256_set1_epi16(i16::from(sc[2 * j + 1]));
+                    for (y, sumi) in y.iter().zip(&mut sumi) {
+                        let ylo = loadu(y.add(Q8K_QS + 64 * j));
+                        let yhi = loadu(y.add(Q8K_QS + 64 * j + 32));
+                        let plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, ylo), slo);
+                        let phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, yhi), shi);
+                        *sumi = _mm256_add_epi32(*sumi, _mm256_add_epi32(plo, phi));
+                    }
+                }
+                for t in 0..TILE_TOKS {
+                    let dy = y[t].cast::<f32>().read_unaligned();
+                    let (d, dmin) = (xd * dy, xdmin * dy);
+                    summ[t] += dmin * mins_dot_bsums(mn, y[t].add(Q8K_BSUMS)) as f32;
+                    acc[t] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+                }
+            }
+            for t in 0..TILE_TOKS {
+                *out.add(r * os + t) = hsum_ps(acc[t]) - summ[t];
+            }
+        }
     }
 }
 
