@@ -28,6 +28,7 @@ safe_vec_dot!(vec_dot_q4_k_q8_k => q4_k_q8_k, 256, Q4_K_BYTES, Q8_K_BYTES);
 safe_vec_dot!(vec_dot_q5_k_q8_k => q5_k_q8_k, 256, Q5_K_BYTES, Q8_K_BYTES);
 safe_vec_dot!(vec_dot_q6_k_q8_k => q6_k_q8_k, 256, Q6_K_BYTES, Q8_K_BYTES);
 safe_tile!(tile_q4_k_q8_k => q4_k_q8_k_tile, 256, Q4_K_BYTES, Q8_K_BYTES);
+safe_tile!(tile_q6_k_q8_k => q6_k_q8_k_tile, 256, Q6_K_BYTES, Q8_K_BYTES);
 
 /// Byte-shuffle masks that broadcast scales `2k` and `2k + 1` of 16 i8 scales into the low and
 /// high eight bytes (then widened to i16: one scale per 16-element half of a 32-byte vector).
@@ -263,6 +264,94 @@ unsafe fn q6_k_q8_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
         }
         hsum_ps(acc)
+    }
+}
+
+/// [`q6_k_q8_k`] for a tile, one weight row at a time as in [`q4_k_q8_k_tile`]: the 6-bit
+/// unpacking and the scale shuffles of a super-block are done once for the four tokens; per
+/// pair the operations are those of `q6_k_q8_k` (exact integer sums, then the same fused
+/// multiply-add per super-block), so every result equals the single dot product to the bit.
+///
+/// # Safety
+/// AVX2, FMA and F16C present; every row of the tile valid for `nb` super-blocks and `out`
+/// valid for every `out[r * os + t]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_q8_k_tile(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+    os: usize,
+) {
+    // SAFETY: every pointer read is inside super-block `i < nb` of a row of the tile, and
+    // every write inside `out`'s tile (caller's contract).
+    unsafe {
+        let low4 = _mm256_set1_epi8(0x0F);
+        let three = _mm256_set1_epi8(3);
+        for r in 0..TILE_ROWS {
+            let mut acc = [_mm256_setzero_ps(); TILE_TOKS];
+            for i in 0..nb {
+                let x = w.add(r * ws + i * Q6_K_BYTES);
+                let y: [*const u8; TILE_TOKS] =
+                    std::array::from_fn(|t| a.add(t * as_ + i * Q8_K_BYTES));
+                let xd = load_f16(x.add(208));
+                let scales = loadu128(x.add(192));
+                let mut sumi = [_mm256_setzero_si256(); TILE_TOKS];
+                for h in 0..2 {
+                    let ql = x.add(64 * h);
+                    let qh = loadu(x.add(128 + 32 * h));
+                    let (b1, b2) = (loadu(ql), loadu(ql.add(32)));
+                    let q = [
+                        _mm256_or_si256(
+                            _mm256_and_si256(b1, low4),
+                            _mm256_slli_epi16::<4>(_mm256_and_si256(qh, three)),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(b2, low4),
+                            _mm256_slli_epi16::<4>(_mm256_and_si256(
+                                _mm256_srli_epi16::<2>(qh),
+                                three,
+                            )),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(b1), low4),
+                            _mm256_slli_epi16::<4>(_mm256_and_si256(
+                                _mm256_srli_epi16::<4>(qh),
+                                three,
+                            )),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(b2), low4),
+                            _mm256_slli_epi16::<4>(_mm256_and_si256(
+                                _mm256_srli_epi16::<6>(qh),
+                                three,
+                            )),
+                        ),
+                    ];
+                    for (k, &qk) in q.iter().enumerate() {
+                        let shuf = loadu128(Q6K_SCALE_SHUFFLE[4 * h + k].as_ptr());
+                        let s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuf));
+                        for (y, sumi) in y.iter().zip(&mut sumi) {
+                            let yk = loadu(y.add(Q8K_QS + 128 * h + 32 * k));
+                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qk, yk), s);
+                            *sumi = _mm256_add_epi32(*sumi, p);
+                        }
+                    }
+                }
+                let sc16 = _mm256_cvtepi8_epi16(scales);
+                for t in 0..TILE_TOKS {
+                    let d = xd * y[t].cast::<f32>().read_unaligned();
+                    let offset = _mm256_madd_epi16(sc16, loadu(y[t].add(Q8K_BSUMS)));
+                    let sumi = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32::<5>(offset));
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+                }
+            }
+            for (t, acc) in acc.iter().enumerate() {
+                *out.add(r * os + t) = hsum_ps(*acc);
+            }
+        }
     }
 }
 

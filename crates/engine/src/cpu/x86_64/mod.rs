@@ -72,6 +72,7 @@ pub(super) fn vec_dot_tile(v: Variant, ty: GgmlType) -> Option<TileDotFn> {
         (Variant::Avx2, GgmlType::Q4_1) => avx2::tile_q4_1_q8_1,
         (Variant::Avx2, GgmlType::Q5_0) => avx2::tile_q5_0_q8_0,
         (Variant::Avx2, GgmlType::Q4_K) => avx2_k::tile_q4_k_q8_k,
+        (Variant::Avx2, GgmlType::Q6_K) => avx2_k::tile_q6_k_q8_k,
         _ => return None,
     };
     Some(f)
