@@ -76,6 +76,13 @@ pub fn attention(
             .for_each(|(b, o)| {
                 let t0 = b * QUERY_BLOCK;
                 #[cfg(target_arch = "x86_64")]
+                if fma && hd.is_multiple_of(64) {
+                    // SAFETY: `has_fma` checked that this CPU has FMA and AVX2, and `hd` is a
+                    // multiple of 64.
+                    unsafe { query_block_f32_chunked(p, q, k_cache, v_cache, pos0 + t0, t0, o) };
+                    return;
+                }
+                #[cfg(target_arch = "x86_64")]
                 if fma && hd.is_multiple_of(8) {
                     // SAFETY: `has_fma` checked that this CPU has FMA and AVX2, and `hd` is a
                     // multiple of 8.
@@ -386,6 +393,144 @@ unsafe fn query_block_f32_avx2(
     query_block_f32(p, q, k_cache, v_cache, pos0, t0, out, step)
 }
 
+/// Keys per chunk of [`query_block_f32_chunked`]: the chunk's value rows (16 x 256 floats at
+/// most, 16 KiB) stay in L1 while every query of the block reads them.
+const KEY_CHUNK: usize = 16;
+
+/// The prefill block with AVX2, a chunk of keys at a time per query (flash attention's order):
+/// the chunk's scores first, one rescale of the accumulator if their maximum is new, their
+/// weights, then the weighted values added with 64 accumulator lanes held in registers, so the
+/// accumulator is loaded and stored once per chunk instead of once per key. Within the f32
+/// path's tolerance of the per-key order (tested against the two-pass definition).
+///
+/// # Safety
+/// The CPU must have FMA and AVX2, and `p.head_dim` must be a multiple of 64.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma,avx2")]
+unsafe fn query_block_f32_chunked(
+    p: &AttnParams,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    pos0: usize,
+    t0: usize,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let hd = p.head_dim;
+    debug_assert!(hd.is_multiple_of(64));
+    let row = p.n_head * hd;
+    let kv_dim = p.n_head_kv * hd;
+    let group = p.n_head / p.n_head_kv;
+    let nt = out.len() / row;
+    let last = pos0 + nt - 1;
+    out.fill(0.0);
+    let mut run = [Running::START; QUERY_BLOCK];
+    let mut wgt = [0.0f32; KEY_CHUNK];
+    for h in 0..p.n_head {
+        let kvh = h / group;
+        run.fill(Running::START);
+        let mut c0 = first_key(p, pos0);
+        while c0 <= last {
+            let c1 = (c0 + KEY_CHUNK).min(last + 1);
+            for (t, r) in run
+                .iter_mut()
+                .enumerate()
+                .take(nt)
+                .skip(c0.saturating_sub(pos0))
+            {
+                let pos = pos0 + t;
+                let fk = first_key(p, pos);
+                if fk >= c1 {
+                    break;
+                }
+                // This query's keys in the chunk: `jlo..jhi`.
+                let (jlo, jhi) = (c0.max(fk), c1.min(pos + 1));
+                let qo = (t0 + t) * row + h * hd;
+                let qt = &q[qo..qo + hd];
+                let acc = &mut out[t * row + h * hd..][..hd];
+                let mut cmax = f32::NEG_INFINITY;
+                for j in jlo..jhi {
+                    let off = j * kv_dim + kvh * hd;
+                    // SAFETY: AVX2 and FMA (this function's contract); both rows hold `hd`.
+                    let mut s = unsafe { dot_avx2(qt, &k_cache[off..off + hd]) } * p.scale;
+                    if let Some(cap) = p.softcap {
+                        s = cap * (s / cap).tanh();
+                    }
+                    wgt[j - c0] = s;
+                    cmax = cmax.max(s);
+                }
+                if cmax > r.max {
+                    let c = (r.max - cmax).exp();
+                    for a in acc.iter_mut() {
+                        *a *= c;
+                    }
+                    r.sum *= c;
+                    r.max = cmax;
+                }
+                for w in &mut wgt[jlo - c0..jhi - c0] {
+                    *w = (*w - r.max).exp();
+                    r.sum += *w;
+                }
+                for i0 in (0..hd).step_by(64) {
+                    // SAFETY: `acc` and every value row hold `hd` elements, and
+                    // `i0 + 64 <= hd` because `hd` is a multiple of 64.
+                    unsafe {
+                        let ap = acc.as_mut_ptr().add(i0);
+                        let mut a: [__m256; 8] =
+                            std::array::from_fn(|u| _mm256_loadu_ps(ap.add(8 * u)));
+                        for j in jlo..jhi {
+                            let w = _mm256_set1_ps(wgt[j - c0]);
+                            let off = j * kv_dim + kvh * hd + i0;
+                            let vp = v_cache[off..off + 64].as_ptr();
+                            for (u, a) in a.iter_mut().enumerate() {
+                                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(vp.add(8 * u)), *a);
+                            }
+                        }
+                        for (u, a) in a.iter().enumerate() {
+                            _mm256_storeu_ps(ap.add(8 * u), *a);
+                        }
+                    }
+                }
+            }
+            c0 = c1;
+        }
+        for (t, r) in run.iter().enumerate().take(nt) {
+            let inv = 1.0 / r.sum;
+            for a in &mut out[t * row + h * hd..][..hd] {
+                *a *= inv;
+            }
+        }
+    }
+}
+
+/// A fused four-accumulator dot product of two rows whose length is a multiple of 32.
+///
+/// # Safety
+/// The CPU must have FMA and AVX2; `x.len() == y.len()`, a multiple of 32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma,avx2")]
+#[inline]
+unsafe fn dot_avx2(x: &[f32], y: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() == y.len() && x.len().is_multiple_of(32));
+    // SAFETY: every access is at `i + 8 * j + 8 <= len` (caller's contract on the lengths).
+    unsafe {
+        let (xp, yp) = (x.as_ptr(), y.as_ptr());
+        let mut d = [_mm256_setzero_ps(); 4];
+        for i in (0..x.len()).step_by(32) {
+            for (j, d) in d.iter_mut().enumerate() {
+                let o = i + 8 * j;
+                *d = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(o)), _mm256_loadu_ps(yp.add(o)), *d);
+            }
+        }
+        let d = _mm256_add_ps(_mm256_add_ps(d[0], d[2]), _mm256_add_ps(d[1], d[3]));
+        let h = _mm_add_ps(_mm256_castps256_ps128(d), _mm256_extractf128_ps::<1>(d));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+    }
+}
+
 /// One key for one query, portable: score, rescale on a new maximum, add the weighted value.
 #[inline(always)]
 fn step_f32(p: &AttnParams, r: &mut Running, q: &[f32], k: &[f32], v: &[f32], acc: &mut [f32]) {
@@ -561,6 +706,34 @@ mod tests {
                 for (a, b) in out.iter().zip(&r) {
                     assert!((a - b).abs() < tol, "n_tok {n_tok}: {a} vs {b}");
                 }
+            }
+        }
+    }
+
+    /// The prefill path at real head sizes (the chunked AVX2 kernel where the host has it),
+    /// with several key chunks, partial query blocks, windows that cut chunks and GQA.
+    #[test]
+    fn prefill_at_head_size_64_matches_two_pass() {
+        for window in [None, Some(21)] {
+            let p = AttnParams {
+                n_head: 4,
+                n_head_kv: 2,
+                head_dim: 64,
+                scale: 0.125,
+                window,
+                softcap: None,
+            };
+            let (pos0, n_tok) = (7, F16_ACC_MAX_TOKENS + 11);
+            let n_ctx = pos0 + n_tok;
+            let f = |i: usize, m: f32| ((i as f32) * m).sin() * 2.0;
+            let k: Vec<f32> = (0..n_ctx * 128).map(|i| f(i, 0.7)).collect();
+            let v: Vec<f32> = (0..n_ctx * 128).map(|i| f(i, 1.3)).collect();
+            let q: Vec<f32> = (0..n_tok * 256).map(|i| f(i, 0.9)).collect();
+            let mut out = vec![0.0; q.len()];
+            attention(&p, &q, &k, &v, pos0, &mut out);
+            let r = reference(&p, &q, &k, &v, pos0);
+            for (i, (a, b)) in out.iter().zip(&r).enumerate() {
+                assert!((a - b).abs() < 1e-5, "{window:?} [{i}]: {a} vs {b}");
             }
         }
     }
