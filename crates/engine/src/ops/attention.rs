@@ -452,7 +452,8 @@ unsafe fn query_block_f32_chunked(
                 let mut cmax = f32::NEG_INFINITY;
                 for j in jlo..jhi {
                     let off = j * kv_dim + kvh * hd;
-                    // SAFETY: AVX2 and FMA (this function's contract); both rows hold `hd`.
+                    // SAFETY: AVX2 and FMA (this function's contract); both rows hold `hd`,
+                    // a multiple of 64.
                     let mut s = unsafe { dot_avx2(qt, &k_cache[off..off + hd]) } * p.scale;
                     if let Some(cap) = p.softcap {
                         s = cap * (s / cap).tanh();
@@ -504,25 +505,33 @@ unsafe fn query_block_f32_chunked(
     }
 }
 
-/// A fused four-accumulator dot product of two rows whose length is a multiple of 32.
+/// A fused four-accumulator dot product of two rows whose length is a multiple of 8: steps of
+/// 32 elements over four accumulators, a tail of 8-element steps into the first.
 ///
 /// # Safety
-/// The CPU must have FMA and AVX2; `x.len() == y.len()`, a multiple of 32.
+/// The CPU must have FMA and AVX2; `x.len() == y.len()`, a multiple of 8.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma,avx2")]
 #[inline]
 unsafe fn dot_avx2(x: &[f32], y: &[f32]) -> f32 {
     use std::arch::x86_64::*;
-    debug_assert!(x.len() == y.len() && x.len().is_multiple_of(32));
-    // SAFETY: every access is at `i + 8 * j + 8 <= len` (caller's contract on the lengths).
+    let n = x.len();
+    debug_assert!(y.len() == n && n.is_multiple_of(8));
+    // SAFETY: every access is at an offset `o` with `o + 8 <= n` (caller's contract).
     unsafe {
         let (xp, yp) = (x.as_ptr(), y.as_ptr());
         let mut d = [_mm256_setzero_ps(); 4];
-        for i in (0..x.len()).step_by(32) {
+        let mut i = 0;
+        while i + 32 <= n {
             for (j, d) in d.iter_mut().enumerate() {
                 let o = i + 8 * j;
                 *d = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(o)), _mm256_loadu_ps(yp.add(o)), *d);
             }
+            i += 32;
+        }
+        while i < n {
+            d[0] = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(yp.add(i)), d[0]);
+            i += 8;
         }
         let d = _mm256_add_ps(_mm256_add_ps(d[0], d[2]), _mm256_add_ps(d[1], d[3]));
         let h = _mm_add_ps(_mm256_castps256_ps128(d), _mm256_extractf128_ps::<1>(d));
@@ -575,25 +584,8 @@ unsafe fn step_f32_avx2(
     // SAFETY: the four slices hold `hd` elements (caller's contract) and every access below
     // is at an offset `i` with `i + 8 <= hd`.
     unsafe {
-        let (qp, kp, vp, ap) = (q.as_ptr(), k.as_ptr(), v.as_ptr(), acc.as_mut_ptr());
-        let mut d = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= hd {
-            for (j, d) in d.iter_mut().enumerate() {
-                let o = i + 8 * j;
-                *d = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(o)), _mm256_loadu_ps(kp.add(o)), *d);
-            }
-            i += 32;
-        }
-        while i < hd {
-            d[0] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(kp.add(i)), d[0]);
-            i += 8;
-        }
-        let d = _mm256_add_ps(_mm256_add_ps(d[0], d[2]), _mm256_add_ps(d[1], d[3]));
-        let h = _mm_add_ps(_mm256_castps256_ps128(d), _mm256_extractf128_ps::<1>(d));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        let h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        let mut s = _mm_cvtss_f32(h) * p.scale;
+        let (vp, ap) = (v.as_ptr(), acc.as_mut_ptr());
+        let mut s = dot_avx2(q, k) * p.scale;
         if let Some(cap) = p.softcap {
             s = cap * (s / cap).tanh();
         }

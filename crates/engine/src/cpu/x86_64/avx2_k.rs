@@ -46,6 +46,29 @@ pub(super) static Q6K_SCALE_SHUFFLE: [[u8; 16]; 8] = {
     t
 };
 
+/// The 128 6-bit quants of one half of a Q6_K super-block as four vectors of bytes `0..64`
+/// (elements `32k..32k + 32` in vector `k`): low nibbles from `b1` (low bytes) and `b2`, high
+/// two bits from `qh`, two bits per element group.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn unpack_q6_k_half(b1: __m256i, b2: __m256i, qh: __m256i) -> [__m256i; 4] {
+    let low4 = _mm256_set1_epi8(0x0F);
+    let three = _mm256_set1_epi8(3);
+    let high = |shifted: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(shifted, three));
+    [
+        _mm256_or_si256(_mm256_and_si256(b1, low4), high(qh)),
+        _mm256_or_si256(_mm256_and_si256(b2, low4), high(_mm256_srli_epi16::<2>(qh))),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(b1), low4),
+            high(_mm256_srli_epi16::<4>(qh)),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(b2), low4),
+            high(_mm256_srli_epi16::<6>(qh)),
+        ),
+    ]
+}
+
 /// `sum_j mins[j] * (bsums[2j] + bsums[2j+1])` of a Q8_K block: the min term of Q4_K/Q5_K.
 ///
 /// # Safety
@@ -221,8 +244,6 @@ unsafe fn q5_k_q8_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
 unsafe fn q6_k_q8_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
     // SAFETY: every pointer read is inside super-block `i < nb` of its row (caller's contract).
     unsafe {
-        let low4 = _mm256_set1_epi8(0x0F);
-        let three = _mm256_set1_epi8(3);
         let mut acc = _mm256_setzero_ps();
         for i in 0..nb {
             let (x, y) = (w.add(i * Q6_K_BYTES), a.add(i * Q8_K_BYTES));
@@ -234,24 +255,7 @@ unsafe fn q6_k_q8_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
                 let ql = x.add(64 * h);
                 let qh = loadu(x.add(128 + 32 * h));
                 let (b1, b2) = (loadu(ql), loadu(ql.add(32)));
-                let q = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(b1, low4),
-                        _mm256_slli_epi16::<4>(_mm256_and_si256(qh, three)),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(b2, low4),
-                        _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), three)),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(b1), low4),
-                        _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), three)),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(b2), low4),
-                        _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), three)),
-                    ),
-                ];
+                let q = unpack_q6_k_half(b1, b2, qh);
                 for (k, &qk) in q.iter().enumerate() {
                     let yk = loadu(y.add(Q8K_QS + 128 * h + 32 * k));
                     let shuf = loadu128(Q6K_SCALE_SHUFFLE[4 * h + k].as_ptr());
@@ -288,8 +292,6 @@ unsafe fn q6_k_q8_k_tile(
     // SAFETY: every pointer read is inside super-block `i < nb` of a row of the tile, and
     // every write inside `out`'s tile (caller's contract).
     unsafe {
-        let low4 = _mm256_set1_epi8(0x0F);
-        let three = _mm256_set1_epi8(3);
         for r in 0..TILE_ROWS {
             let mut acc = [_mm256_setzero_ps(); TILE_TOKS];
             for i in 0..nb {
@@ -303,33 +305,7 @@ unsafe fn q6_k_q8_k_tile(
                     let ql = x.add(64 * h);
                     let qh = loadu(x.add(128 + 32 * h));
                     let (b1, b2) = (loadu(ql), loadu(ql.add(32)));
-                    let q = [
-                        _mm256_or_si256(
-                            _mm256_and_si256(b1, low4),
-                            _mm256_slli_epi16::<4>(_mm256_and_si256(qh, three)),
-                        ),
-                        _mm256_or_si256(
-                            _mm256_and_si256(b2, low4),
-                            _mm256_slli_epi16::<4>(_mm256_and_si256(
-                                _mm256_srli_epi16::<2>(qh),
-                                three,
-                            )),
-                        ),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(b1), low4),
-                            _mm256_slli_epi16::<4>(_mm256_and_si256(
-                                _mm256_srli_epi16::<4>(qh),
-                                three,
-                            )),
-                        ),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(b2), low4),
-                            _mm256_slli_epi16::<4>(_mm256_and_si256(
-                                _mm256_srli_epi16::<6>(qh),
-                                three,
-                            )),
-                        ),
-                    ];
+                    let q = unpack_q6_k_half(b1, b2, qh);
                     for (k, &qk) in q.iter().enumerate() {
                         let shuf = loadu128(Q6K_SCALE_SHUFFLE[4 * h + k].as_ptr());
                         let s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuf));
