@@ -10,7 +10,7 @@
 //! Variants the host cannot run are reported as `SKIPPED: host lacks ...` on stderr and do not
 //! check anything; the test names say so (`..._or_skip`). Run with `--nocapture` to see them.
 
-use backstop_engine::cpu::{Kernels, Tier, TileDotFn, Variant, TILE_ROWS, TILE_TOKS};
+use backstop_engine::cpu::{Kernels, Tier, TileDotFn, Variant, DECODE_ROWS, TILE_ROWS, TILE_TOKS};
 use backstop_engine::quant::{self, GgmlType};
 use half::f16;
 use rand::rngs::StdRng;
@@ -201,31 +201,36 @@ fn check_vec_dot(name: &str, ty: GgmlType, f: fn(usize, &[u8], &[u8]) -> f32, se
     cases
 }
 
-/// A tile kernel against its own variant's dot product, pair by pair, bit for bit (prefill
-/// and decode must compute the same numbers): rows and activations with gaps between them
-/// (strides larger than a row), on every length and scale; returns the cases checked.
-fn check_tile(v: Variant, ty: GgmlType, tile: TileDotFn, seed: u64) -> usize {
+/// A tile kernel of `rows` x `toks` against its own variant's dot product, pair by pair, bit
+/// for bit (prefill and decode must compute the same numbers): rows and activations with gaps
+/// between them (strides larger than a row), on every length and scale; returns the cases
+/// checked.
+fn check_tile(
+    v: Variant,
+    ty: GgmlType,
+    tile: TileDotFn,
+    (rows, toks): (usize, usize),
+    seed: u64,
+) -> usize {
     let dot = v.vec_dot(ty).expect("a tile comes with a dot product");
     let mut rng = StdRng::seed_from_u64(seed ^ (ty as u64) << 32);
     let mut cases = 0;
     for n in lengths(ty) {
         for s in [Scale::Normal, Scale::Tiny, Scale::Huge] {
-            let wrows: Vec<Vec<u8>> = (0..TILE_ROWS)
-                .map(|_| random_row(&mut rng, ty, n, s))
-                .collect();
-            let arows: Vec<Vec<u8>> = (0..TILE_TOKS)
+            let wrows: Vec<Vec<u8>> = (0..rows).map(|_| random_row(&mut rng, ty, n, s)).collect();
+            let arows: Vec<Vec<u8>> = (0..toks)
                 .map(|t| random_act(&mut rng, ty, n, s, t % 2 == 0))
                 .collect();
-            let (ws, as_, os) = (wrows[0].len() + 3, arows[0].len() + 5, TILE_TOKS + 2);
-            let mut w = vec![0u8; ws * TILE_ROWS];
-            let mut a = vec![0u8; as_ * TILE_TOKS];
+            let (ws, as_, os) = (wrows[0].len() + 3, arows[0].len() + 5, toks + 2);
+            let mut w = vec![0u8; ws * rows];
+            let mut a = vec![0u8; as_ * toks];
             for (r, row) in wrows.iter().enumerate() {
                 w[r * ws..r * ws + row.len()].copy_from_slice(row);
             }
             for (t, row) in arows.iter().enumerate() {
                 a[t * as_..t * as_ + row.len()].copy_from_slice(row);
             }
-            let mut out = vec![f32::NAN; os * TILE_ROWS];
+            let mut out = vec![f32::NAN; os * rows];
             tile(n, &w, ws, &a, as_, &mut out, os);
             for (r, wr) in wrows.iter().enumerate() {
                 for (t, ar) in arows.iter().enumerate() {
@@ -234,7 +239,7 @@ fn check_tile(v: Variant, ty: GgmlType, tile: TileDotFn, seed: u64) -> usize {
                     assert_eq!(
                         got.to_bits(),
                         want.to_bits(),
-                        "{v} tile {} n={n} {s:?} pair ({r}, {t}): got {got}, dot {want}",
+                        "{v} {rows}x{toks} tile {} n={n} {s:?} pair ({r}, {t}): got {got}, dot {want}",
                         ty.name()
                     );
                     cases += 1;
@@ -360,6 +365,7 @@ fn run_variant(v: Variant) {
     let mut own = Vec::new();
     let mut fallback = Vec::new();
     let mut tiles = Vec::new();
+    let mut row_tiles = Vec::new();
     for ty in GgmlType::ALL {
         match v.vec_dot(ty) {
             Some(f) => {
@@ -369,15 +375,20 @@ fn run_variant(v: Variant) {
             None => fallback.push(ty.name()),
         }
         if let Some(tile) = v.vec_dot_tile(ty) {
-            cases += check_tile(v, ty, tile, 43);
+            cases += check_tile(v, ty, tile, (TILE_ROWS, TILE_TOKS), 43);
             tiles.push(ty.name());
+        }
+        if let Some(tile) = v.vec_dot_rows(ty) {
+            cases += check_tile(v, ty, tile, (DECODE_ROWS, 1), 44);
+            row_tiles.push(ty.name());
         }
     }
     cases += check_quantizers(v);
     cases += check_f32_helpers(v);
     eprintln!(
         "{v}: {cases} cases passed; own vec_dot for {own:?}; none of its own for {fallback:?} \
-         (its tier uses a lower variant or the reference); tiles for {tiles:?}"
+         (its tier uses a lower variant or the reference); prefill tiles for {tiles:?}, decode \
+         row tiles for {row_tiles:?}"
     );
     assert!(
         cases > 0 && !own.is_empty(),

@@ -35,8 +35,12 @@ pub type VecDotFn = fn(usize, &[u8], &[u8]) -> f32;
 pub const TILE_ROWS: usize = 2;
 /// Activation rows (tokens) per call of a [`TileDotFn`].
 pub const TILE_TOKS: usize = 4;
-/// `(n, w, w_stride, a, a_stride, out, out_stride)`: the [`TILE_ROWS`] x [`TILE_TOKS`] dot
-/// products of weight rows `w[r * w_stride..]` with activation rows `a[t * a_stride..]`
+/// Weight rows per call of a decode [`TileDotFn`] (one token): the rows share each activation
+/// block's loads, and their independent accumulator chains keep the FMA units busy where one
+/// short row would wait on its own chain.
+pub const DECODE_ROWS: usize = 4;
+/// `(n, w, w_stride, a, a_stride, out, out_stride)`: the [`TILE_ROWS`] x [`TILE_TOKS`] (prefill)
+/// or [`DECODE_ROWS`] x 1 (decode) dot products of weight rows `w[r * w_stride..]` with activation rows `a[t * a_stride..]`
 /// (strides in bytes), written to `out[r * out_stride + t]`. Each result is bit-identical to
 /// the same variant's [`VecDotFn`] on that pair: a tile only shares the unpacking of weight
 /// blocks and the loads of activation blocks between the pairs, never their summation order,
@@ -218,6 +222,13 @@ impl Kernels {
         v.vec_dot_tile(ty)
     }
 
+    /// The [`DECODE_ROWS`] x 1 tile kernel for weights of `ty` at this tier, on the same terms as
+    /// [`Self::vec_dot_tile`].
+    pub fn vec_dot_rows(&self, ty: GgmlType) -> Option<TileDotFn> {
+        let v = self.variants().iter().find(|v| v.vec_dot(ty).is_some())?;
+        v.vec_dot_rows(ty)
+    }
+
     /// The activation quantizer for `act_ty` (Q8_0, Q8_1 or Q8_K, or F32 as a plain copy) at
     /// this tier. Its bytes are identical to the scalar reference's.
     pub fn quantize(&self, act_ty: GgmlType) -> QuantizeFn {
@@ -326,8 +337,8 @@ impl Variant {
         }
     }
 
-    /// This variant's own tile kernel for `ty` (see [`TileDotFn`]), if any and the CPU can run
-    /// it. Types without one are computed pair by pair with [`Self::vec_dot`].
+    /// This variant's own prefill tile kernel for `ty` (see [`TileDotFn`]), if any and the CPU
+    /// can run it. Types without one are computed pair by pair with [`Self::vec_dot`].
     pub fn vec_dot_tile(self, ty: GgmlType) -> Option<TileDotFn> {
         if !self.is_supported() {
             return None;
@@ -335,6 +346,23 @@ impl Variant {
         match self {
             #[cfg(target_arch = "x86_64")]
             Variant::Avx2 | Variant::Avx512 | Variant::Avx512Vnni => x86_64::vec_dot_tile(self, ty),
+            #[allow(unreachable_patterns)]
+            _ => {
+                let _ = ty;
+                None
+            }
+        }
+    }
+
+    /// This variant's own decode tile kernel ([`DECODE_ROWS`] x 1) for `ty`, if any and the CPU
+    /// can run it. Types without one are computed row by row with [`Self::vec_dot`].
+    pub fn vec_dot_rows(self, ty: GgmlType) -> Option<TileDotFn> {
+        if !self.is_supported() {
+            return None;
+        }
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Variant::Avx2 | Variant::Avx512 | Variant::Avx512Vnni => x86_64::vec_dot_rows(self, ty),
             #[allow(unreachable_patterns)]
             _ => {
                 let _ = ty;

@@ -13,7 +13,7 @@ use super::ModelError;
 use crate::cpu::Kernels;
 use crate::ops::activation::{gelu_f16_table, gelu_tanh_mul, silu_mul};
 use crate::ops::attention::{attention, round_f16_slice, AttnParams};
-use crate::ops::matmul::{act_row_bytes, matmul, quantize_acts};
+use crate::ops::matmul::{act_row_bytes, matmul, matvec_many, quantize_acts};
 use crate::ops::norm::{rms_norm, rms_norm_inplace};
 use crate::ops::rope::{RopeCache, RopeLayout};
 use crate::ops::vec::add_assign;
@@ -312,15 +312,28 @@ impl Decoder {
             // --- attention block ---
             norm_rows(&mut s.xn[..n * d], &s.x[..n * d], &lw.attn_norm, c.rms_eps);
             quantize_acts(k, lw.wq.info.ty, &s.xn[..n * d], d, &mut s.act);
-            matmul(k, lw.wq.mat(file), &s.act, n, &mut s.q, &mut s.scratch);
-            if lw.wk.info.ty.vec_dot_type() != lw.wq.info.ty.vec_dot_type() {
-                quantize_acts(k, lw.wk.info.ty, &s.xn[..n * d], d, &mut s.act);
+            let qkv_act = lw.wq.info.ty.vec_dot_type();
+            if n == 1
+                && lw.wk.info.ty.vec_dot_type() == qkv_act
+                && lw.wv.info.ty.vec_dot_type() == qkv_act
+            {
+                let mats = &mut [
+                    (lw.wq.mat(file), &mut s.q[..qd]),
+                    (lw.wk.mat(file), &mut s.k[..kvd]),
+                    (lw.wv.mat(file), &mut s.v[..kvd]),
+                ];
+                matvec_many(k, mats, &s.act);
+            } else {
+                matmul(k, lw.wq.mat(file), &s.act, n, &mut s.q, &mut s.scratch);
+                if lw.wk.info.ty.vec_dot_type() != qkv_act {
+                    quantize_acts(k, lw.wk.info.ty, &s.xn[..n * d], d, &mut s.act);
+                }
+                matmul(k, lw.wk.mat(file), &s.act, n, &mut s.k, &mut s.scratch);
+                if lw.wv.info.ty.vec_dot_type() != lw.wk.info.ty.vec_dot_type() {
+                    quantize_acts(k, lw.wv.info.ty, &s.xn[..n * d], d, &mut s.act);
+                }
+                matmul(k, lw.wv.mat(file), &s.act, n, &mut s.v, &mut s.scratch);
             }
-            matmul(k, lw.wk.mat(file), &s.act, n, &mut s.k, &mut s.scratch);
-            if lw.wv.info.ty.vec_dot_type() != lw.wk.info.ty.vec_dot_type() {
-                quantize_acts(k, lw.wv.info.ty, &s.xn[..n * d], d, &mut s.act);
-            }
-            matmul(k, lw.wv.mat(file), &s.act, n, &mut s.v, &mut s.scratch);
             add_bias_rows(&mut s.q[..n * qd], lw.bq.as_deref());
             add_bias_rows(&mut s.k[..n * kvd], lw.bk.as_deref());
             add_bias_rows(&mut s.v[..n * kvd], lw.bv.as_deref());
@@ -370,19 +383,27 @@ impl Decoder {
             // --- feed-forward block ---
             norm_rows(&mut s.xn[..n * d], &s.x[..n * d], &lw.ffn_norm, c.rms_eps);
             quantize_acts(k, lw.w_gate.info.ty, &s.xn[..n * d], d, &mut s.act);
-            matmul(
-                k,
-                lw.w_gate.mat(file),
-                &s.act,
-                n,
-                &mut s.gate,
-                &mut s.scratch,
-            );
-            if lw.w_up.info.ty.vec_dot_type() != lw.w_gate.info.ty.vec_dot_type() {
-                quantize_acts(k, lw.w_up.info.ty, &s.xn[..n * d], d, &mut s.act);
-            }
-            matmul(k, lw.w_up.mat(file), &s.act, n, &mut s.up, &mut s.scratch);
             let ff = c.n_ff;
+            if n == 1 && lw.w_up.info.ty.vec_dot_type() == lw.w_gate.info.ty.vec_dot_type() {
+                let mats = &mut [
+                    (lw.w_gate.mat(file), &mut s.gate[..ff]),
+                    (lw.w_up.mat(file), &mut s.up[..ff]),
+                ];
+                matvec_many(k, mats, &s.act);
+            } else {
+                matmul(
+                    k,
+                    lw.w_gate.mat(file),
+                    &s.act,
+                    n,
+                    &mut s.gate,
+                    &mut s.scratch,
+                );
+                if lw.w_up.info.ty.vec_dot_type() != lw.w_gate.info.ty.vec_dot_type() {
+                    quantize_acts(k, lw.w_up.info.ty, &s.xn[..n * d], d, &mut s.act);
+                }
+                matmul(k, lw.w_up.mat(file), &s.act, n, &mut s.up, &mut s.scratch);
+            }
             let (gate, up) = (&mut s.gate[..n * ff], &s.up[..n * ff]);
             match c.activation {
                 Activation::Silu => silu_mul(gate, up),

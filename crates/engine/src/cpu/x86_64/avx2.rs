@@ -13,7 +13,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::cpu::{row_blocks, tile_blocks, TILE_ROWS, TILE_TOKS};
+use crate::cpu::{row_blocks, tile_blocks, DECODE_ROWS, TILE_ROWS, TILE_TOKS};
 
 /// Generates the safe wrapper of a block kernel `unsafe fn(nb, w, a) -> f32`.
 macro_rules! safe_vec_dot {
@@ -41,7 +41,7 @@ safe_vec_dot!(vec_dot_q8_0_q8_0 => q8_0_q8_0, 32, 34, 34);
 /// Generates the safe wrapper of a tile kernel
 /// `unsafe fn(nb, w, w_stride, a, a_stride, out, out_stride)` (see `cpu::TileDotFn`).
 macro_rules! safe_tile {
-    ($name:ident => $kernel:ident, $qk:expr, $w_block:expr, $a_block:expr) => {
+    ($name:ident => $kernel:ident, $qk:expr, $w_block:expr, $a_block:expr, ($rows:expr, $toks:expr)) => {
         pub(super) fn $name(
             n: usize,
             w: &[u8],
@@ -57,12 +57,12 @@ macro_rules! safe_tile {
                 (w, w_stride, $w_block),
                 (a, a_stride, $a_block),
                 (out, out_stride),
-                (TILE_ROWS, TILE_TOKS),
+                ($rows, $toks),
             );
             // SAFETY: runtime detection as for `safe_vec_dot`; `tile_blocks` checked that
             // every row of the tile holds `nb` blocks and that `out` holds every result.
             unsafe {
-                $kernel(
+                $kernel::<{ $rows }, { $toks }>(
                     nb,
                     w.as_ptr(),
                     w_stride,
@@ -78,8 +78,10 @@ macro_rules! safe_tile {
 
 pub(super) use safe_tile;
 
-safe_tile!(tile_q4_1_q8_1 => q4_1_q8_1_tile, 32, 20, 36);
-safe_tile!(tile_q5_0_q8_0 => q5_0_q8_0_tile, 32, 22, 34);
+safe_tile!(tile_q4_1_q8_1 => q4_1_q8_1_tile, 32, 20, 36, (TILE_ROWS, TILE_TOKS));
+safe_tile!(tile_q5_0_q8_0 => q5_0_q8_0_tile, 32, 22, 34, (TILE_ROWS, TILE_TOKS));
+safe_tile!(tile_q8_0_q8_0 => q8_0_q8_0_tile, 32, 34, 34, (TILE_ROWS, TILE_TOKS));
+safe_tile!(rows_q4_1_q8_1 => q4_1_q8_1_tile, 32, 20, 36, (DECODE_ROWS, 1));
 
 // ---- shared helpers (inlined into the kernels, which have the same features) ----
 
@@ -250,17 +252,17 @@ pub(super) unsafe fn q4_1_q8_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
     }
 }
 
-/// [`q4_1_q8_1`] for a tile of `TILE_ROWS` weight rows by `TILE_TOKS` activation rows: each
-/// weight block is unpacked once and each activation block loaded once per tile. Per pair the
-/// operations and their order are those of `q4_1_q8_1`: the eight-lane accumulator takes the
-/// same fused multiply-adds block by block, and the scalar `m * s` sum becomes one lane of a
-/// four-lane fused multiply-add, so every result equals the single dot product to the bit.
+/// [`q4_1_q8_1`] for a tile of `R` weight rows by `T` activation rows: each weight block is
+/// unpacked once and each activation block loaded once per tile. Per pair the operations and
+/// their order are those of `q4_1_q8_1`: the eight-lane accumulator takes the same fused
+/// multiply-adds block by block, and the scalar `m * s` sum becomes one lane of a four-lane
+/// fused multiply-add, so every result equals the single dot product to the bit.
 ///
 /// # Safety
 /// AVX2, FMA and F16C present; every row of the tile valid for `nb` blocks and `out` valid for
 /// every `out[r * os + t]`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1_q8_1_tile(
+unsafe fn q4_1_q8_1_tile<const R: usize, const T: usize>(
     nb: usize,
     w: *const u8,
     ws: usize,
@@ -269,32 +271,41 @@ unsafe fn q4_1_q8_1_tile(
     out: *mut f32,
     os: usize,
 ) {
-    const { assert!(TILE_TOKS == 4) };
+    const { assert!(T >= 1 && T <= 4) };
     // SAFETY: every pointer read is inside block `i < nb` of a row of the tile, and every
     // write inside `out`'s tile (caller's contract).
     unsafe {
-        let mut acc = [[_mm256_setzero_ps(); TILE_TOKS]; TILE_ROWS];
-        let mut summ = [_mm_setzero_ps(); TILE_ROWS];
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        let mut summ = [_mm_setzero_ps(); R];
         for i in 0..nb {
-            let y: [*const u8; TILE_TOKS] = std::array::from_fn(|t| a.add(t * as_ + i * 36));
-            let yd: [__m256; TILE_TOKS] = std::array::from_fn(|t| load_f16_x8(y[t]));
+            let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 36));
+            let yd: [__m256; T] = std::array::from_fn(|t| load_f16_x8(y[t]));
+            // The activations' `s` halves in lanes 0..T, built in registers (four small stores
+            // and one wide load would stall on store forwarding every block).
+            let s_of = |t: usize| {
+                if t < T {
+                    y[t].add(2).cast::<i16>().read_unaligned()
+                } else {
+                    0
+                }
+            };
             let ys = _mm_cvtph_ps(_mm_setr_epi16(
-                y[0].add(2).cast::<i16>().read_unaligned(),
-                y[1].add(2).cast::<i16>().read_unaligned(),
-                y[2].add(2).cast::<i16>().read_unaligned(),
-                y[3].add(2).cast::<i16>().read_unaligned(),
+                s_of(0),
+                s_of(1),
+                s_of(2),
+                s_of(3),
                 0,
                 0,
                 0,
                 0,
             ));
-            for r in 0..TILE_ROWS {
+            for r in 0..R {
                 let x = w.add(r * ws + i * 20);
                 let m = _mm_set1_ps(load_f16(x.add(2)));
                 summ[r] = _mm_fmadd_ps(m, ys, summ[r]);
                 let xd = load_f16_x8(x);
                 let q = nibbles(x.add(4));
-                for t in 0..TILE_TOKS {
+                for t in 0..T {
                     let d = _mm256_mul_ps(xd, yd[t]);
                     let p = dot_u8_i8(q, loadu(y[t].add(4)));
                     acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][t]);
@@ -304,7 +315,7 @@ unsafe fn q4_1_q8_1_tile(
         for (r, (acc, summ)) in acc.iter().zip(summ).enumerate() {
             let mut s = [0.0f32; 4];
             _mm_storeu_ps(s.as_mut_ptr(), summ);
-            for t in 0..TILE_TOKS {
+            for t in 0..T {
                 *out.add(r * os + t) = hsum_ps(acc[t]) + s[t];
             }
         }
@@ -335,7 +346,7 @@ unsafe fn q5_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
     }
 }
 
-/// [`q5_0_q8_0`] for a tile of `TILE_ROWS` weight rows by `TILE_TOKS` activation rows: the
+/// [`q5_0_q8_0`] for a tile of `R` weight rows by `T` activation rows: the
 /// 5-bit unpacking and the weight half of the sign trick (`|q|`) are done once per weight
 /// block, the activation loads once per tile; per pair the operations and their order are
 /// those of `q5_0_q8_0`, so every result equals the single dot product to the bit.
@@ -344,7 +355,7 @@ unsafe fn q5_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
 /// AVX2, FMA and F16C present; every row of the tile valid for `nb` blocks and `out` valid for
 /// every `out[r * os + t]`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_0_q8_0_tile(
+unsafe fn q5_0_q8_0_tile<const R: usize, const T: usize>(
     nb: usize,
     w: *const u8,
     ws: usize,
@@ -356,10 +367,10 @@ unsafe fn q5_0_q8_0_tile(
     // SAFETY: every pointer read is inside block `i < nb` of a row of the tile, and every
     // write inside `out`'s tile (caller's contract).
     unsafe {
-        let mut acc = [[_mm256_setzero_ps(); TILE_TOKS]; TILE_ROWS];
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
         for i in 0..nb {
-            let y: [*const u8; TILE_TOKS] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
-            let yd: [__m256; TILE_TOKS] = std::array::from_fn(|t| load_f16_x8(y[t]));
+            let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
+            let yd: [__m256; T] = std::array::from_fn(|t| load_f16_x8(y[t]));
             for (r, acc) in acc.iter_mut().enumerate() {
                 let x = w.add(r * ws + i * 22);
                 let xd = load_f16_x8(x);
@@ -367,7 +378,7 @@ unsafe fn q5_0_q8_0_tile(
                 let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
                 let qx = _mm256_or_si256(nibbles(x.add(6)), hi);
                 let ax = _mm256_sign_epi8(qx, qx);
-                for t in 0..TILE_TOKS {
+                for t in 0..T {
                     let d = _mm256_mul_ps(xd, yd[t]);
                     let sy = _mm256_sign_epi8(loadu(y[t].add(2)), qx);
                     let p = dot_u8_i8(ax, sy);
@@ -407,7 +418,7 @@ unsafe fn q5_1_q8_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
     }
 }
 
-/// Q8_0 against Q8_0, two blocks per step into two accumulators.
+/// Q8_0 against Q8_0.
 ///
 /// # Safety
 /// AVX2, FMA and F16C present; `w` and `a` valid for `nb` blocks.
@@ -423,6 +434,52 @@ pub(super) unsafe fn q8_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
             acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
         }
         hsum_ps(acc)
+    }
+}
+
+/// [`q8_0_q8_0`] for a tile of `R` weight rows by `T` activation rows: the weight half of the
+/// sign trick (`|x|`) is taken once per weight block, the activation loads once per tile; per
+/// pair the operations and their order are those of `q8_0_q8_0`, so every result equals the
+/// single dot product to the bit.
+///
+/// # Safety
+/// AVX2, FMA and F16C present; every row of the tile valid for `nb` blocks and `out` valid for
+/// every `out[r * os + t]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_q8_0_tile<const R: usize, const T: usize>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+    os: usize,
+) {
+    // SAFETY: every pointer read is inside block `i < nb` of a row of the tile, and every
+    // write inside `out`'s tile (caller's contract).
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        for i in 0..nb {
+            let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
+            let yd: [__m256; T] = std::array::from_fn(|t| load_f16_x8(y[t]));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = w.add(r * ws + i * 34);
+                let xd = load_f16_x8(x);
+                let qx = loadu(x.add(2));
+                let ax = _mm256_sign_epi8(qx, qx);
+                for t in 0..T {
+                    let d = _mm256_mul_ps(xd, yd[t]);
+                    let sy = _mm256_sign_epi8(loadu(y[t].add(2)), qx);
+                    let p = dot_u8_i8(ax, sy);
+                    acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[t]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (t, acc) in acc.iter().enumerate() {
+                *out.add(r * os + t) = hsum_ps(*acc);
+            }
+        }
     }
 }
 

@@ -27,8 +27,8 @@ pub(super) const Q8K_BSUMS: usize = 260;
 safe_vec_dot!(vec_dot_q4_k_q8_k => q4_k_q8_k, 256, Q4_K_BYTES, Q8_K_BYTES);
 safe_vec_dot!(vec_dot_q5_k_q8_k => q5_k_q8_k, 256, Q5_K_BYTES, Q8_K_BYTES);
 safe_vec_dot!(vec_dot_q6_k_q8_k => q6_k_q8_k, 256, Q6_K_BYTES, Q8_K_BYTES);
-safe_tile!(tile_q4_k_q8_k => q4_k_q8_k_tile, 256, Q4_K_BYTES, Q8_K_BYTES);
-safe_tile!(tile_q6_k_q8_k => q6_k_q8_k_tile, 256, Q6_K_BYTES, Q8_K_BYTES);
+safe_tile!(tile_q4_k_q8_k => q4_k_q8_k_tile, 256, Q4_K_BYTES, Q8_K_BYTES, (TILE_ROWS, TILE_TOKS));
+safe_tile!(tile_q6_k_q8_k => q6_k_q8_k_tile, 256, Q6_K_BYTES, Q8_K_BYTES, (TILE_ROWS, TILE_TOKS));
 
 /// Byte-shuffle masks that broadcast scales `2k` and `2k + 1` of 16 i8 scales into the low and
 /// high eight bytes (then widened to i16: one scale per 16-element half of a 32-byte vector).
@@ -124,7 +124,7 @@ unsafe fn q4_k_q8_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
     }
 }
 
-/// [`q4_k_q8_k`] for a tile of `TILE_ROWS` weight rows by `TILE_TOKS` activation rows, one
+/// [`q4_k_q8_k`] for a tile of `R` weight rows by `T` activation rows, one
 /// weight row at a time (eight accumulators of each kind would not fit the 16 registers): the
 /// scale unpacking and the nibble split of a super-block are done once for the four tokens.
 /// Per pair the operations and their order are those of `q4_k_q8_k` (the integer sums are
@@ -134,7 +134,7 @@ unsafe fn q4_k_q8_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
 /// AVX2, FMA and F16C present; every row of the tile valid for `nb` super-blocks and `out`
 /// valid for every `out[r * os + t]`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_k_q8_k_tile(
+unsafe fn q4_k_q8_k_tile<const R: usize, const T: usize>(
     nb: usize,
     w: *const u8,
     ws: usize,
@@ -147,16 +147,15 @@ unsafe fn q4_k_q8_k_tile(
     // every write inside `out`'s tile (caller's contract).
     unsafe {
         let low4 = _mm256_set1_epi8(0x0F);
-        for r in 0..TILE_ROWS {
-            let mut acc = [_mm256_setzero_ps(); TILE_TOKS];
-            let mut summ = [0.0f32; TILE_TOKS];
+        for r in 0..R {
+            let mut acc = [_mm256_setzero_ps(); T];
+            let mut summ = [0.0f32; T];
             for i in 0..nb {
                 let x = w.add(r * ws + i * Q4_K_BYTES);
-                let y: [*const u8; TILE_TOKS] =
-                    std::array::from_fn(|t| a.add(t * as_ + i * Q8_K_BYTES));
+                let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * Q8_K_BYTES));
                 let (xd, xdmin) = (load_f16(x), load_f16(x.add(2)));
                 let (sc, mn) = unpack_q4_k(&*x.add(4).cast::<[u8; 12]>());
-                let mut sumi = [_mm256_setzero_si256(); TILE_TOKS];
+                let mut sumi = [_mm256_setzero_si256(); T];
                 for j in 0..4 {
                     let q4 = loadu(x.add(16 + 32 * j));
                     let lo = _mm256_and_si256(q4, low4);
@@ -171,7 +170,7 @@ unsafe fn q4_k_q8_k_tile(
                         *sumi = _mm256_add_epi32(*sumi, _mm256_add_epi32(plo, phi));
                     }
                 }
-                for t in 0..TILE_TOKS {
+                for t in 0..T {
                     let dy = y[t].cast::<f32>().read_unaligned();
                     let (d, dmin) = (xd * dy, xdmin * dy);
                     summ[t] += dmin * mins_dot_bsums(mn, y[t].add(Q8K_BSUMS)) as f32;
@@ -179,7 +178,7 @@ unsafe fn q4_k_q8_k_tile(
                         _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
                 }
             }
-            for t in 0..TILE_TOKS {
+            for t in 0..T {
                 *out.add(r * os + t) = hsum_ps(acc[t]) - summ[t];
             }
         }
@@ -280,7 +279,7 @@ unsafe fn q6_k_q8_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
 /// AVX2, FMA and F16C present; every row of the tile valid for `nb` super-blocks and `out`
 /// valid for every `out[r * os + t]`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6_k_q8_k_tile(
+unsafe fn q6_k_q8_k_tile<const R: usize, const T: usize>(
     nb: usize,
     w: *const u8,
     ws: usize,
@@ -292,15 +291,14 @@ unsafe fn q6_k_q8_k_tile(
     // SAFETY: every pointer read is inside super-block `i < nb` of a row of the tile, and
     // every write inside `out`'s tile (caller's contract).
     unsafe {
-        for r in 0..TILE_ROWS {
-            let mut acc = [_mm256_setzero_ps(); TILE_TOKS];
+        for r in 0..R {
+            let mut acc = [_mm256_setzero_ps(); T];
             for i in 0..nb {
                 let x = w.add(r * ws + i * Q6_K_BYTES);
-                let y: [*const u8; TILE_TOKS] =
-                    std::array::from_fn(|t| a.add(t * as_ + i * Q8_K_BYTES));
+                let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * Q8_K_BYTES));
                 let xd = load_f16(x.add(208));
                 let scales = loadu128(x.add(192));
-                let mut sumi = [_mm256_setzero_si256(); TILE_TOKS];
+                let mut sumi = [_mm256_setzero_si256(); T];
                 for h in 0..2 {
                     let ql = x.add(64 * h);
                     let qh = loadu(x.add(128 + 32 * h));
@@ -317,7 +315,7 @@ unsafe fn q6_k_q8_k_tile(
                     }
                 }
                 let sc16 = _mm256_cvtepi8_epi16(scales);
-                for t in 0..TILE_TOKS {
+                for t in 0..T {
                     let d = xd * y[t].cast::<f32>().read_unaligned();
                     let offset = _mm256_madd_epi16(sc16, loadu(y[t].add(Q8K_BSUMS)));
                     let sumi = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32::<5>(offset));

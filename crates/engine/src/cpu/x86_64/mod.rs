@@ -71,8 +71,22 @@ pub(super) fn vec_dot_tile(v: Variant, ty: GgmlType) -> Option<TileDotFn> {
     let f: TileDotFn = match (v, ty) {
         (Variant::Avx2, GgmlType::Q4_1) => avx2::tile_q4_1_q8_1,
         (Variant::Avx2, GgmlType::Q5_0) => avx2::tile_q5_0_q8_0,
+        (Variant::Avx2, GgmlType::Q8_0) => avx2::tile_q8_0_q8_0,
         (Variant::Avx2, GgmlType::Q4_K) => avx2_k::tile_q4_k_q8_k,
         (Variant::Avx2, GgmlType::Q6_K) => avx2_k::tile_q6_k_q8_k,
+        _ => return None,
+    };
+    Some(f)
+}
+
+/// The variant's own decode tile kernel ([`super::DECODE_ROWS`] x 1) for `ty`, on the terms of
+/// [`vec_dot_tile`]. Only where it measured faster end to end: decode streams the weights from
+/// memory, and for Q8_0 (and no better for Q5_0) four interleaved row streams lost more to the
+/// prefetcher than the shared activation loads won. The K-quant tiles work one row at a time.
+pub(super) fn vec_dot_rows(v: Variant, ty: GgmlType) -> Option<TileDotFn> {
+    debug_assert!(missing(v).is_none());
+    let f: TileDotFn = match (v, ty) {
+        (Variant::Avx2, GgmlType::Q4_1) => avx2::rows_q4_1_q8_1,
         _ => return None,
     };
     Some(f)
