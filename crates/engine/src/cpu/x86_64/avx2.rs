@@ -85,6 +85,27 @@ safe_tile!(rows_q4_1_q8_1 => q4_1_q8_1_tile, 32, 20, 36, (DECODE_ROWS, 1));
 
 // ---- shared helpers (inlined into the kernels, which have the same features) ----
 
+/// How far ahead, in calls of a decode row tile, its kernel prefetches the weights.
+const DECODE_PREFETCH_TILES: usize = 2;
+
+/// How far ahead of the block it reads a one-row kernel prefetches its weight row. Rows are
+/// short (a few hundred bytes) and a matrix-vector product jumps between row blocks per task,
+/// so the hardware prefetcher alone left decode waiting on memory: 2 KiB ahead measured 5%
+/// faster on SmolLM2 and 12% on Gemma 3 (whose 171 MiB output matrix dominates).
+const PREFETCH_BYTES: usize = 2048;
+
+/// Prefetch the weight bytes [`PREFETCH_BYTES`] ahead of the block of `block_bytes` at `x`.
+/// A prefetch is a hint: past the end of the row, or of the mapping, it does nothing.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn prefetch_weights(x: *const u8, block_bytes: usize) {
+    let ahead = x.wrapping_add(PREFETCH_BYTES);
+    for off in (0..block_bytes).step_by(64) {
+        // Never faults, whatever the address.
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off).cast());
+    }
+}
+
 /// Sum of the eight lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -222,6 +243,7 @@ pub(super) unsafe fn q4_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
         let mut acc = _mm256_setzero_ps();
         for i in 0..nb {
             let (x, y) = (w.add(i * 18), a.add(i * 34));
+            prefetch_weights(x, 18);
             let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
             let qx = _mm256_sub_epi8(nibbles(x.add(2)), _mm256_set1_epi8(8));
             let p = dot_i8_i8(qx, loadu(y.add(2)));
@@ -243,6 +265,7 @@ pub(super) unsafe fn q4_1_q8_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
         let mut summ = 0.0f32;
         for i in 0..nb {
             let (x, y) = (w.add(i * 20), a.add(i * 36));
+            prefetch_weights(x, 20);
             summ = load_f16(x.add(2)).mul_add(load_f16(y.add(2)), summ);
             let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
             let p = dot_u8_i8(nibbles(x.add(4)), loadu(y.add(4)));
@@ -299,6 +322,14 @@ unsafe fn q4_1_q8_1_tile<const R: usize, const T: usize>(
                 0,
                 0,
             ));
+            if T == 1 {
+                // Decode streams the weights from memory, and four rows read side by side
+                // hide the stream from the hardware prefetcher: ask for the rows two calls
+                // ahead, a block's share (R * 20 bytes, within two lines) per block.
+                let next = w.wrapping_add(DECODE_PREFETCH_TILES * R * ws + i * R * 20);
+                _mm_prefetch::<_MM_HINT_T0>(next.cast());
+                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64).cast());
+            }
             for r in 0..R {
                 let x = w.add(r * ws + i * 20);
                 let m = _mm_set1_ps(load_f16(x.add(2)));
@@ -333,6 +364,7 @@ unsafe fn q5_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
         let mut acc = _mm256_setzero_ps();
         for i in 0..nb {
             let (x, y) = (w.add(i * 22), a.add(i * 34));
+            prefetch_weights(x, 22);
             let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
             let qh = x.add(2).cast::<u32>().read_unaligned();
             // q - 16: OR 0xF0 into the nibble where the fifth bit is clear (giving nibble - 16
@@ -406,6 +438,7 @@ unsafe fn q5_1_q8_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
         let mut summ = 0.0f32;
         for i in 0..nb {
             let (x, y) = (w.add(i * 24), a.add(i * 36));
+            prefetch_weights(x, 24);
             summ = load_f16(x.add(2)).mul_add(load_f16(y.add(2)), summ);
             let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
             let qh = x.add(4).cast::<u32>().read_unaligned();
@@ -429,6 +462,7 @@ pub(super) unsafe fn q8_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
         let mut acc = _mm256_setzero_ps();
         for i in 0..nb {
             let (x, y) = (w.add(i * 34), a.add(i * 34));
+            prefetch_weights(x, 34);
             let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
             let p = dot_i8_i8(loadu(x.add(2)), loadu(y.add(2)));
             acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);

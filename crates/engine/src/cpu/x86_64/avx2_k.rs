@@ -10,7 +10,8 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{
-    hsum_epi32_128, hsum_ps, load_f16, loadu, loadu128, pack_i32x32_to_i8, safe_tile, safe_vec_dot,
+    hsum_epi32_128, hsum_ps, load_f16, loadu, loadu128, pack_i32x32_to_i8, prefetch_weights,
+    safe_tile, safe_vec_dot,
 };
 use crate::cpu::k_scales::unpack_q4_k;
 use crate::cpu::{row_blocks, tile_blocks, TILE_ROWS, TILE_TOKS};
@@ -96,6 +97,7 @@ unsafe fn q4_k_q8_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
         let mut summ = 0.0f32;
         for i in 0..nb {
             let (x, y) = (w.add(i * Q4_K_BYTES), a.add(i * Q8_K_BYTES));
+            prefetch_weights(x, Q4_K_BYTES);
             let dy = y.cast::<f32>().read_unaligned();
             let d = load_f16(x) * dy;
             let dmin = load_f16(x.add(2)) * dy;
@@ -199,6 +201,7 @@ unsafe fn q5_k_q8_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
         let mut summ = 0.0f32;
         for i in 0..nb {
             let (x, y) = (w.add(i * Q5_K_BYTES), a.add(i * Q8_K_BYTES));
+            prefetch_weights(x, Q5_K_BYTES);
             let dy = y.cast::<f32>().read_unaligned();
             let d = load_f16(x) * dy;
             let dmin = load_f16(x.add(2)) * dy;
@@ -246,6 +249,7 @@ unsafe fn q6_k_q8_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
         let mut acc = _mm256_setzero_ps();
         for i in 0..nb {
             let (x, y) = (w.add(i * Q6_K_BYTES), a.add(i * Q8_K_BYTES));
+            prefetch_weights(x, Q6_K_BYTES);
             let d = load_f16(x.add(208)) * y.cast::<f32>().read_unaligned();
             let scales = loadu128(x.add(192));
             let offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(scales), loadu(y.add(Q8K_BSUMS)));
