@@ -104,7 +104,7 @@ pub fn attention(
             if hd.is_multiple_of(32) && has_f16c() {
                 // SAFETY: AVX2, FMA and F16C checked; `hd` is a multiple of 32 and every key
                 // offset leaves `hd` elements in both caches.
-                unsafe { one_query_f16_avx2(p, qh, k_cache, v_cache, keys, acc) };
+                unsafe { one_query_f16_avx2(p, qh, k_cache, v_cache, keys, kv_dim, acc) };
             } else {
                 // SAFETY: `has_fma` checked that this CPU has FMA and AVX2.
                 unsafe { one_query_f16_fma(p, qh, k_cache, v_cache, keys, acc) };
@@ -153,7 +153,8 @@ fn has_f16c() -> bool {
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `q.len() == acc.len()` is a multiple of 32, at most
-/// 256, and every key offset leaves `q.len()` elements in both caches.
+/// 256, and every key offset leaves `q.len()` elements in both caches. `key_stride` (elements
+/// between consecutive keys) only steers prefetching.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma,avx2,f16c")]
 unsafe fn one_query_f16_avx2(
@@ -162,9 +163,14 @@ unsafe fn one_query_f16_avx2(
     k_cache: &[f32],
     v_cache: &[f32],
     keys: impl Iterator<Item = usize>,
+    key_stride: usize,
     acc: &mut [f32],
 ) {
     use std::arch::x86_64::*;
+    /// Keys ahead whose rows are prefetched: at depth the cache is a strided stream, one short
+    /// row per key, that the hardware prefetcher does not run ahead of (SmolLM2 tg at depth
+    /// 1024: +20%; 16, 32 or 64 keys ahead measured the same as 8).
+    const PREFETCH_KEYS: usize = 8;
     let hd = q.len();
     debug_assert!(hd.is_multiple_of(32) && hd <= 256 && acc.len() == hd);
     #[inline(always)]
@@ -186,6 +192,12 @@ unsafe fn one_query_f16_avx2(
         for off in keys {
             let (k, v) = (&k_cache[off..off + hd], &v_cache[off..off + hd]);
             let (kp, vp) = (k.as_ptr(), v.as_ptr());
+            let ahead = PREFETCH_KEYS * key_stride;
+            for i in (0..hd).step_by(16) {
+                // Hints only: past the end of the cache they do nothing.
+                _mm_prefetch::<_MM_HINT_T0>(kp.wrapping_add(ahead + i).cast());
+                _mm_prefetch::<_MM_HINT_T0>(vp.wrapping_add(ahead + i).cast());
+            }
             let mut d = [_mm256_setzero_ps(); 4];
             for i in (0..hd).step_by(32) {
                 for (j, d) in d.iter_mut().enumerate() {
@@ -787,7 +799,9 @@ mod tests {
             let (mut want, mut got) = (vec![0.0; hd], vec![0.0; hd]);
             one_query_f16(&p, &q, &k, &v, (0..n_keys).map(|j| j * hd), &mut want);
             // SAFETY: features checked above; `hd` is a multiple of 32 and at most 256.
-            unsafe { one_query_f16_avx2(&p, &q, &k, &v, (0..n_keys).map(|j| j * hd), &mut got) };
+            unsafe {
+                one_query_f16_avx2(&p, &q, &k, &v, (0..n_keys).map(|j| j * hd), hd, &mut got)
+            };
             for (a, b) in got.iter().zip(&want) {
                 assert_eq!(a.to_bits(), b.to_bits(), "hd {hd}: {a} vs {b}");
             }

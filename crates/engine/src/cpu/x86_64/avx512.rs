@@ -134,6 +134,7 @@ macro_rules! avx512_kernels {
                 let mut i = 0;
                 while i + 2 <= nb {
                     let (x, y) = (w.add(i * 18), a.add(i * 34));
+                    avx2::prefetch_weights(x, 2 * 18);
                     let qx = join(nibbles(x.add(2)), nibbles(x.add(20)));
                     let qx = _mm512_sub_epi8(qx, _mm512_set1_epi8(8));
                     let qy = join(loadu(y.add(2)), loadu(y.add(36)));
@@ -166,6 +167,7 @@ macro_rules! avx512_kernels {
                 let mut i = 0;
                 while i + 2 <= nb {
                     let (x, y) = (w.add(i * 20), a.add(i * 36));
+                    avx2::prefetch_weights(x, 2 * 20);
                     summ = load_f16(x.add(2)).mul_add(load_f16(y.add(2)), summ);
                     summ = load_f16(x.add(22)).mul_add(load_f16(y.add(38)), summ);
                     let qx = join(nibbles(x.add(4)), nibbles(x.add(24)));
@@ -197,6 +199,7 @@ macro_rules! avx512_kernels {
                 let mut i = 0;
                 while i + 2 <= nb {
                     let (x, y) = (w.add(i * 34), a.add(i * 34));
+                    avx2::prefetch_weights(x, 2 * 34);
                     let qx = join(loadu(x.add(2)), loadu(x.add(36)));
                     let qy = join(loadu(y.add(2)), loadu(y.add(36)));
                     let (ux, sy) = sign_split(qx, qy);
@@ -228,6 +231,7 @@ macro_rules! avx512_kernels {
                 let mut summ = 0.0f32;
                 for i in 0..nb {
                     let (x, y) = (w.add(i * Q4_K_BYTES), a.add(i * Q8_K_BYTES));
+                    avx2::prefetch_weights(x, Q4_K_BYTES);
                     let dy = y.cast::<f32>().read_unaligned();
                     let d = load_f16(x) * dy;
                     let dmin = load_f16(x.add(2)) * dy;
@@ -272,6 +276,7 @@ macro_rules! avx512_kernels {
                 let mut acc = _mm512_setzero_ps();
                 for i in 0..nb {
                     let (x, y) = (w.add(i * Q6_K_BYTES), a.add(i * Q8_K_BYTES));
+                    avx2::prefetch_weights(x, Q6_K_BYTES);
                     let d = load_f16(x.add(208)) * y.cast::<f32>().read_unaligned();
                     let scales = loadu128(x.add(192));
                     let offset = _mm256_madd_epi16(
