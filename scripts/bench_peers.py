@@ -41,8 +41,22 @@ def main():
     ap.add_argument("-n", default="128")
     ap.add_argument("-d", default="0")
     ap.add_argument("-r", default="3")
+    ap.add_argument("--busy", type=int, default=0,
+                    help="keep N other processes busy-looping (one core each) during the runs")
     ap.add_argument("models", nargs="*")
     a = ap.parse_args()
+    # A busy neighbour: an engine that spins or pins its threads collapses when a core is taken
+    # (candle 0.11 fell from 60 to 2-4 t/s here); a well-behaved one slows in proportion.
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(a.busy)]
+    try:
+        run(a)
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+
+
+def run(a):
     models = a.models or DEFAULT_MODELS
     env = dict(os.environ, LD_LIBRARY_PATH=a.llama_bin)
     common = ["-p", a.p, "-n", a.n, "-d", a.d, "-t", a.t, "-r", a.r, "-o", "jsonl"]
@@ -60,7 +74,9 @@ def main():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     flags = open("/proc/cpuinfo").read()
     print(f"CPU: {cpu}, {os.cpu_count()} logical cores, AVX-512: {'yes' if 'avx512f' in flags else 'no'}; "
-          f"{a.rounds} rounds, llama-bench -r {a.r} per round; medians of the per-round means (t/s)\n")
+          f"{a.rounds} rounds, llama-bench -r {a.r} per round; medians of the per-round means (t/s)"
+          + (f"; {a.busy} busy-looping neighbour process(es) running throughout" if a.busy else "")
+          + "\n")
     print("| model | test | threads | llama.cpp | backstop | ratio |")
     print("|---|---|---:|---:|---:|---:|")
     for (m, test, t, engine) in sorted(samples):
