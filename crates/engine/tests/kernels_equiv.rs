@@ -402,6 +402,11 @@ fn avx2_matches_reference_or_skip() {
 }
 
 #[test]
+fn avx2vnni_matches_reference_or_skip() {
+    run_variant(Variant::Avx2Vnni);
+}
+
+#[test]
 fn avx512_matches_reference_or_skip() {
     run_variant(Variant::Avx512);
 }

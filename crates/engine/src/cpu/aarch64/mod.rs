@@ -18,7 +18,7 @@ pub(super) fn missing(v: Variant) -> Option<&'static str> {
         Variant::NeonDotprod if !std::arch::is_aarch64_feature_detected!("dotprod") => {
             Some("dotprod")
         }
-        Variant::Avx2 | Variant::Avx512 | Variant::Avx512Vnni => {
+        Variant::Avx2 | Variant::Avx2Vnni | Variant::Avx512 | Variant::Avx512Vnni => {
             Some("x86_64 (not this build's architecture)")
         }
         _ => None,

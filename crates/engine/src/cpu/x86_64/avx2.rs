@@ -1,6 +1,6 @@
-//! AVX2 + FMA + F16C kernels: the legacy block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), the
-//! float rows (F32, F16, BF16), the f32 helpers and the Q8_0/Q8_1 activation quantizers.
-//! The K-quants are in `avx2_k.rs`.
+//! AVX2 + FMA + F16C kernels: the float rows (F32, F16, BF16), the f32 helpers, the Q8_0/Q8_1
+//! activation quantizers and the helpers every x86-64 kernel shares. The legacy block formats
+//! are in `legacy.rs` (built twice: plain AVX2 and with VNNI), the K-quants in `avx2_k.rs`.
 //!
 //! Integer products use `vpmaddubsw` (u8 x i8 pairs summed to i16) then `vpmaddwd` by ones (to
 //! i32): exact as long as a pair stays within i16, which holds for 4/5-bit weights against any
@@ -13,12 +13,12 @@
 
 use std::arch::x86_64::*;
 
-use crate::cpu::{row_blocks, tile_blocks, DECODE_ROWS, TILE_ROWS, TILE_TOKS};
+use crate::cpu::row_blocks;
 
 /// Generates the safe wrapper of a block kernel `unsafe fn(nb, w, a) -> f32`.
 macro_rules! safe_vec_dot {
     ($name:ident => $kernel:ident, $qk:expr, $w_block:expr, $a_block:expr) => {
-        pub(super) fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
+        pub(in crate::cpu::x86_64) fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
             let nb = row_blocks(n, $qk, w, $w_block, a, $a_block);
             // SAFETY: this wrapper is handed out only after runtime detection found the
             // features the kernel is compiled for (`x86_64::missing`), and `row_blocks`
@@ -32,17 +32,12 @@ pub(super) use safe_vec_dot;
 safe_vec_dot!(vec_dot_f32 => dot_f32_raw, 1, 4, 4);
 safe_vec_dot!(vec_dot_f16 => dot_f16_f32_raw, 1, 2, 4);
 safe_vec_dot!(vec_dot_bf16 => dot_bf16_f32_raw, 1, 2, 4);
-safe_vec_dot!(vec_dot_q4_0_q8_0 => q4_0_q8_0, 32, 18, 34);
-safe_vec_dot!(vec_dot_q4_1_q8_1 => q4_1_q8_1, 32, 20, 36);
-safe_vec_dot!(vec_dot_q5_0_q8_0 => q5_0_q8_0, 32, 22, 34);
-safe_vec_dot!(vec_dot_q5_1_q8_1 => q5_1_q8_1, 32, 24, 36);
-safe_vec_dot!(vec_dot_q8_0_q8_0 => q8_0_q8_0, 32, 34, 34);
 
 /// Generates the safe wrapper of a tile kernel
 /// `unsafe fn(nb, w, w_stride, a, a_stride, out, out_stride)` (see `cpu::TileDotFn`).
 macro_rules! safe_tile {
     ($name:ident => $kernel:ident, $qk:expr, $w_block:expr, $a_block:expr, ($rows:expr, $toks:expr)) => {
-        pub(super) fn $name(
+        pub(in crate::cpu::x86_64) fn $name(
             n: usize,
             w: &[u8],
             w_stride: usize,
@@ -78,15 +73,7 @@ macro_rules! safe_tile {
 
 pub(super) use safe_tile;
 
-safe_tile!(tile_q4_1_q8_1 => q4_1_q8_1_tile, 32, 20, 36, (TILE_ROWS, TILE_TOKS));
-safe_tile!(tile_q5_0_q8_0 => q5_0_q8_0_tile, 32, 22, 34, (TILE_ROWS, TILE_TOKS));
-safe_tile!(tile_q8_0_q8_0 => q8_0_q8_0_tile, 32, 34, 34, (TILE_ROWS, TILE_TOKS));
-safe_tile!(rows_q4_1_q8_1 => q4_1_q8_1_tile, 32, 20, 36, (DECODE_ROWS, 1));
-
 // ---- shared helpers (inlined into the kernels, which have the same features) ----
-
-/// How far ahead, in calls of a decode row tile, its kernel prefetches the weights.
-const DECODE_PREFETCH_TILES: usize = 2;
 
 /// How far ahead of the block it reads a one-row kernel prefetches its weight row. Rows are
 /// short (a few hundred bytes) and a matrix-vector product jumps between row blocks per task,
@@ -140,6 +127,20 @@ pub(super) unsafe fn load_f16_x8(p: *const u8) -> __m256 {
     // SAFETY: the caller guarantees two readable bytes; x86-64 is little-endian.
     let bits = unsafe { p.cast::<i16>().read_unaligned() };
     _mm256_cvtph_ps(_mm_set1_epi16(bits))
+}
+
+/// An f16 (two little-endian bytes at `p`) in all four lanes, by F16C, from a broadcast load
+/// (see [`load_f16_x8`]): `_mm_set1_ps(load_f16(p))` compiled to a `vpinsrw` merging into
+/// whichever register LLVM picked, here a fused multiply-add's accumulator, which chained every
+/// block's weight-scale load to the previous block's sums in the Q4_1 tile.
+///
+/// # Safety
+/// `p` must be valid for reading two bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn load_f16_x4(p: *const u8) -> __m128 {
+    // SAFETY: the caller guarantees two readable bytes; x86-64 is little-endian.
+    unsafe { _mm_cvtph_ps(_mm_broadcastw_epi16(_mm_loadu_si16(p))) }
 }
 
 /// An f16 (two little-endian bytes at `p`) as f32, by F16C (see [`load_f16_x8`]).
@@ -228,293 +229,6 @@ pub(super) fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256i {
     dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
-}
-
-// ---- legacy block formats ----
-
-/// Q4_0 (18-byte blocks: d, 16 nibble bytes) against Q8_0 (34: d, 32 i8).
-///
-/// # Safety
-/// AVX2, FMA and F16C present; `w` and `a` valid for `nb` blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q4_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
-    // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
-    unsafe {
-        let mut acc = _mm256_setzero_ps();
-        for i in 0..nb {
-            let (x, y) = (w.add(i * 18), a.add(i * 34));
-            prefetch_weights(x, 18);
-            let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
-            let qx = _mm256_sub_epi8(nibbles(x.add(2)), _mm256_set1_epi8(8));
-            let p = dot_i8_i8(qx, loadu(y.add(2)));
-            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
-        }
-        hsum_ps(acc)
-    }
-}
-
-/// Q4_1 (20: d, m, 16 nibble bytes) against Q8_1 (36: d, s = d * sum(q), 32 i8).
-///
-/// # Safety
-/// AVX2, FMA and F16C present; `w` and `a` valid for `nb` blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q4_1_q8_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
-    // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
-    unsafe {
-        let mut acc = _mm256_setzero_ps();
-        let mut summ = 0.0f32;
-        for i in 0..nb {
-            let (x, y) = (w.add(i * 20), a.add(i * 36));
-            prefetch_weights(x, 20);
-            summ = load_f16(x.add(2)).mul_add(load_f16(y.add(2)), summ);
-            let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
-            let p = dot_u8_i8(nibbles(x.add(4)), loadu(y.add(4)));
-            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
-        }
-        hsum_ps(acc) + summ
-    }
-}
-
-/// [`q4_1_q8_1`] for a tile of `R` weight rows by `T` activation rows: each weight block is
-/// unpacked once and each activation block loaded once per tile. Per pair the operations and
-/// their order are those of `q4_1_q8_1`: the eight-lane accumulator takes the same fused
-/// multiply-adds block by block, and the scalar `m * s` sum becomes one lane of a four-lane
-/// fused multiply-add, so every result equals the single dot product to the bit.
-///
-/// # Safety
-/// AVX2, FMA and F16C present; every row of the tile valid for `nb` blocks and `out` valid for
-/// every `out[r * os + t]`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1_q8_1_tile<const R: usize, const T: usize>(
-    nb: usize,
-    w: *const u8,
-    ws: usize,
-    a: *const u8,
-    as_: usize,
-    out: *mut f32,
-    os: usize,
-) {
-    const { assert!(T >= 1 && T <= 4) };
-    // SAFETY: every pointer read is inside block `i < nb` of a row of the tile, and every
-    // write inside `out`'s tile (caller's contract).
-    unsafe {
-        let mut acc = [[_mm256_setzero_ps(); T]; R];
-        let mut summ = [_mm_setzero_ps(); R];
-        for i in 0..nb {
-            let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 36));
-            let yd: [__m256; T] = std::array::from_fn(|t| load_f16_x8(y[t]));
-            // The activations' `s` halves in lanes 0..T, built in registers (four small stores
-            // and one wide load would stall on store forwarding every block).
-            let s_of = |t: usize| {
-                if t < T {
-                    y[t].add(2).cast::<i16>().read_unaligned()
-                } else {
-                    0
-                }
-            };
-            let ys = _mm_cvtph_ps(_mm_setr_epi16(
-                s_of(0),
-                s_of(1),
-                s_of(2),
-                s_of(3),
-                0,
-                0,
-                0,
-                0,
-            ));
-            if T == 1 {
-                // Decode streams the weights from memory, and four rows read side by side
-                // hide the stream from the hardware prefetcher: ask for the rows two calls
-                // ahead, a block's share (R * 20 bytes, within two lines) per block.
-                let next = w.wrapping_add(DECODE_PREFETCH_TILES * R * ws + i * R * 20);
-                _mm_prefetch::<_MM_HINT_T0>(next.cast());
-                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64).cast());
-            }
-            for r in 0..R {
-                let x = w.add(r * ws + i * 20);
-                let m = _mm_set1_ps(load_f16(x.add(2)));
-                summ[r] = _mm_fmadd_ps(m, ys, summ[r]);
-                let xd = load_f16_x8(x);
-                let q = nibbles(x.add(4));
-                for t in 0..T {
-                    let d = _mm256_mul_ps(xd, yd[t]);
-                    let p = dot_u8_i8(q, loadu(y[t].add(4)));
-                    acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][t]);
-                }
-            }
-        }
-        for (r, (acc, summ)) in acc.iter().zip(summ).enumerate() {
-            let mut s = [0.0f32; 4];
-            _mm_storeu_ps(s.as_mut_ptr(), summ);
-            for t in 0..T {
-                *out.add(r * os + t) = hsum_ps(acc[t]) + s[t];
-            }
-        }
-    }
-}
-
-/// Q5_0 (22: d, qh u32, 16 nibble bytes) against Q8_0.
-///
-/// # Safety
-/// AVX2, FMA and F16C present; `w` and `a` valid for `nb` blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
-    // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
-    unsafe {
-        let mut acc = _mm256_setzero_ps();
-        for i in 0..nb {
-            let (x, y) = (w.add(i * 22), a.add(i * 34));
-            prefetch_weights(x, 22);
-            let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
-            let qh = x.add(2).cast::<u32>().read_unaligned();
-            // q - 16: OR 0xF0 into the nibble where the fifth bit is clear (giving nibble - 16
-            // as i8), leave it alone where set (giving nibble + 16 - 16).
-            let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
-            let qx = _mm256_or_si256(nibbles(x.add(6)), hi);
-            let p = dot_i8_i8(qx, loadu(y.add(2)));
-            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
-        }
-        hsum_ps(acc)
-    }
-}
-
-/// [`q5_0_q8_0`] for a tile of `R` weight rows by `T` activation rows: the
-/// 5-bit unpacking and the weight half of the sign trick (`|q|`) are done once per weight
-/// block, the activation loads once per tile; per pair the operations and their order are
-/// those of `q5_0_q8_0`, so every result equals the single dot product to the bit.
-///
-/// # Safety
-/// AVX2, FMA and F16C present; every row of the tile valid for `nb` blocks and `out` valid for
-/// every `out[r * os + t]`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_0_q8_0_tile<const R: usize, const T: usize>(
-    nb: usize,
-    w: *const u8,
-    ws: usize,
-    a: *const u8,
-    as_: usize,
-    out: *mut f32,
-    os: usize,
-) {
-    // SAFETY: every pointer read is inside block `i < nb` of a row of the tile, and every
-    // write inside `out`'s tile (caller's contract).
-    unsafe {
-        let mut acc = [[_mm256_setzero_ps(); T]; R];
-        for i in 0..nb {
-            let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
-            let yd: [__m256; T] = std::array::from_fn(|t| load_f16_x8(y[t]));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x = w.add(r * ws + i * 22);
-                let xd = load_f16_x8(x);
-                let qh = x.add(2).cast::<u32>().read_unaligned();
-                let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
-                let qx = _mm256_or_si256(nibbles(x.add(6)), hi);
-                let ax = _mm256_sign_epi8(qx, qx);
-                for t in 0..T {
-                    let d = _mm256_mul_ps(xd, yd[t]);
-                    let sy = _mm256_sign_epi8(loadu(y[t].add(2)), qx);
-                    let p = dot_u8_i8(ax, sy);
-                    acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[t]);
-                }
-            }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            for (t, acc) in acc.iter().enumerate() {
-                *out.add(r * os + t) = hsum_ps(*acc);
-            }
-        }
-    }
-}
-
-/// Q5_1 (24: d, m, qh u32, 16 nibble bytes) against Q8_1.
-///
-/// # Safety
-/// AVX2, FMA and F16C present; `w` and `a` valid for `nb` blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_1_q8_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
-    // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
-    unsafe {
-        let mut acc = _mm256_setzero_ps();
-        let mut summ = 0.0f32;
-        for i in 0..nb {
-            let (x, y) = (w.add(i * 24), a.add(i * 36));
-            prefetch_weights(x, 24);
-            summ = load_f16(x.add(2)).mul_add(load_f16(y.add(2)), summ);
-            let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
-            let qh = x.add(4).cast::<u32>().read_unaligned();
-            let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
-            let qx = _mm256_or_si256(nibbles(x.add(8)), hi);
-            let p = dot_u8_i8(qx, loadu(y.add(4)));
-            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
-        }
-        hsum_ps(acc) + summ
-    }
-}
-
-/// Q8_0 against Q8_0.
-///
-/// # Safety
-/// AVX2, FMA and F16C present; `w` and `a` valid for `nb` blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q8_0_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
-    // SAFETY: every pointer read is inside block `i < nb` of its row (caller's contract).
-    unsafe {
-        let mut acc = _mm256_setzero_ps();
-        for i in 0..nb {
-            let (x, y) = (w.add(i * 34), a.add(i * 34));
-            prefetch_weights(x, 34);
-            let d = _mm256_mul_ps(load_f16_x8(x), load_f16_x8(y));
-            let p = dot_i8_i8(loadu(x.add(2)), loadu(y.add(2)));
-            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
-        }
-        hsum_ps(acc)
-    }
-}
-
-/// [`q8_0_q8_0`] for a tile of `R` weight rows by `T` activation rows: the weight half of the
-/// sign trick (`|x|`) is taken once per weight block, the activation loads once per tile; per
-/// pair the operations and their order are those of `q8_0_q8_0`, so every result equals the
-/// single dot product to the bit.
-///
-/// # Safety
-/// AVX2, FMA and F16C present; every row of the tile valid for `nb` blocks and `out` valid for
-/// every `out[r * os + t]`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0_q8_0_tile<const R: usize, const T: usize>(
-    nb: usize,
-    w: *const u8,
-    ws: usize,
-    a: *const u8,
-    as_: usize,
-    out: *mut f32,
-    os: usize,
-) {
-    // SAFETY: every pointer read is inside block `i < nb` of a row of the tile, and every
-    // write inside `out`'s tile (caller's contract).
-    unsafe {
-        let mut acc = [[_mm256_setzero_ps(); T]; R];
-        for i in 0..nb {
-            let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
-            let yd: [__m256; T] = std::array::from_fn(|t| load_f16_x8(y[t]));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x = w.add(r * ws + i * 34);
-                let xd = load_f16_x8(x);
-                let qx = loadu(x.add(2));
-                let ax = _mm256_sign_epi8(qx, qx);
-                for t in 0..T {
-                    let d = _mm256_mul_ps(xd, yd[t]);
-                    let sy = _mm256_sign_epi8(loadu(y[t].add(2)), qx);
-                    let p = dot_u8_i8(ax, sy);
-                    acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[t]);
-                }
-            }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            for (t, acc) in acc.iter().enumerate() {
-                *out.add(r * os + t) = hsum_ps(*acc);
-            }
-        }
-    }
 }
 
 // ---- float rows ----

@@ -1,4 +1,5 @@
-//! x86-64 SIMD variants: AVX2 (+FMA, F16C) and AVX-512 (F, BW, VL; VNNI where present).
+//! x86-64 SIMD variants: AVX2 (+FMA, F16C), the same at 256 bits with AVX-512 VNNI's
+//! `vpdpbusd` for the legacy formats, and AVX-512 (F, BW, VL; VNNI where present).
 //!
 //! The functions of `avx2` and `avx512` are safe wrappers over `#[target_feature]` kernels.
 //! They are sound only on a CPU with those features, so this module hands them out only after
@@ -11,6 +12,7 @@ use super::{DotF32Fn, QuantizeFn, ScaleAddFn, TileDotFn, Variant, VecDotFn};
 mod avx2;
 mod avx2_k;
 mod avx512;
+mod legacy;
 
 /// The features each variant's kernels are compiled with, checked at run time
 /// (`is_x86_feature_detected!` caches its answer, so this is a few loads).
@@ -24,6 +26,13 @@ pub(super) fn missing(v: Variant) -> Option<&'static str> {
         && is_x86_feature_detected!("avx512vl");
     match v {
         Variant::Avx2 if !avx2 => Some("avx2, fma or f16c"),
+        Variant::Avx2Vnni if !avx2 => Some("avx2, fma or f16c"),
+        Variant::Avx2Vnni
+            if !(is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")) =>
+        {
+            Some("avx512vnni or avx512vl")
+        }
         Variant::Avx512 | Variant::Avx512Vnni if !avx512 => Some("avx512f, avx512bw or avx512vl"),
         Variant::Avx512Vnni if !is_x86_feature_detected!("avx512vnni") => Some("avx512vnni"),
         Variant::Neon | Variant::NeonDotprod => Some("aarch64 (not this build's architecture)"),
@@ -38,14 +47,19 @@ pub(super) fn vec_dot(v: Variant, ty: GgmlType) -> Option<VecDotFn> {
         (Variant::Avx2, GgmlType::F32) => avx2::vec_dot_f32,
         (Variant::Avx2, GgmlType::F16) => avx2::vec_dot_f16,
         (Variant::Avx2, GgmlType::BF16) => avx2::vec_dot_bf16,
-        (Variant::Avx2, GgmlType::Q4_0) => avx2::vec_dot_q4_0_q8_0,
-        (Variant::Avx2, GgmlType::Q4_1) => avx2::vec_dot_q4_1_q8_1,
-        (Variant::Avx2, GgmlType::Q5_0) => avx2::vec_dot_q5_0_q8_0,
-        (Variant::Avx2, GgmlType::Q5_1) => avx2::vec_dot_q5_1_q8_1,
-        (Variant::Avx2, GgmlType::Q8_0) => avx2::vec_dot_q8_0_q8_0,
+        (Variant::Avx2, GgmlType::Q4_0) => legacy::plain::vec_dot_q4_0_q8_0,
+        (Variant::Avx2, GgmlType::Q4_1) => legacy::plain::vec_dot_q4_1_q8_1,
+        (Variant::Avx2, GgmlType::Q5_0) => legacy::plain::vec_dot_q5_0_q8_0,
+        (Variant::Avx2, GgmlType::Q5_1) => legacy::plain::vec_dot_q5_1_q8_1,
+        (Variant::Avx2, GgmlType::Q8_0) => legacy::plain::vec_dot_q8_0_q8_0,
         (Variant::Avx2, GgmlType::Q4_K) => avx2_k::vec_dot_q4_k_q8_k,
         (Variant::Avx2, GgmlType::Q5_K) => avx2_k::vec_dot_q5_k_q8_k,
         (Variant::Avx2, GgmlType::Q6_K) => avx2_k::vec_dot_q6_k_q8_k,
+        (Variant::Avx2Vnni, GgmlType::Q4_0) => legacy::vnni::vec_dot_q4_0_q8_0,
+        (Variant::Avx2Vnni, GgmlType::Q4_1) => legacy::vnni::vec_dot_q4_1_q8_1,
+        (Variant::Avx2Vnni, GgmlType::Q5_0) => legacy::vnni::vec_dot_q5_0_q8_0,
+        (Variant::Avx2Vnni, GgmlType::Q5_1) => legacy::vnni::vec_dot_q5_1_q8_1,
+        (Variant::Avx2Vnni, GgmlType::Q8_0) => legacy::vnni::vec_dot_q8_0_q8_0,
         (Variant::Avx512, GgmlType::F32) => avx512::vec_dot_f32,
         (Variant::Avx512, GgmlType::Q4_0) => avx512::vec_dot_q4_0_q8_0,
         (Variant::Avx512, GgmlType::Q4_1) => avx512::vec_dot_q4_1_q8_1,
@@ -63,17 +77,20 @@ pub(super) fn vec_dot(v: Variant, ty: GgmlType) -> Option<VecDotFn> {
     Some(f)
 }
 
-/// The variant's own tile kernel for `ty`. Only AVX2 has tiles so far; the AVX-512 tiers
+/// The variant's own tile kernel for `ty`. Only the 256-bit builds have tiles so far; the AVX-512 tiers
 /// hand out their own dot products for the types they cover, and [`super::Kernels`] takes a
 /// tile only from the variant whose dot product it uses.
 pub(super) fn vec_dot_tile(v: Variant, ty: GgmlType) -> Option<TileDotFn> {
     debug_assert!(missing(v).is_none());
     let f: TileDotFn = match (v, ty) {
-        (Variant::Avx2, GgmlType::Q4_1) => avx2::tile_q4_1_q8_1,
-        (Variant::Avx2, GgmlType::Q5_0) => avx2::tile_q5_0_q8_0,
-        (Variant::Avx2, GgmlType::Q8_0) => avx2::tile_q8_0_q8_0,
+        (Variant::Avx2, GgmlType::Q4_1) => legacy::plain::tile_q4_1_q8_1,
+        (Variant::Avx2, GgmlType::Q5_0) => legacy::plain::tile_q5_0_q8_0,
+        (Variant::Avx2, GgmlType::Q8_0) => legacy::plain::tile_q8_0_q8_0,
         (Variant::Avx2, GgmlType::Q4_K) => avx2_k::tile_q4_k_q8_k,
         (Variant::Avx2, GgmlType::Q6_K) => avx2_k::tile_q6_k_q8_k,
+        (Variant::Avx2Vnni, GgmlType::Q4_1) => legacy::vnni::tile_q4_1_q8_1,
+        (Variant::Avx2Vnni, GgmlType::Q5_0) => legacy::vnni::tile_q5_0_q8_0,
+        (Variant::Avx2Vnni, GgmlType::Q8_0) => legacy::vnni::tile_q8_0_q8_0,
         _ => return None,
     };
     Some(f)
@@ -86,7 +103,8 @@ pub(super) fn vec_dot_tile(v: Variant, ty: GgmlType) -> Option<TileDotFn> {
 pub(super) fn vec_dot_rows(v: Variant, ty: GgmlType) -> Option<TileDotFn> {
     debug_assert!(missing(v).is_none());
     let f: TileDotFn = match (v, ty) {
-        (Variant::Avx2, GgmlType::Q4_1) => avx2::rows_q4_1_q8_1,
+        (Variant::Avx2, GgmlType::Q4_1) => legacy::plain::rows_q4_1_q8_1,
+        (Variant::Avx2Vnni, GgmlType::Q4_1) => legacy::vnni::rows_q4_1_q8_1,
         _ => return None,
     };
     Some(f)
