@@ -45,8 +45,14 @@ fn one_thread() -> rayon::ThreadPool {
 
 fn bench_tiles(c: &mut Criterion) {
     let mut g = c.benchmark_group("tile");
-    for ty in [GgmlType::Q4_1, GgmlType::Q5_0] {
-        let n = 640;
+    for ty in [
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
+        let n = if ty.block_size() == 256 { 768 } else { 640 };
         let w = weights(ty, n, TILE_ROWS);
         let act = ty.vec_dot_type();
         let arb = act.row_bytes(n).unwrap();

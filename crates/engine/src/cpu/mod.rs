@@ -33,8 +33,9 @@ mod x86_64;
 pub type VecDotFn = fn(usize, &[u8], &[u8]) -> f32;
 /// Weight rows per call of a [`TileDotFn`].
 pub const TILE_ROWS: usize = 2;
-/// Activation rows (tokens) per call of a [`TileDotFn`].
-pub const TILE_TOKS: usize = 4;
+/// Activation rows (tokens) per call of a [`TileDotFn`]. A kernel may cover them in smaller
+/// steps (the plain AVX2 builds, with 16 vector registers, take four tokens at a time).
+pub const TILE_TOKS: usize = 8;
 /// Weight rows per call of a decode [`TileDotFn`] (one token): the rows share each activation
 /// block's loads, and their independent accumulator chains keep the FMA units busy where one
 /// short row would wait on its own chain.

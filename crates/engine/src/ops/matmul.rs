@@ -139,6 +139,15 @@ pub fn matmul(
                             tile(n_in, wrows, wrb, acts, arb, &mut o[i * n_tok + t..], n_tok);
                             t += TILE_TOKS;
                         }
+                        // The tokens left over: one more tile ending at `t1`, overlapping
+                        // tokens already done (it writes the same bits again), where the
+                        // prompt is that long; one by one otherwise.
+                        if t < t1 && t1 >= TILE_TOKS {
+                            let tt = t1 - TILE_TOKS;
+                            let acts = &act[tt * arb..t1 * arb];
+                            tile(n_in, wrows, wrb, acts, arb, &mut o[i * n_tok + tt..], n_tok);
+                            t = t1;
+                        }
                         for r in i..i + TILE_ROWS {
                             let wrow = &w.data[(r0 + r) * wrb..(r0 + r + 1) * wrb];
                             for t in t..t1 {
@@ -193,14 +202,19 @@ mod tests {
     #[test]
     fn many_tokens_equal_one_at_a_time_bit_for_bit() {
         let k = Kernels::detect();
-        let (n_out, n_tok) = (37, 70); // odd rows and tokens: every edge path runs
-        for ty in [
+        // Odd rows and tokens: every edge path runs (70 = a 64-token block, then 6 tokens
+        // taken by a tile overlapping the block before; 5 = fewer tokens than a tile).
+        let n_out = 37;
+        for (ty, n_tok) in [
             GgmlType::Q4_1,
             GgmlType::Q5_0,
             GgmlType::Q4_K,
             GgmlType::Q6_K,
             GgmlType::Q8_0,
-        ] {
+        ]
+        .into_iter()
+        .flat_map(|ty| [(ty, 70), (ty, 5)])
+        {
             let n_in = 512;
             let f = |i: usize, m: f32| ((i as f32) * m).sin();
             let wf: Vec<f32> = (0..n_in * n_out).map(|i| f(i, 0.37)).collect();

@@ -34,9 +34,14 @@ safe_vec_dot!(vec_dot_f16 => dot_f16_f32_raw, 1, 2, 4);
 safe_vec_dot!(vec_dot_bf16 => dot_bf16_f32_raw, 1, 2, 4);
 
 /// Generates the safe wrapper of a tile kernel
-/// `unsafe fn(nb, w, w_stride, a, a_stride, out, out_stride)` (see `cpu::TileDotFn`).
+/// `unsafe fn(nb, w, w_stride, a, a_stride, out, out_stride)` (see `cpu::TileDotFn`) for a
+/// `rows x toks` tile. With `by K` the kernel is instantiated for `K` tokens and called
+/// `toks / K` times across the tile (for builds whose registers hold fewer accumulators).
 macro_rules! safe_tile {
     ($name:ident => $kernel:ident, $qk:expr, $w_block:expr, $a_block:expr, ($rows:expr, $toks:expr)) => {
+        safe_tile!($name => $kernel, $qk, $w_block, $a_block, ($rows, $toks) by $toks);
+    };
+    ($name:ident => $kernel:ident, $qk:expr, $w_block:expr, $a_block:expr, ($rows:expr, $toks:expr) by $step:expr) => {
         pub(in crate::cpu::x86_64) fn $name(
             n: usize,
             w: &[u8],
@@ -46,6 +51,7 @@ macro_rules! safe_tile {
             out: &mut [f32],
             out_stride: usize,
         ) {
+            const { assert!($step >= 1 && $toks / $step * $step == $toks) };
             let nb = tile_blocks(
                 n,
                 $qk,
@@ -54,18 +60,21 @@ macro_rules! safe_tile {
                 (out, out_stride),
                 ($rows, $toks),
             );
-            // SAFETY: runtime detection as for `safe_vec_dot`; `tile_blocks` checked that
-            // every row of the tile holds `nb` blocks and that `out` holds every result.
-            unsafe {
-                $kernel::<{ $rows }, { $toks }>(
-                    nb,
-                    w.as_ptr(),
-                    w_stride,
-                    a.as_ptr(),
-                    a_stride,
-                    out.as_mut_ptr(),
-                    out_stride,
-                )
+            for t in (0..$toks).step_by($step) {
+                // SAFETY: runtime detection as for `safe_vec_dot`; `tile_blocks` checked that
+                // every row of the tile holds `nb` blocks and that `out` holds every result,
+                // so tokens `t..t + $step` of it are in bounds too.
+                unsafe {
+                    $kernel::<{ $rows }, { $step }>(
+                        nb,
+                        w.as_ptr(),
+                        w_stride,
+                        a.as_ptr().add(t * a_stride),
+                        a_stride,
+                        out.as_mut_ptr().add(t),
+                        out_stride,
+                    )
+                }
             }
         }
     };
@@ -127,20 +136,6 @@ pub(super) unsafe fn load_f16_x8(p: *const u8) -> __m256 {
     // SAFETY: the caller guarantees two readable bytes; x86-64 is little-endian.
     let bits = unsafe { p.cast::<i16>().read_unaligned() };
     _mm256_cvtph_ps(_mm_set1_epi16(bits))
-}
-
-/// An f16 (two little-endian bytes at `p`) in all four lanes, by F16C, from a broadcast load
-/// (see [`load_f16_x8`]): `_mm_set1_ps(load_f16(p))` compiled to a `vpinsrw` merging into
-/// whichever register LLVM picked, here a fused multiply-add's accumulator, which chained every
-/// block's weight-scale load to the previous block's sums in the Q4_1 tile.
-///
-/// # Safety
-/// `p` must be valid for reading two bytes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn load_f16_x4(p: *const u8) -> __m128 {
-    // SAFETY: the caller guarantees two readable bytes; x86-64 is little-endian.
-    unsafe { _mm_cvtph_ps(_mm_broadcastw_epi16(_mm_loadu_si16(p))) }
 }
 
 /// An f16 (two little-endian bytes at `p`) as f32, by F16C (see [`load_f16_x8`]).

@@ -28,8 +28,8 @@ pub(super) const Q8K_BSUMS: usize = 260;
 safe_vec_dot!(vec_dot_q4_k_q8_k => q4_k_q8_k, 256, Q4_K_BYTES, Q8_K_BYTES);
 safe_vec_dot!(vec_dot_q5_k_q8_k => q5_k_q8_k, 256, Q5_K_BYTES, Q8_K_BYTES);
 safe_vec_dot!(vec_dot_q6_k_q8_k => q6_k_q8_k, 256, Q6_K_BYTES, Q8_K_BYTES);
-safe_tile!(tile_q4_k_q8_k => q4_k_q8_k_tile, 256, Q4_K_BYTES, Q8_K_BYTES, (TILE_ROWS, TILE_TOKS));
-safe_tile!(tile_q6_k_q8_k => q6_k_q8_k_tile, 256, Q6_K_BYTES, Q8_K_BYTES, (TILE_ROWS, TILE_TOKS));
+safe_tile!(tile_q4_k_q8_k => q4_k_q8_k_tile, 256, Q4_K_BYTES, Q8_K_BYTES, (TILE_ROWS, TILE_TOKS) by 4);
+safe_tile!(tile_q6_k_q8_k => q6_k_q8_k_tile, 256, Q6_K_BYTES, Q8_K_BYTES, (TILE_ROWS, TILE_TOKS) by 4);
 
 /// Byte-shuffle masks that broadcast scales `2k` and `2k + 1` of 16 i8 scales into the low and
 /// high eight bytes (then widened to i16: one scale per 16-element half of a 32-byte vector).

@@ -13,8 +13,8 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{
-    bits_to_bytes, dot_u8_i8 as dot_u8_i8_madd, hsum_ps, load_f16, load_f16_x4, load_f16_x8, loadu,
-    nibbles, prefetch_weights, safe_tile, safe_vec_dot,
+    bits_to_bytes, dot_u8_i8 as dot_u8_i8_madd, hsum_ps, load_f16, load_f16_x8, loadu, nibbles,
+    prefetch_weights, safe_tile, safe_vec_dot,
 };
 use crate::cpu::{row_blocks, tile_blocks, DECODE_ROWS, TILE_ROWS, TILE_TOKS};
 
@@ -31,7 +31,7 @@ fn dot_u8_i8_vnni(u: __m256i, s: __m256i) -> __m256i {
 /// Builds the kernels and their safe wrappers for the given target features and u8 x i8
 /// primitive (`$dot(u, s)`: eight i32 sums of four products, `u` unsigned).
 macro_rules! legacy_kernels {
-    (features = $feat:literal, dot_u8_i8 = $dot:ident) => {
+    (features = $feat:literal, dot_u8_i8 = $dot:ident, tile_step = $step:literal) => {
         use super::*;
 
         safe_vec_dot!(vec_dot_q4_0_q8_0 => q4_0_q8_0, 32, 18, 34);
@@ -39,9 +39,9 @@ macro_rules! legacy_kernels {
         safe_vec_dot!(vec_dot_q5_0_q8_0 => q5_0_q8_0, 32, 22, 34);
         safe_vec_dot!(vec_dot_q5_1_q8_1 => q5_1_q8_1, 32, 24, 36);
         safe_vec_dot!(vec_dot_q8_0_q8_0 => q8_0_q8_0, 32, 34, 34);
-        safe_tile!(tile_q4_1_q8_1 => q4_1_q8_1_tile, 32, 20, 36, (TILE_ROWS, TILE_TOKS));
-        safe_tile!(tile_q5_0_q8_0 => q5_0_q8_0_tile, 32, 22, 34, (TILE_ROWS, TILE_TOKS));
-        safe_tile!(tile_q8_0_q8_0 => q8_0_q8_0_tile, 32, 34, 34, (TILE_ROWS, TILE_TOKS));
+        safe_tile!(tile_q4_1_q8_1 => q4_1_q8_1_tile, 32, 20, 36, (TILE_ROWS, TILE_TOKS) by $step);
+        safe_tile!(tile_q5_0_q8_0 => q5_0_q8_0_tile, 32, 22, 34, (TILE_ROWS, TILE_TOKS) by $step);
+        safe_tile!(tile_q8_0_q8_0 => q8_0_q8_0_tile, 32, 34, 34, (TILE_ROWS, TILE_TOKS) by $step);
         safe_tile!(rows_q4_1_q8_1 => q4_1_q8_1_tile, 32, 20, 36, (DECODE_ROWS, 1));
 
         /// Eight i32 sums of four u8 x i8 products each (`u` at most 127, or any `s` below 128).
@@ -120,16 +120,16 @@ macro_rules! legacy_kernels {
             out: *mut f32,
             os: usize,
         ) {
-            const { assert!(T >= 1 && T <= 4) };
+            const { assert!(T >= 1 && T <= 8) };
             // SAFETY: every pointer read is inside block `i < nb` of a row of the tile, and every
             // write inside `out`'s tile (caller's contract).
             unsafe {
                 let mut acc = [[_mm256_setzero_ps(); T]; R];
-                let mut summ = [_mm_setzero_ps(); R];
+                let mut summ = [_mm256_setzero_ps(); R];
                 for i in 0..nb {
                     let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 36));
                     let yd: [__m256; T] = std::array::from_fn(|t| load_f16_x8(y[t]));
-                    // The activations' `s` halves in lanes 0..T, built in registers (four small stores
+                    // The activations' `s` halves in lanes 0..T, built in registers (small stores
                     // and one wide load would stall on store forwarding every block).
                     let s_of = |t: usize| {
                         if t < T {
@@ -138,15 +138,15 @@ macro_rules! legacy_kernels {
                             0
                         }
                     };
-                    let ys = _mm_cvtph_ps(_mm_setr_epi16(
+                    let ys = _mm256_cvtph_ps(_mm_setr_epi16(
                         s_of(0),
                         s_of(1),
                         s_of(2),
                         s_of(3),
-                        0,
-                        0,
-                        0,
-                        0,
+                        s_of(4),
+                        s_of(5),
+                        s_of(6),
+                        s_of(7),
                     ));
                     if T == 1 {
                         // Decode streams the weights from memory, and four rows read side by side
@@ -158,8 +158,8 @@ macro_rules! legacy_kernels {
                     }
                     for r in 0..R {
                         let x = w.add(r * ws + i * 20);
-                        let m = load_f16_x4(x.add(2));
-                        summ[r] = _mm_fmadd_ps(m, ys, summ[r]);
+                        let m = load_f16_x8(x.add(2));
+                        summ[r] = _mm256_fmadd_ps(m, ys, summ[r]);
                         let xd = load_f16_x8(x);
                         let q = nibbles(x.add(4));
                         for t in 0..T {
@@ -170,8 +170,8 @@ macro_rules! legacy_kernels {
                     }
                 }
                 for (r, (acc, summ)) in acc.iter().zip(summ).enumerate() {
-                    let mut s = [0.0f32; 4];
-                    _mm_storeu_ps(s.as_mut_ptr(), summ);
+                    let mut s = [0.0f32; 8];
+                    _mm256_storeu_ps(s.as_mut_ptr(), summ);
                     for t in 0..T {
                         *out.add(r * os + t) = hsum_ps(acc[t]) + s[t];
                     }
@@ -204,10 +204,11 @@ macro_rules! legacy_kernels {
             }
         }
 
-        /// [`q5_0_q8_0`] for a tile of `R` weight rows by `T` activation rows: the
-        /// 5-bit unpacking and the weight half of the sign trick (`|q|`) are done once per weight
-        /// block, the activation loads once per tile; per pair the operations and their order are
-        /// those of `q5_0_q8_0`, so every result equals the single dot product to the bit.
+        /// [`q5_0_q8_0`] for a tile of `R` weight rows by `T` activation rows: the 5-bit
+        /// unpacking (and [`signed_row`]'s work) is done once per weight block, the activation
+        /// loads (and [`signed_tok`]'s) once per tile. The per-lane i32 sums are exact, as in
+        /// `q5_0_q8_0`, and the float operations and their order per pair are the same, so every
+        /// result equals the single dot product to the bit.
         ///
         /// # Safety
         /// The features of this build present; every row of the tile valid for `nb` blocks and `out` valid for
@@ -227,20 +228,19 @@ macro_rules! legacy_kernels {
             unsafe {
                 let mut acc = [[_mm256_setzero_ps(); T]; R];
                 for i in 0..nb {
-                    let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
-                    let yd: [__m256; T] = std::array::from_fn(|t| load_f16_x8(y[t]));
-                    for (r, acc) in acc.iter_mut().enumerate() {
+                    let rows: [(SignedRow, __m256); R] = std::array::from_fn(|r| {
                         let x = w.add(r * ws + i * 22);
-                        let xd = load_f16_x8(x);
                         let qh = x.add(2).cast::<u32>().read_unaligned();
                         let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
-                        let qx = _mm256_or_si256(nibbles(x.add(6)), hi);
-                        let ax = _mm256_sign_epi8(qx, qx);
-                        for t in 0..T {
-                            let d = _mm256_mul_ps(xd, yd[t]);
-                            let sy = _mm256_sign_epi8(loadu(y[t].add(2)), qx);
-                            let p = dot_u8_i8(ax, sy);
-                            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[t]);
+                        (signed_row(_mm256_or_si256(nibbles(x.add(6)), hi)), load_f16_x8(x))
+                    });
+                    for t in 0..T {
+                        let y = a.add(t * as_ + i * 34);
+                        let (yd, yq) = (load_f16_x8(y), signed_tok(loadu(y.add(2))));
+                        for (r, (row, xd)) in rows.iter().enumerate() {
+                            let d = _mm256_mul_ps(*xd, yd);
+                            let p = signed_pair(row, yq);
+                            acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][t]);
                         }
                     }
                 }
@@ -297,10 +297,10 @@ macro_rules! legacy_kernels {
             }
         }
 
-        /// [`q8_0_q8_0`] for a tile of `R` weight rows by `T` activation rows: the weight half of the
-        /// sign trick (`|x|`) is taken once per weight block, the activation loads once per tile; per
-        /// pair the operations and their order are those of `q8_0_q8_0`, so every result equals the
-        /// single dot product to the bit.
+        /// [`q8_0_q8_0`] for a tile of `R` weight rows by `T` activation rows: [`signed_row`]
+        /// runs once per weight block, the activation loads and [`signed_tok`] once per tile; per
+        /// pair the i32 sums are exact and the float operations and their order those of
+        /// `q8_0_q8_0`, so every result equals the single dot product to the bit.
         ///
         /// # Safety
         /// The features of this build present; every row of the tile valid for `nb` blocks and `out` valid for
@@ -320,18 +320,17 @@ macro_rules! legacy_kernels {
             unsafe {
                 let mut acc = [[_mm256_setzero_ps(); T]; R];
                 for i in 0..nb {
-                    let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
-                    let yd: [__m256; T] = std::array::from_fn(|t| load_f16_x8(y[t]));
-                    for (r, acc) in acc.iter_mut().enumerate() {
+                    let rows: [(SignedRow, __m256); R] = std::array::from_fn(|r| {
                         let x = w.add(r * ws + i * 34);
-                        let xd = load_f16_x8(x);
-                        let qx = loadu(x.add(2));
-                        let ax = _mm256_sign_epi8(qx, qx);
-                        for t in 0..T {
-                            let d = _mm256_mul_ps(xd, yd[t]);
-                            let sy = _mm256_sign_epi8(loadu(y[t].add(2)), qx);
-                            let p = dot_u8_i8(ax, sy);
-                            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[t]);
+                        (signed_row(loadu(x.add(2))), load_f16_x8(x))
+                    });
+                    for t in 0..T {
+                        let y = a.add(t * as_ + i * 34);
+                        let (yd, yq) = (load_f16_x8(y), signed_tok(loadu(y.add(2))));
+                        for (r, (row, xd)) in rows.iter().enumerate() {
+                            let d = _mm256_mul_ps(*xd, yd);
+                            let p = signed_pair(row, yq);
+                            acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][t]);
                         }
                     }
                 }
@@ -345,15 +344,78 @@ macro_rules! legacy_kernels {
     };
 }
 
+/// A weight block's 32 signed quants prepared for the i8 x i8 products of a tile: two
+/// vectors whose meaning is the build's (see `signed_row` in each module).
+type SignedRow = (__m256i, __m256i);
+
 /// AVX2 + FMA + F16C.
 pub(super) mod plain {
-    legacy_kernels!(features = "avx2,fma,f16c", dot_u8_i8 = dot_u8_i8_madd);
+    legacy_kernels!(
+        features = "avx2,fma,f16c",
+        dot_u8_i8 = dot_u8_i8_madd,
+        tile_step = 4
+    );
+
+    // Signed x signed products for the tiles by the sign trick: `|q|` and `q` per weight block,
+    // then per pair `vpsignb` moves the weight's sign onto the activation (|q|, |y| <= 127
+    // keeps each `vpmaddubsw` pair within i16).
+
+    /// `(|q|, q)`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn signed_row(q: __m256i) -> SignedRow {
+        (_mm256_sign_epi8(q, q), q)
+    }
+
+    /// The activation's quants as they are.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn signed_tok(y: __m256i) -> __m256i {
+        y
+    }
+
+    /// Eight i32 sums of four products `q * y` each.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn signed_pair(&(aq, q): &SignedRow, y: __m256i) -> __m256i {
+        dot_u8_i8(aq, _mm256_sign_epi8(y, q))
+    }
 }
 
-/// AVX2 + FMA + F16C with AVX-512 VNNI and VL (`vpdpbusd` on 256-bit vectors).
+/// AVX2 + FMA + F16C with AVX-512 VNNI and VL (`vpdpbusd` on 256-bit vectors; VL also gives
+/// 32 vector registers, room for tiles of eight tokens).
 pub(super) mod vnni {
     legacy_kernels!(
         features = "avx2,fma,f16c,avx512vnni,avx512vl",
-        dot_u8_i8 = dot_u8_i8_vnni
+        dot_u8_i8 = dot_u8_i8_vnni,
+        tile_step = 8
     );
+
+    // Signed x signed products for the tiles with one `vpdpbusd` per pair: the activation goes
+    // in as the unsigned operand, `y + 128` (one XOR per activation block), and the sums start
+    // from `-128 * sum(q)` per lane (once per weight block), so that
+    // `-128 * sum(q) + sum((y + 128) * q) = sum(y * q)` exactly (i32, no saturation).
+
+    /// `(q, -128 * sum(q) per group of four)`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    fn signed_row(q: __m256i) -> SignedRow {
+        let z = _mm256_setzero_si256();
+        let s = _mm256_dpbusd_epi32(z, _mm256_set1_epi8(0x80u8 as i8), q);
+        (q, _mm256_sub_epi32(z, s))
+    }
+
+    /// `y + 128` as unsigned bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    fn signed_tok(y: __m256i) -> __m256i {
+        _mm256_xor_si256(y, _mm256_set1_epi8(0x80u8 as i8))
+    }
+
+    /// Eight i32 sums of four products `q * y` each.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    fn signed_pair(&(q, base): &SignedRow, yu: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(base, yu, q)
+    }
 }
