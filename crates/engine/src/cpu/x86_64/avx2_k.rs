@@ -28,8 +28,6 @@ pub(super) const Q8K_BSUMS: usize = 260;
 safe_vec_dot!(vec_dot_q4_k_q8_k => q4_k_q8_k, 256, Q4_K_BYTES, Q8_K_BYTES);
 safe_vec_dot!(vec_dot_q5_k_q8_k => q5_k_q8_k, 256, Q5_K_BYTES, Q8_K_BYTES);
 safe_vec_dot!(vec_dot_q6_k_q8_k => q6_k_q8_k, 256, Q6_K_BYTES, Q8_K_BYTES);
-safe_tile!(tile_q4_k_q8_k => q4_k_q8_k_tile, 256, Q4_K_BYTES, Q8_K_BYTES, (TILE_ROWS, TILE_TOKS) by 4);
-safe_tile!(tile_q6_k_q8_k => q6_k_q8_k_tile, 256, Q6_K_BYTES, Q8_K_BYTES, (TILE_ROWS, TILE_TOKS) by 4);
 
 /// Byte-shuffle masks that broadcast scales `2k` and `2k + 1` of 16 i8 scales into the low and
 /// high eight bytes (then widened to i16: one scale per 16-element half of a 32-byte vector).
@@ -126,67 +124,6 @@ unsafe fn q4_k_q8_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
     }
 }
 
-/// [`q4_k_q8_k`] for a tile of `R` weight rows by `T` activation rows, one
-/// weight row at a time (eight accumulators of each kind would not fit the 16 registers): the
-/// scale unpacking and the nibble split of a super-block are done once for the four tokens.
-/// Per pair the operations and their order are those of `q4_k_q8_k` (the integer sums are
-/// exact whatever their order), so every result equals the single dot product to the bit.
-///
-/// # Safety
-/// AVX2, FMA and F16C present; every row of the tile valid for `nb` super-blocks and `out`
-/// valid for every `out[r * os + t]`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_k_q8_k_tile<const R: usize, const T: usize>(
-    nb: usize,
-    w: *const u8,
-    ws: usize,
-    a: *const u8,
-    as_: usize,
-    out: *mut f32,
-    os: usize,
-) {
-    // SAFETY: every pointer read is inside super-block `i < nb` of a row of the tile, and
-    // every write inside `out`'s tile (caller's contract).
-    unsafe {
-        let low4 = _mm256_set1_epi8(0x0F);
-        for r in 0..R {
-            let mut acc = [_mm256_setzero_ps(); T];
-            let mut summ = [0.0f32; T];
-            for i in 0..nb {
-                let x = w.add(r * ws + i * Q4_K_BYTES);
-                let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * Q8_K_BYTES));
-                let (xd, xdmin) = (load_f16(x), load_f16(x.add(2)));
-                let (sc, mn) = unpack_q4_k(&*x.add(4).cast::<[u8; 12]>());
-                let mut sumi = [_mm256_setzero_si256(); T];
-                for j in 0..4 {
-                    let q4 = loadu(x.add(16 + 32 * j));
-                    let lo = _mm256_and_si256(q4, low4);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), low4);
-                    let slo = _mm256_set1_epi16(i16::from(sc[2 * j]));
-                    let shi = _mm256_set1_epi16(i16::from(sc[2 * j + 1]));
-                    for (y, sumi) in y.iter().zip(&mut sumi) {
-                        let ylo = loadu(y.add(Q8K_QS + 64 * j));
-                        let yhi = loadu(y.add(Q8K_QS + 64 * j + 32));
-                        let plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, ylo), slo);
-                        let phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, yhi), shi);
-                        *sumi = _mm256_add_epi32(*sumi, _mm256_add_epi32(plo, phi));
-                    }
-                }
-                for t in 0..T {
-                    let dy = y[t].cast::<f32>().read_unaligned();
-                    let (d, dmin) = (xd * dy, xdmin * dy);
-                    summ[t] += dmin * mins_dot_bsums(mn, y[t].add(Q8K_BSUMS)) as f32;
-                    acc[t] =
-                        _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-                }
-            }
-            for t in 0..T {
-                *out.add(r * os + t) = hsum_ps(acc[t]) - summ[t];
-            }
-        }
-    }
-}
-
 /// Q5_K (d, dmin, 12 scale bytes, 32 high-bit bytes, 128 nibble bytes) against Q8_K.
 ///
 /// # Safety
@@ -274,63 +211,175 @@ unsafe fn q6_k_q8_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
     }
 }
 
-/// [`q6_k_q8_k`] for a tile, one weight row at a time as in [`q4_k_q8_k_tile`]: the 6-bit
-/// unpacking and the scale shuffles of a super-block are done once for the four tokens; per
-/// pair the operations are those of `q6_k_q8_k` (exact integer sums, then the same fused
-/// multiply-add per super-block), so every result equals the single dot product to the bit.
-///
-/// # Safety
-/// AVX2, FMA and F16C present; every row of the tile valid for `nb` super-blocks and `out`
-/// valid for every `out[r * os + t]`.
+/// `acc + (i16 pairs of p times s, summed to i32)`: `vpmaddwd` then `vpaddd`.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6_k_q8_k_tile<const R: usize, const T: usize>(
-    nb: usize,
-    w: *const u8,
-    ws: usize,
-    a: *const u8,
-    as_: usize,
-    out: *mut f32,
-    os: usize,
-) {
-    // SAFETY: every pointer read is inside super-block `i < nb` of a row of the tile, and
-    // every write inside `out`'s tile (caller's contract).
-    unsafe {
-        for r in 0..R {
-            let mut acc = [_mm256_setzero_ps(); T];
-            for i in 0..nb {
-                let x = w.add(r * ws + i * Q6_K_BYTES);
-                let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * Q8_K_BYTES));
-                let xd = load_f16(x.add(208));
-                let scales = loadu128(x.add(192));
-                let mut sumi = [_mm256_setzero_si256(); T];
-                for h in 0..2 {
-                    let ql = x.add(64 * h);
-                    let qh = loadu(x.add(128 + 32 * h));
-                    let (b1, b2) = (loadu(ql), loadu(ql.add(32)));
-                    let q = unpack_q6_k_half(b1, b2, qh);
-                    for (k, &qk) in q.iter().enumerate() {
-                        let shuf = loadu128(Q6K_SCALE_SHUFFLE[4 * h + k].as_ptr());
-                        let s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuf));
-                        for (y, sumi) in y.iter().zip(&mut sumi) {
-                            let yk = loadu(y.add(Q8K_QS + 128 * h + 32 * k));
-                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qk, yk), s);
-                            *sumi = _mm256_add_epi32(*sumi, p);
+fn madd_acc_avx2(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
+    _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
+}
+
+/// The same by one `vpdpwssd` (AVX-512 VNNI with VL); exact, so the same i32 sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+fn madd_acc_vnni(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpwssd_epi32(acc, p, s)
+}
+
+/// Builds the Q4_K and Q6_K prefill tiles for the given target features, i16 multiply-add
+/// (`$madd(acc, p, s)`) and tokens per kernel step.
+macro_rules! k_tiles {
+    (features = $feat:literal, madd_acc = $madd:ident, tile_step = $step:literal) => {
+        use super::*;
+
+        safe_tile!(tile_q4_k_q8_k => q4_k_q8_k_tile, 256, Q4_K_BYTES, Q8_K_BYTES, (TILE_ROWS, TILE_TOKS) by $step);
+        safe_tile!(tile_q6_k_q8_k => q6_k_q8_k_tile, 256, Q6_K_BYTES, Q8_K_BYTES, (TILE_ROWS, TILE_TOKS) by $step);
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn madd_acc(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
+            $madd(acc, p, s)
+        }
+
+        /// [`q4_k_q8_k`] for a tile of `R` weight rows by `T` activation rows, one
+        /// weight row at a time (the sums of more rows would not fit the registers): the scale
+        /// unpacking and the nibble split of a super-block are done once for the tile's tokens.
+        /// Per pair the operations and their order are those of `q4_k_q8_k` (the integer sums are
+        /// exact whatever their order), so every result equals the single dot product to the bit.
+        ///
+        /// # Safety
+        /// AVX2, FMA and F16C present; every row of the tile valid for `nb` super-blocks and `out`
+        /// valid for every `out[r * os + t]`.
+        #[target_feature(enable = $feat)]
+        unsafe fn q4_k_q8_k_tile<const R: usize, const T: usize>(
+            nb: usize,
+            w: *const u8,
+            ws: usize,
+            a: *const u8,
+            as_: usize,
+            out: *mut f32,
+            os: usize,
+        ) {
+            // SAFETY: every pointer read is inside super-block `i < nb` of a row of the tile, and
+            // every write inside `out`'s tile (caller's contract).
+            unsafe {
+                let low4 = _mm256_set1_epi8(0x0F);
+                for r in 0..R {
+                    let mut acc = [_mm256_setzero_ps(); T];
+                    let mut summ = [0.0f32; T];
+                    for i in 0..nb {
+                        let x = w.add(r * ws + i * Q4_K_BYTES);
+                        let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * Q8_K_BYTES));
+                        let (xd, xdmin) = (load_f16(x), load_f16(x.add(2)));
+                        let (sc, mn) = unpack_q4_k(&*x.add(4).cast::<[u8; 12]>());
+                        let mut sumi = [_mm256_setzero_si256(); T];
+                        for j in 0..4 {
+                            let q4 = loadu(x.add(16 + 32 * j));
+                            let lo = _mm256_and_si256(q4, low4);
+                            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), low4);
+                            let slo = _mm256_set1_epi16(i16::from(sc[2 * j]));
+                            let shi = _mm256_set1_epi16(i16::from(sc[2 * j + 1]));
+                            for (y, sumi) in y.iter().zip(&mut sumi) {
+                                let ylo = loadu(y.add(Q8K_QS + 64 * j));
+                                let yhi = loadu(y.add(Q8K_QS + 64 * j + 32));
+                                let plo = _mm256_maddubs_epi16(lo, ylo);
+                                let phi = _mm256_maddubs_epi16(hi, yhi);
+                                *sumi = madd_acc(madd_acc(*sumi, plo, slo), phi, shi);
+                            }
+                        }
+                        for t in 0..T {
+                            let dy = y[t].cast::<f32>().read_unaligned();
+                            let (d, dmin) = (xd * dy, xdmin * dy);
+                            summ[t] += dmin * mins_dot_bsums(mn, y[t].add(Q8K_BSUMS)) as f32;
+                            acc[t] =
+                                _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
                         }
                     }
+                    for t in 0..T {
+                        *out.add(r * os + t) = hsum_ps(acc[t]) - summ[t];
+                    }
                 }
-                let sc16 = _mm256_cvtepi8_epi16(scales);
-                for t in 0..T {
-                    let d = xd * y[t].cast::<f32>().read_unaligned();
-                    let offset = _mm256_madd_epi16(sc16, loadu(y[t].add(Q8K_BSUMS)));
-                    let sumi = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32::<5>(offset));
-                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
-                }
-            }
-            for (t, acc) in acc.iter().enumerate() {
-                *out.add(r * os + t) = hsum_ps(*acc);
             }
         }
-    }
+
+
+        /// [`q6_k_q8_k`] for a tile, one weight row at a time as in [`q4_k_q8_k_tile`]: the 6-bit
+        /// unpacking and the scale shuffles of a super-block are done once for the tile's tokens; per
+        /// pair the operations are those of `q6_k_q8_k` (exact integer sums, then the same fused
+        /// multiply-add per super-block), so every result equals the single dot product to the bit.
+        ///
+        /// # Safety
+        /// AVX2, FMA and F16C present; every row of the tile valid for `nb` super-blocks and `out`
+        /// valid for every `out[r * os + t]`.
+        #[target_feature(enable = $feat)]
+        unsafe fn q6_k_q8_k_tile<const R: usize, const T: usize>(
+            nb: usize,
+            w: *const u8,
+            ws: usize,
+            a: *const u8,
+            as_: usize,
+            out: *mut f32,
+            os: usize,
+        ) {
+            // SAFETY: every pointer read is inside super-block `i < nb` of a row of the tile, and
+            // every write inside `out`'s tile (caller's contract).
+            unsafe {
+                for r in 0..R {
+                    let mut acc = [_mm256_setzero_ps(); T];
+                    for i in 0..nb {
+                        let x = w.add(r * ws + i * Q6_K_BYTES);
+                        let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * Q8_K_BYTES));
+                        let xd = load_f16(x.add(208));
+                        let scales = loadu128(x.add(192));
+                        let mut sumi = [_mm256_setzero_si256(); T];
+                        for h in 0..2 {
+                            let ql = x.add(64 * h);
+                            let qh = loadu(x.add(128 + 32 * h));
+                            let (b1, b2) = (loadu(ql), loadu(ql.add(32)));
+                            let q = unpack_q6_k_half(b1, b2, qh);
+                            for (k, &qk) in q.iter().enumerate() {
+                                let shuf = loadu128(Q6K_SCALE_SHUFFLE[4 * h + k].as_ptr());
+                                let s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuf));
+                                for (y, sumi) in y.iter().zip(&mut sumi) {
+                                    let yk = loadu(y.add(Q8K_QS + 128 * h + 32 * k));
+                                    *sumi = madd_acc(*sumi, _mm256_maddubs_epi16(qk, yk), s);
+                                }
+                            }
+                        }
+                        let sc16 = _mm256_cvtepi8_epi16(scales);
+                        for t in 0..T {
+                            let d = xd * y[t].cast::<f32>().read_unaligned();
+                            let offset = _mm256_madd_epi16(sc16, loadu(y[t].add(Q8K_BSUMS)));
+                            let sumi = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32::<5>(offset));
+                            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+                        }
+                    }
+                    for (t, acc) in acc.iter().enumerate() {
+                        *out.add(r * os + t) = hsum_ps(*acc);
+                    }
+                }
+            }
+        }
+
+    };
+}
+
+/// The tiles with AVX2 + FMA + F16C, four tokens per step (16 registers).
+pub(super) mod plain {
+    k_tiles!(
+        features = "avx2,fma,f16c",
+        madd_acc = madd_acc_avx2,
+        tile_step = 4
+    );
+}
+
+/// The tiles with AVX-512 VNNI and VL at 256 bits: `vpdpwssd` for the scale multiply-add, and
+/// eight tokens per step in the 32 registers.
+pub(super) mod vnni {
+    k_tiles!(
+        features = "avx2,fma,f16c,avx512vnni,avx512vl",
+        madd_acc = madd_acc_vnni,
+        tile_step = 8
+    );
 }
 
 /// Q8_K activations (f32 d, 256 i8, 16 i16 bsums), bytes identical to the reference.

@@ -60,6 +60,10 @@ pub(super) fn vec_dot(v: Variant, ty: GgmlType) -> Option<VecDotFn> {
         (Variant::Avx2Vnni, GgmlType::Q5_0) => legacy::vnni::vec_dot_q5_0_q8_0,
         (Variant::Avx2Vnni, GgmlType::Q5_1) => legacy::vnni::vec_dot_q5_1_q8_1,
         (Variant::Avx2Vnni, GgmlType::Q8_0) => legacy::vnni::vec_dot_q8_0_q8_0,
+        // The one-row K-quant kernels are AVX2's; they are listed here because the tiles
+        // below are this variant's, and a tile is taken only with its variant's dot product.
+        (Variant::Avx2Vnni, GgmlType::Q4_K) => avx2_k::vec_dot_q4_k_q8_k,
+        (Variant::Avx2Vnni, GgmlType::Q6_K) => avx2_k::vec_dot_q6_k_q8_k,
         (Variant::Avx512, GgmlType::F32) => avx512::vec_dot_f32,
         (Variant::Avx512, GgmlType::Q4_0) => avx512::vec_dot_q4_0_q8_0,
         (Variant::Avx512, GgmlType::Q4_1) => avx512::vec_dot_q4_1_q8_1,
@@ -86,11 +90,13 @@ pub(super) fn vec_dot_tile(v: Variant, ty: GgmlType) -> Option<TileDotFn> {
         (Variant::Avx2, GgmlType::Q4_1) => legacy::plain::tile_q4_1_q8_1,
         (Variant::Avx2, GgmlType::Q5_0) => legacy::plain::tile_q5_0_q8_0,
         (Variant::Avx2, GgmlType::Q8_0) => legacy::plain::tile_q8_0_q8_0,
-        (Variant::Avx2, GgmlType::Q4_K) => avx2_k::tile_q4_k_q8_k,
-        (Variant::Avx2, GgmlType::Q6_K) => avx2_k::tile_q6_k_q8_k,
+        (Variant::Avx2, GgmlType::Q4_K) => avx2_k::plain::tile_q4_k_q8_k,
+        (Variant::Avx2, GgmlType::Q6_K) => avx2_k::plain::tile_q6_k_q8_k,
         (Variant::Avx2Vnni, GgmlType::Q4_1) => legacy::vnni::tile_q4_1_q8_1,
         (Variant::Avx2Vnni, GgmlType::Q5_0) => legacy::vnni::tile_q5_0_q8_0,
         (Variant::Avx2Vnni, GgmlType::Q8_0) => legacy::vnni::tile_q8_0_q8_0,
+        (Variant::Avx2Vnni, GgmlType::Q4_K) => avx2_k::vnni::tile_q4_k_q8_k,
+        (Variant::Avx2Vnni, GgmlType::Q6_K) => avx2_k::vnni::tile_q6_k_q8_k,
         _ => return None,
     };
     Some(f)
