@@ -439,12 +439,53 @@ unsafe fn query_block_f32_chunked(
     out.fill(0.0);
     let mut run = [Running::START; QUERY_BLOCK];
     let mut wgt = [0.0f32; KEY_CHUNK];
+    // The chunk's raw scores for every query of the block that sees any of its keys.
+    let mut scores = [[0.0f32; KEY_CHUNK]; QUERY_BLOCK];
     for h in 0..p.n_head {
         let kvh = h / group;
         run.fill(Running::START);
         let mut c0 = first_key(p, pos0);
         while c0 <= last {
             let c1 = (c0 + KEY_CHUNK).min(last + 1);
+            // Queries `tlo..thi` see keys of this chunk (windows only move forward).
+            let tlo = c0.saturating_sub(pos0).min(nt);
+            let thi = (tlo..nt)
+                .find(|&t| first_key(p, pos0 + t) >= c1)
+                .unwrap_or(nt);
+            let qrow = |t: usize| &q[(t0 + t) * row + h * hd..][..hd];
+            let krow = |j: usize| &k_cache[j * kv_dim + kvh * hd..][..hd];
+            // Scores two queries by four keys at a time: each key row loaded once per two
+            // queries and each query row once per four keys (a lone dot product loads both per
+            // multiply-add). Keys a query does not see (past it, or before its window) are
+            // scored too and never read.
+            let nk = c1 - c0;
+            let mut t = tlo;
+            while t < thi {
+                let pair = t + 1 < thi;
+                let mut j = 0;
+                while pair && j + 4 <= nk {
+                    let ks = [
+                        krow(c0 + j),
+                        krow(c0 + j + 1),
+                        krow(c0 + j + 2),
+                        krow(c0 + j + 3),
+                    ];
+                    // SAFETY: AVX2 and FMA (this function's contract); every row holds `hd`,
+                    // a multiple of 64.
+                    let s2 = unsafe { dot_2x4_avx2(qrow(t), qrow(t + 1), ks) };
+                    scores[t][j..j + 4].copy_from_slice(&s2[0]);
+                    scores[t + 1][j..j + 4].copy_from_slice(&s2[1]);
+                    j += 4;
+                }
+                let rows = t..t + 1 + usize::from(pair);
+                for (su, u) in scores[rows.clone()].iter_mut().zip(rows) {
+                    for (jj, s) in su.iter_mut().enumerate().take(nk).skip(j) {
+                        // SAFETY: as above.
+                        *s = unsafe { dot_avx2(qrow(u), krow(c0 + jj)) };
+                    }
+                }
+                t += 1 + usize::from(pair);
+            }
             for (t, r) in run
                 .iter_mut()
                 .enumerate()
@@ -458,15 +499,10 @@ unsafe fn query_block_f32_chunked(
                 }
                 // This query's keys in the chunk: `jlo..jhi`.
                 let (jlo, jhi) = (c0.max(fk), c1.min(pos + 1));
-                let qo = (t0 + t) * row + h * hd;
-                let qt = &q[qo..qo + hd];
                 let acc = &mut out[t * row + h * hd..][..hd];
                 let mut cmax = f32::NEG_INFINITY;
                 for j in jlo..jhi {
-                    let off = j * kv_dim + kvh * hd;
-                    // SAFETY: AVX2 and FMA (this function's contract); both rows hold `hd`,
-                    // a multiple of 64.
-                    let mut s = unsafe { dot_avx2(qt, &k_cache[off..off + hd]) } * p.scale;
+                    let mut s = scores[t][j - c0] * p.scale;
                     if let Some(cap) = p.softcap {
                         s = cap * (s / cap).tanh();
                     }
@@ -514,6 +550,44 @@ unsafe fn query_block_f32_chunked(
                 *a *= inv;
             }
         }
+    }
+}
+
+/// The dot products of two query rows with four key rows, all of one length, a multiple of 8:
+/// one accumulator per pair over the length, then the eight reduced together.
+///
+/// # Safety
+/// The CPU must have FMA and AVX2; every row holds `q0.len()` elements, a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma,avx2")]
+#[inline]
+unsafe fn dot_2x4_avx2(q0: &[f32], q1: &[f32], k: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    use std::arch::x86_64::*;
+    let n = q0.len();
+    debug_assert!(q1.len() == n && k.iter().all(|k| k.len() == n) && n.is_multiple_of(8));
+    // SAFETY: every access is at an offset `o` with `o + 8 <= n` (caller's contract).
+    unsafe {
+        let mut a = [[_mm256_setzero_ps(); 4]; 2];
+        for o in (0..n).step_by(8) {
+            let (x0, x1) = (
+                _mm256_loadu_ps(q0.as_ptr().add(o)),
+                _mm256_loadu_ps(q1.as_ptr().add(o)),
+            );
+            for (u, k) in k.iter().enumerate() {
+                let y = _mm256_loadu_ps(k.as_ptr().add(o));
+                a[0][u] = _mm256_fmadd_ps(x0, y, a[0][u]);
+                a[1][u] = _mm256_fmadd_ps(x1, y, a[1][u]);
+            }
+        }
+        // Four vectors to their four sums: two rounds of pairwise adds, then the halves.
+        let sums = |a: [__m256; 4]| {
+            let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+            let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+            let mut out = [0.0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), s);
+            out
+        };
+        [sums(a[0]), sums(a[1])]
     }
 }
 
