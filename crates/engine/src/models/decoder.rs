@@ -338,9 +338,12 @@ impl Decoder {
             add_bias_rows(&mut s.k[..n * kvd], lw.bk.as_deref());
             add_bias_rows(&mut s.v[..n * kvd], lw.bv.as_deref());
             let rope = &self.ropes[self.layer_rope[l]];
-            for t in 0..n {
-                let q = &mut s.q[t * qd..(t + 1) * qd];
-                let kr = &mut s.k[t * kvd..(t + 1) * kvd];
+            // Per token, on the pool: serial, these element-wise steps were a sixth of Gemma 3's
+            // two-thread prefill.
+            let qk_rows = s.q[..n * qd]
+                .par_chunks_mut(qd)
+                .zip(s.k[..n * kvd].par_chunks_mut(kvd));
+            qk_rows.enumerate().for_each(|(t, (q, kr))| {
                 if let Some(w) = &lw.q_norm {
                     q.chunks_exact_mut(c.head_dim)
                         .for_each(|h| rms_norm_inplace(h, w, c.rms_eps));
@@ -351,7 +354,7 @@ impl Decoder {
                 }
                 rope.apply(q, c.head_dim, pos0 + t);
                 rope.apply(kr, c.head_dim, pos0 + t);
-            }
+            });
             // The cache holds f16-precision values, as llama.cpp's default F16 KV cache does.
             round_f16_slice(&mut s.k[..n * kvd]);
             round_f16_slice(&mut s.v[..n * kvd]);
@@ -376,6 +379,7 @@ impl Decoder {
             residual_add(
                 &mut s.x[..n * d],
                 &mut s.proj[..n * d],
+                d,
                 lw.post_attn_norm.as_deref(),
                 c.rms_eps,
             );
@@ -405,10 +409,13 @@ impl Decoder {
                 matmul(k, lw.w_up.mat(file), &s.act, n, &mut s.up, &mut s.scratch);
             }
             let (gate, up) = (&mut s.gate[..n * ff], &s.up[..n * ff]);
-            match c.activation {
-                Activation::Silu => silu_mul(gate, up),
-                Activation::GeluTanh => gelu_tanh_mul(gate, up),
-            }
+            let act = match c.activation {
+                Activation::Silu => silu_mul,
+                Activation::GeluTanh => gelu_tanh_mul,
+            };
+            gate.par_chunks_mut(ff)
+                .zip(up.par_chunks(ff))
+                .for_each(|(g, u)| act(g, u));
             quantize_acts(k, lw.w_down.info.ty, &s.gate[..n * ff], ff, &mut s.act);
             matmul(
                 k,
@@ -421,6 +428,7 @@ impl Decoder {
             residual_add(
                 &mut s.x[..n * d],
                 &mut s.proj[..n * d],
+                d,
                 lw.post_ffn_norm.as_deref(),
                 c.rms_eps,
             );
@@ -464,11 +472,14 @@ fn add_bias_rows(x: &mut [f32], bias: Option<&[f32]>) {
     }
 }
 
-/// `x += post_norm(y)` (or `x += y` without a post-norm).
-fn residual_add(x: &mut [f32], y: &mut [f32], post_norm: Option<&[f32]>, eps: f32) {
-    if let Some(w) = post_norm {
-        y.chunks_exact_mut(w.len())
-            .for_each(|row| rms_norm_inplace(row, w, eps));
-    }
-    add_assign(x, y);
+/// `x += post_norm(y)` (or `x += y` without a post-norm), rows of `d` on the pool.
+fn residual_add(x: &mut [f32], y: &mut [f32], d: usize, post_norm: Option<&[f32]>, eps: f32) {
+    x.par_chunks_mut(d)
+        .zip(y.par_chunks_mut(d))
+        .for_each(|(x, y)| {
+            if let Some(w) = post_norm {
+                rms_norm_inplace(y, w, eps);
+            }
+            add_assign(x, y);
+        });
 }
