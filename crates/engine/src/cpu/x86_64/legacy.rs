@@ -104,8 +104,8 @@ macro_rules! legacy_kernels {
         /// [`q4_1_q8_1`] for a tile of `R` weight rows by `T` activation rows: each weight block is
         /// unpacked once and each activation block loaded once per tile. Per pair the operations and
         /// their order are those of `q4_1_q8_1`: the eight-lane accumulator takes the same fused
-        /// multiply-adds block by block, and the scalar `m * s` sum becomes one lane of a four-lane
-        /// fused multiply-add, so every result equals the single dot product to the bit.
+        /// multiply-adds block by block, and the scalar `m * s` sum becomes one lane (per token) of an
+        /// eight-lane fused multiply-add, so every result equals the single dot product to the bit.
         ///
         /// # Safety
         /// The features of this build present; every row of the tile valid for `nb` blocks and `out` valid for
