@@ -204,15 +204,11 @@ macro_rules! legacy_kernels {
             }
         }
 
-        /// [`q5_0_q8_0`] for a tile of `R` weight rows by `T` activation rows: the 5-bit
-        /// unpacking (and [`signed_row`]'s work) is done once per weight block, the activation
-        /// loads (and [`signed_tok`]'s) once per tile. The per-lane i32 sums are exact, as in
-        /// `q5_0_q8_0`, and the float operations and their order per pair are the same, so every
-        /// result equals the single dot product to the bit.
+        /// [`q5_0_q8_0`] for a tile of `R` weight rows by `T` activation rows (see
+        /// [`signed_tile`]).
         ///
         /// # Safety
-        /// The features of this build present; every row of the tile valid for `nb` blocks and `out` valid for
-        /// every `out[r * os + t]`.
+        /// As for [`signed_tile`].
         #[target_feature(enable = $feat)]
         unsafe fn q5_0_q8_0_tile<const R: usize, const T: usize>(
             nb: usize,
@@ -223,33 +219,16 @@ macro_rules! legacy_kernels {
             out: *mut f32,
             os: usize,
         ) {
-            // SAFETY: every pointer read is inside block `i < nb` of a row of the tile, and every
-            // write inside `out`'s tile (caller's contract).
-            unsafe {
-                let mut acc = [[_mm256_setzero_ps(); T]; R];
-                for i in 0..nb {
-                    let rows: [(SignedRow, __m256); R] = std::array::from_fn(|r| {
-                        let x = w.add(r * ws + i * 22);
-                        let qh = x.add(2).cast::<u32>().read_unaligned();
-                        let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
-                        (signed_row(_mm256_or_si256(nibbles(x.add(6)), hi)), load_f16_x8(x))
-                    });
-                    for t in 0..T {
-                        let y = a.add(t * as_ + i * 34);
-                        let (yd, yq) = (load_f16_x8(y), signed_tok(loadu(y.add(2))));
-                        for (r, (row, xd)) in rows.iter().enumerate() {
-                            let d = _mm256_mul_ps(*xd, yd);
-                            let p = signed_pair(row, yq);
-                            acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][t]);
-                        }
-                    }
+            let quants = |x: *const u8| {
+                // SAFETY: `x` is a whole 22-byte block (`signed_tile`'s contract).
+                unsafe {
+                    let qh = x.add(2).cast::<u32>().read_unaligned();
+                    let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
+                    _mm256_or_si256(nibbles(x.add(6)), hi)
                 }
-                for (r, acc) in acc.iter().enumerate() {
-                    for (t, acc) in acc.iter().enumerate() {
-                        *out.add(r * os + t) = hsum_ps(*acc);
-                    }
-                }
-            }
+            };
+            // SAFETY: the caller's contract is `signed_tile`'s, for 22-byte blocks.
+            unsafe { signed_tile::<R, T>(nb, (w, ws, 22), (a, as_), (out, os), quants) }
         }
 
         /// Q5_1 (24: d, m, qh u32, 16 nibble bytes) against Q8_1.
@@ -297,14 +276,11 @@ macro_rules! legacy_kernels {
             }
         }
 
-        /// [`q8_0_q8_0`] for a tile of `R` weight rows by `T` activation rows: [`signed_row`]
-        /// runs once per weight block, the activation loads and [`signed_tok`] once per tile; per
-        /// pair the i32 sums are exact and the float operations and their order those of
-        /// `q8_0_q8_0`, so every result equals the single dot product to the bit.
+        /// [`q8_0_q8_0`] for a tile of `R` weight rows by `T` activation rows (see
+        /// [`signed_tile`]).
         ///
         /// # Safety
-        /// The features of this build present; every row of the tile valid for `nb` blocks and `out` valid for
-        /// every `out[r * os + t]`.
+        /// As for [`signed_tile`].
         #[target_feature(enable = $feat)]
         unsafe fn q8_0_q8_0_tile<const R: usize, const T: usize>(
             nb: usize,
@@ -315,14 +291,40 @@ macro_rules! legacy_kernels {
             out: *mut f32,
             os: usize,
         ) {
+            // SAFETY: `x` is a whole 34-byte block (`signed_tile`'s contract).
+            let quants = |x: *const u8| unsafe { loadu(x.add(2)) };
+            // SAFETY: the caller's contract is `signed_tile`'s, for 34-byte blocks.
+            unsafe { signed_tile::<R, T>(nb, (w, ws, 34), (a, as_), (out, os), quants) }
+        }
+
+        /// The tile of a format whose blocks are an f16 scale then signed quants (Q5_0, Q8_0)
+        /// against Q8_0: `quants` unpacks a weight block's 32 quants, once per tile, and
+        /// [`signed_row`]'s work is done once per weight block, the activation loads and
+        /// [`signed_tok`] once per tile. The per-lane i32 sums are exact, and the float
+        /// operations and their order per pair are those of the single dot product
+        /// (`q5_0_q8_0`, `q8_0_q8_0`), so every result equals it to the bit.
+        ///
+        /// # Safety
+        /// The features of this build present; every row of the tile valid for `nb` blocks of
+        /// `wb` bytes (`quants` reads only inside the block it is given), the activation rows for
+        /// `nb` Q8_0 blocks, and `out` valid for every `out[r * os + t]`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn signed_tile<const R: usize, const T: usize>(
+            nb: usize,
+            (w, ws, wb): (*const u8, usize, usize),
+            (a, as_): (*const u8, usize),
+            (out, os): (*mut f32, usize),
+            quants: impl Fn(*const u8) -> __m256i,
+        ) {
             // SAFETY: every pointer read is inside block `i < nb` of a row of the tile, and every
             // write inside `out`'s tile (caller's contract).
             unsafe {
                 let mut acc = [[_mm256_setzero_ps(); T]; R];
                 for i in 0..nb {
                     let rows: [(SignedRow, __m256); R] = std::array::from_fn(|r| {
-                        let x = w.add(r * ws + i * 34);
-                        (signed_row(loadu(x.add(2))), load_f16_x8(x))
+                        let x = w.add(r * ws + i * wb);
+                        (signed_row(quants(x)), load_f16_x8(x))
                     });
                     for t in 0..T {
                         let y = a.add(t * as_ + i * 34);
