@@ -98,6 +98,7 @@ fn bench_matmul(c: &mut Criterion) {
             n_in,
             n_out,
             data: &data,
+            interleaved: false,
         };
         for n_tok in [1usize, 64] {
             let x = floats(&mut StdRng::seed_from_u64(3), n_in * n_tok);

@@ -133,7 +133,7 @@ impl Engine {
         if opts.backend == BackendKind::Native && !opts.device.is_cpu() {
             return Err(EngineError::NativeOnCpuOnly(opts.device));
         }
-        let model = models::load(path)?;
+        let mut model = models::load(path)?;
         let backend = match opts.backend {
             BackendKind::Native => Backend::Native,
             BackendKind::Candle => {
@@ -155,6 +155,9 @@ impl Engine {
                 threads,
                 why: e.to_string(),
             })?;
+        if matches!(backend, Backend::Native) {
+            pool.install(|| model.interleave_weights(&kernels));
+        }
         Ok(Self {
             model,
             backend,

@@ -10,6 +10,7 @@
 //! Variants the host cannot run are reported as `SKIPPED: host lacks ...` on stderr and do not
 //! check anything; the test names say so (`..._or_skip`). Run with `--nocapture` to see them.
 
+use backstop_engine::cpu::interleaved::{self, GroupKernels, GROUP_ROWS};
 use backstop_engine::cpu::{Kernels, Tier, TileDotFn, Variant, DECODE_ROWS, TILE_ROWS, TILE_TOKS};
 use backstop_engine::quant::{self, GgmlType};
 use half::f16;
@@ -250,6 +251,59 @@ fn check_tile(
     cases
 }
 
+/// The kernels for interleaved row groups against the scalar group reference, bit for bit, one
+/// token and a tile of tokens (with gaps between activation rows and output columns); the
+/// group reference in turn equals the row-major dot product of each row to the bit.
+fn check_groups(v: Variant, ty: GgmlType, g: GroupKernels, seed: u64) -> usize {
+    let mut rng = StdRng::seed_from_u64(seed ^ (ty as u64) << 32);
+    let mut cases = 0;
+    for n in lengths(ty) {
+        for s in [Scale::Normal, Scale::Tiny, Scale::Huge] {
+            let rows: Vec<u8> = (0..GROUP_ROWS)
+                .flat_map(|_| random_row(&mut rng, ty, n, s))
+                .collect();
+            let packed = interleaved::interleave_q4_1(&rows, n, GROUP_ROWS).unwrap();
+            let toks = g.toks;
+            let arows: Vec<Vec<u8>> = (0..toks)
+                .map(|t| random_act(&mut rng, ty, n, s, t % 2 == 0))
+                .collect();
+            let (as_, os) = (arows[0].len() + 5, toks + 2);
+            let mut a = vec![0u8; as_ * toks];
+            for (t, row) in arows.iter().enumerate() {
+                a[t * as_..t * as_ + row.len()].copy_from_slice(row);
+            }
+            let mut tile = vec![f32::NAN; os * GROUP_ROWS];
+            (g.tile)(n, &packed, &a, as_, &mut tile, os);
+            let rb = rows.len() / GROUP_ROWS;
+            for (t, ar) in arows.iter().enumerate() {
+                let mut want = [0.0f32; GROUP_ROWS];
+                interleaved::q4_1_group_ref(n, &packed, ar, &mut want);
+                let mut one = vec![f32::NAN; GROUP_ROWS];
+                (g.one)(n, &packed, ar, 0, &mut one, 1);
+                for (j, w) in want.iter().enumerate() {
+                    let (got_tile, got_one) = (tile[j * os + t], one[j]);
+                    assert_eq!(
+                        (got_tile.to_bits(), got_one.to_bits()),
+                        (w.to_bits(), w.to_bits()),
+                        "{v} {} group n={n} {s:?} row {j} token {t}: tile {got_tile}, one {got_one}, ref {w}",
+                        ty.name()
+                    );
+                    let row = &rows[j * rb..(j + 1) * rb];
+                    let row_major = quant::vec_dot(ty, n, row, ar);
+                    assert_eq!(
+                        w.to_bits(),
+                        row_major.to_bits(),
+                        "{} group reference n={n} {s:?} row {j}: {w} vs row-major {row_major}",
+                        ty.name()
+                    );
+                    cases += 1;
+                }
+            }
+        }
+    }
+    cases
+}
+
 /// Rows for the quantizers: random, plus blocks made to hit every edge of the rounding.
 fn quantizer_inputs(rng: &mut StdRng, qk: usize) -> Vec<Vec<f32>> {
     let mut rows = Vec::new();
@@ -366,6 +420,7 @@ fn run_variant(v: Variant) {
     let mut fallback = Vec::new();
     let mut tiles = Vec::new();
     let mut row_tiles = Vec::new();
+    let mut groups = Vec::new();
     for ty in GgmlType::ALL {
         match v.vec_dot(ty) {
             Some(f) => {
@@ -382,13 +437,17 @@ fn run_variant(v: Variant) {
             cases += check_tile(v, ty, tile, (DECODE_ROWS, 1), 44);
             row_tiles.push(ty.name());
         }
+        if let Some(g) = v.group_kernels(ty) {
+            cases += check_groups(v, ty, g, 45);
+            groups.push(ty.name());
+        }
     }
     cases += check_quantizers(v);
     cases += check_f32_helpers(v);
     eprintln!(
         "{v}: {cases} cases passed; own vec_dot for {own:?}; none of its own for {fallback:?} \
          (its tier uses a lower variant or the reference); prefill tiles for {tiles:?}, decode \
-         row tiles for {row_tiles:?}"
+         row tiles for {row_tiles:?}, interleaved groups for {groups:?}"
     );
     assert!(
         cases > 0 && !own.is_empty(),

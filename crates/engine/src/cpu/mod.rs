@@ -24,6 +24,7 @@ use crate::quant::GgmlType;
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+pub mod interleaved;
 mod k_scales;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
@@ -241,6 +242,21 @@ impl Kernels {
         v.vec_dot_rows(ty)
     }
 
+    /// The SIMD kernels for weights of `ty` interleaved in row groups, if this tier has them:
+    /// the loader interleaves a matrix only then (see [`interleaved`]).
+    pub fn group_kernels_simd(&self, ty: GgmlType) -> Option<interleaved::GroupKernels> {
+        self.variants().iter().find_map(|v| v.group_kernels(ty))
+    }
+
+    /// The kernels for interleaved weights of `ty` at this tier: its SIMD ones, else the
+    /// scalar reference (weights interleaved for one tier still run on any other).
+    pub fn group_kernels(&self, ty: GgmlType) -> Option<interleaved::GroupKernels> {
+        self.group_kernels_simd(ty).or(match ty {
+            GgmlType::Q4_1 => Some(interleaved::Q4_1_REF),
+            _ => None,
+        })
+    }
+
     /// The activation quantizer for `act_ty` (Q8_0, Q8_1 or Q8_K, or F32 as a plain copy) at
     /// this tier. Its bytes are identical to the scalar reference's.
     pub fn quantize(&self, act_ty: GgmlType) -> QuantizeFn {
@@ -386,6 +402,25 @@ impl Variant {
             #[cfg(target_arch = "x86_64")]
             Variant::Avx2 | Variant::Avx2Vnni | Variant::Avx512 | Variant::Avx512Vnni => {
                 x86_64::vec_dot_rows(self, ty)
+            }
+            #[allow(unreachable_patterns)]
+            _ => {
+                let _ = ty;
+                None
+            }
+        }
+    }
+
+    /// This variant's own kernels for interleaved weights of `ty`, if any and the CPU can run
+    /// them (the reference has its own in [`interleaved`], not listed here).
+    pub fn group_kernels(self, ty: GgmlType) -> Option<interleaved::GroupKernels> {
+        if !self.is_supported() {
+            return None;
+        }
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Variant::Avx2 | Variant::Avx2Vnni | Variant::Avx512 | Variant::Avx512Vnni => {
+                x86_64::group_kernels(self, ty)
             }
             #[allow(unreachable_patterns)]
             _ => {

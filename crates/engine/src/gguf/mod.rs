@@ -200,6 +200,27 @@ impl GgufFile {
         }
     }
 
+    /// Tell the kernel that `data` (a slice of this mapping) will not be read for a while: its
+    /// pages leave the resident set and come back from the page cache if read again. For
+    /// tensors whose bytes were copied elsewhere (repacked weights). A slice from elsewhere, or
+    /// a failed advice, is ignored: this only saves memory.
+    pub fn release(&self, data: &[u8]) {
+        let base = self.mmap.as_ptr() as usize;
+        let Some(offset) = (data.as_ptr() as usize).checked_sub(base) else {
+            return;
+        };
+        if offset + data.len() > self.mmap.len() {
+            return;
+        }
+        // SAFETY: the mapping is read-only and private, so none of its pages holds data that
+        // exists nowhere else: after MADV_DONTNEED a read faults the file's bytes back in.
+        #[cfg(unix)]
+        let _ = unsafe {
+            self.mmap
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, data.len())
+        };
+    }
+
     /// Look up a tensor by name and return its info and bytes, or MissingTensor.
     pub fn tensor_by_name(&self, name: &str) -> Result<(&TensorInfo, &[u8]), GgufError> {
         let info = self

@@ -280,6 +280,27 @@ impl Decoder {
         Ok(())
     }
 
+    /// Repack the matrices whose format the kernels `k` read faster interleaved (see
+    /// `cpu::interleaved`); the results of any tier on the repacked model are those of the
+    /// interleaved kernels. Runs on the caller's rayon pool, a layer per task.
+    pub fn interleave_weights(&mut self, k: &Kernels) {
+        let file = &*self.file;
+        self.layers.par_iter_mut().for_each(|lw| {
+            for w in [
+                &mut lw.wq,
+                &mut lw.wk,
+                &mut lw.wv,
+                &mut lw.wo,
+                &mut lw.w_gate,
+                &mut lw.w_up,
+                &mut lw.w_down,
+            ] {
+                w.interleave(file, k);
+            }
+        });
+        self.output.interleave(file, k);
+    }
+
     /// Run `tokens` (at positions `s.n_past..`) through the model, append them to the KV cache
     /// and leave the logits of the last one in `s.logits`. Must run inside the caller's rayon
     /// pool, which decides the thread count.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::ModelError;
+use crate::cpu::{interleaved, Kernels};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::ops::matmul::MatRef;
 use crate::quant::{self, GgmlType};
@@ -14,6 +15,19 @@ pub struct Linear {
     pub info: TensorInfo,
     pub n_in: usize,
     pub n_out: usize,
+    /// The rows repacked into interleaved groups ([`Linear::interleave`]); the matrix
+    /// products read these instead of the file's bytes, which stay for [`Linear::row_f32`].
+    interleaved: Option<Interleaved>,
+}
+
+/// Repacked weight bytes, shared by the clones of a [`Linear`].
+#[derive(Clone)]
+struct Interleaved(Arc<Vec<u8>>);
+
+impl std::fmt::Debug for Interleaved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Interleaved({} bytes)", self.0.len())
+    }
 }
 
 impl Linear {
@@ -35,7 +49,12 @@ impl Linear {
                 role: "a weight matrix",
             });
         }
-        Ok(Self { info, n_in, n_out })
+        Ok(Self {
+            info,
+            n_in,
+            n_out,
+            interleaved: None,
+        })
     }
 
     /// Rows `first..first + n_rows` of the `total_rows`-row matrix `name`, as a matrix of its
@@ -61,16 +80,42 @@ impl Linear {
             info,
             n_in,
             n_out: n_rows,
+            interleaved: None,
         })
     }
 
-    pub fn mat<'a>(&self, file: &'a GgufFile) -> MatRef<'a> {
+    pub fn mat<'a>(&'a self, file: &'a GgufFile) -> MatRef<'a> {
+        let (data, interleaved) = match &self.interleaved {
+            Some(Interleaved(bytes)) => (bytes.as_slice(), true),
+            None => (file.tensor_data(&self.info), false),
+        };
         MatRef {
             ty: self.info.ty,
             n_in: self.n_in,
             n_out: self.n_out,
-            data: file.tensor_data(&self.info),
+            data,
+            interleaved,
         }
+    }
+
+    /// Repack the rows into interleaved groups when the kernels `k` have SIMD code for them
+    /// (`cpu::interleaved`), and hand the file's pages of this tensor back to the page cache, so
+    /// the copy does not count twice in the resident set. Returns whether it did.
+    pub fn interleave(&mut self, file: &GgufFile, k: &Kernels) -> bool {
+        let ty = self.info.ty;
+        if self.interleaved.is_some()
+            || !interleaved::can_interleave(ty, self.n_out)
+            || k.group_kernels_simd(ty).is_none()
+        {
+            return false;
+        }
+        let data = file.tensor_data(&self.info);
+        let Some(packed) = interleaved::interleave_q4_1(data, self.n_in, self.n_out) else {
+            return false;
+        };
+        self.interleaved = Some(Interleaved(Arc::new(packed)));
+        file.release(data);
+        true
     }
 
     /// Dequantize row `r` (an embedding lookup).

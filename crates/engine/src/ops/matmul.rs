@@ -11,16 +11,19 @@
 
 use rayon::prelude::*;
 
+use crate::cpu::interleaved::{GroupKernels, GROUP_ROWS};
 use crate::cpu::{Kernels, DECODE_ROWS, TILE_ROWS, TILE_TOKS};
 use crate::quant::GgmlType;
 
-/// A weight matrix inside the model file.
+/// A weight matrix: rows in the file's order, or interleaved in groups of
+/// [`GROUP_ROWS`] rows (`cpu::interleaved`; repacked at load for tiers with kernels for it).
 #[derive(Clone, Copy, Debug)]
 pub struct MatRef<'a> {
     pub ty: GgmlType,
     pub n_in: usize,
     pub n_out: usize,
     pub data: &'a [u8],
+    pub interleaved: bool,
 }
 
 /// Bytes of one activation row of `n` elements quantized for weights of type `ty`.
@@ -68,6 +71,10 @@ pub fn matvec_many(k: &Kernels, mats: &mut [(MatRef<'_>, &mut [f32])], act: &[u8
         .all(|m| m[0].0.ty.vec_dot_type() == m[1].0.ty.vec_dot_type()));
     mats.par_iter_mut().for_each(|(w, out)| {
         let w = *w;
+        if w.interleaved {
+            matvec_groups(w, group_kernels(k, w), out, act);
+            return;
+        }
         let dot = k.vec_dot(w.ty);
         let rows = k.vec_dot_rows(w.ty);
         let wrb = w.data.len() / w.n_out;
@@ -95,6 +102,62 @@ pub fn matvec_many(k: &Kernels, mats: &mut [(MatRef<'_>, &mut [f32])], act: &[u8
     });
 }
 
+fn group_kernels(k: &Kernels, w: MatRef<'_>) -> GroupKernels {
+    match k.group_kernels(w.ty) {
+        Some(g) => g,
+        None => panic!("{:?} weights interleaved, but no kernels read them", w.ty),
+    }
+}
+
+/// Bytes of one group of [`GROUP_ROWS`] interleaved rows.
+fn group_bytes(w: MatRef<'_>) -> usize {
+    w.data.len() / (w.n_out / GROUP_ROWS)
+}
+
+/// Decode for an interleaved matrix: one group kernel call per eight rows.
+fn matvec_groups(w: MatRef<'_>, g: GroupKernels, out: &mut [f32], act: &[u8]) {
+    let gb = group_bytes(w);
+    let arb = act_row_bytes(w.ty, w.n_in);
+    let a = &act[..arb];
+    out[..w.n_out]
+        .par_chunks_mut(ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(blk, o)| {
+            let g0 = blk * ROWS_PER_TASK / GROUP_ROWS;
+            for (gi, og) in o.chunks_exact_mut(GROUP_ROWS).enumerate() {
+                (g.one)(w.n_in, &w.data[(g0 + gi) * gb..][..gb], a, arb, og, 1);
+            }
+        });
+}
+
+/// Prefill for an interleaved matrix, on the terms of [`matmul`]: per token block, each group
+/// stays in L1 while its kernel takes the tokens `g.toks` at a time, the rest one by one (the
+/// same numbers either way).
+fn matmul_groups(w: MatRef<'_>, g: GroupKernels, act: &[u8], n_tok: usize, t_out: &mut [f32]) {
+    let gb = group_bytes(w);
+    let arb = act_row_bytes(w.ty, w.n_in);
+    t_out
+        .par_chunks_mut(ROWS_PER_TASK * n_tok)
+        .enumerate()
+        .for_each(|(blk, o)| {
+            let g0 = blk * ROWS_PER_TASK / GROUP_ROWS;
+            for t0 in (0..n_tok).step_by(TOKEN_TILE) {
+                let t1 = (t0 + TOKEN_TILE).min(n_tok);
+                for (gi, og) in o.chunks_exact_mut(GROUP_ROWS * n_tok).enumerate() {
+                    let wg = &w.data[(g0 + gi) * gb..][..gb];
+                    let mut t = t0;
+                    while t + g.toks <= t1 {
+                        (g.tile)(w.n_in, wg, &act[t * arb..], arb, &mut og[t..], n_tok);
+                        t += g.toks;
+                    }
+                    for t in t..t1 {
+                        (g.one)(w.n_in, wg, &act[t * arb..], arb, &mut og[t..], n_tok);
+                    }
+                }
+            }
+        });
+}
+
 /// Tokens per tile in prefill: 64 quantized activation rows of a few hundred bytes fit in L2.
 const TOKEN_TILE: usize = 64;
 
@@ -116,6 +179,17 @@ pub fn matmul(
     let n_in = w.n_in;
     if n_tok == 1 {
         matvec_many(k, &mut [(w, &mut out[..w.n_out])], act);
+        return;
+    }
+    if w.interleaved {
+        matmul_groups(
+            w,
+            group_kernels(k, w),
+            act,
+            n_tok,
+            &mut scratch[..w.n_out * n_tok],
+        );
+        transpose_back(scratch, w.n_out, n_tok, out);
         return;
     }
     let tile = k.vec_dot_tile(w.ty);
@@ -228,20 +302,55 @@ mod tests {
                 n_in,
                 n_out,
                 data: &data,
+                interleaved: false,
             };
-            let x: Vec<f32> = (0..n_in * n_tok).map(|i| f(i, 0.11) * 3.0).collect();
-            let arb = act_row_bytes(ty, n_in);
-            let mut act = vec![0u8; arb * n_tok];
-            quantize_acts(&k, ty, &x, n_in, &mut act);
-            let mut out = vec![0.0f32; n_out * n_tok];
-            let mut scratch = vec![0.0f32; n_out * n_tok];
-            matmul(&k, w, &act, n_tok, &mut out, &mut scratch);
-            let mut one = vec![0.0f32; n_out];
-            for t in 0..n_tok {
-                matmul(&k, w, &act[t * arb..], 1, &mut one, &mut []);
-                for (r, (a, b)) in out[t * n_out..][..n_out].iter().zip(&one).enumerate() {
-                    assert_eq!(a.to_bits(), b.to_bits(), "{ty:?} token {t} row {r}");
-                }
+            check_prefill_equals_decode(&k, w, n_tok);
+        }
+    }
+
+    /// The same for weights interleaved in row groups, on the reference and the SIMD kernels.
+    #[test]
+    fn interleaved_many_tokens_equal_one_at_a_time_bit_for_bit() {
+        let (n_in, n_out) = (512, 40);
+        let ty = GgmlType::Q4_1;
+        let wrb = ty.row_bytes(n_in).unwrap();
+        let mut data = vec![0u8; wrb * n_out];
+        for (r, dst) in data.chunks_exact_mut(wrb).enumerate() {
+            let src: Vec<f32> = (0..n_in)
+                .map(|i| ((i + r * n_in) as f32 * 0.37).sin())
+                .collect();
+            quantize_row(ty, &src, dst).unwrap();
+        }
+        let packed = crate::cpu::interleaved::interleave_q4_1(&data, n_in, n_out).unwrap();
+        let w = MatRef {
+            ty,
+            n_in,
+            n_out,
+            data: &packed,
+            interleaved: true,
+        };
+        for k in [Kernels::detect(), Kernels::REFERENCE] {
+            for n_tok in [70, 5, 3] {
+                check_prefill_equals_decode(&k, w, n_tok);
+            }
+        }
+    }
+
+    fn check_prefill_equals_decode(k: &Kernels, w: MatRef<'_>, n_tok: usize) {
+        let (ty, n_in, n_out) = (w.ty, w.n_in, w.n_out);
+        let f = |i: usize, m: f32| ((i as f32) * m).sin();
+        let x: Vec<f32> = (0..n_in * n_tok).map(|i| f(i, 0.11) * 3.0).collect();
+        let arb = act_row_bytes(ty, n_in);
+        let mut act = vec![0u8; arb * n_tok];
+        quantize_acts(k, ty, &x, n_in, &mut act);
+        let mut out = vec![0.0f32; n_out * n_tok];
+        let mut scratch = vec![0.0f32; n_out * n_tok];
+        matmul(k, w, &act, n_tok, &mut out, &mut scratch);
+        let mut one = vec![0.0f32; n_out];
+        for t in 0..n_tok {
+            matmul(k, w, &act[t * arb..], 1, &mut one, &mut []);
+            for (r, (a, b)) in out[t * n_out..][..n_out].iter().zip(&one).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{ty:?} token {t} row {r}");
             }
         }
     }
@@ -280,6 +389,7 @@ mod tests {
                     n_in,
                     n_out,
                     data,
+                    interleaved: false,
                 })
                 .collect();
             let x: Vec<f32> = (0..n_in).map(|i| (i as f32 * 0.17).cos() * 2.0).collect();

@@ -7,11 +7,13 @@
 
 use crate::quant::GgmlType;
 
+use super::interleaved::GroupKernels;
 use super::{DotF32Fn, QuantizeFn, ScaleAddFn, TileDotFn, Variant, VecDotFn};
 
 mod avx2;
 mod avx2_k;
 mod avx512;
+mod interleaved;
 mod legacy;
 
 /// The features each variant's kernels are compiled with, checked at run time
@@ -142,6 +144,19 @@ pub(super) fn scale_add(v: Variant) -> Option<ScaleAddFn> {
     debug_assert!(missing(v).is_none());
     match v {
         Variant::Avx2 => Some(avx2::scale_add),
+        _ => None,
+    }
+}
+
+/// The variant's kernels for weights of `ty` interleaved in row groups
+/// (`cpu::interleaved`). Every 256-bit and 512-bit variant uses the AVX2 ones.
+pub(super) fn group_kernels(v: Variant, ty: GgmlType) -> Option<GroupKernels> {
+    debug_assert!(missing(v).is_none());
+    match (v, ty) {
+        (
+            Variant::Avx2 | Variant::Avx2Vnni | Variant::Avx512 | Variant::Avx512Vnni,
+            GgmlType::Q4_1,
+        ) => Some(interleaved::Q4_1),
         _ => None,
     }
 }

@@ -1,0 +1,179 @@
+//! Weights repacked at load into groups of [`GROUP_ROWS`] rows interleaved block by block, and
+//! the dot products that read them.
+//!
+//! Why: a plain AVX2 core (no VNNI) spends most of a Q4_1 matrix-vector product on the per-row
+//! work of each block (one `vpmaddubsw` + `vpmaddwd` + convert + FMA per row and block, then a
+//! horizontal sum), which left decode bound by instructions, not memory. With eight rows side by
+//! side, lane `j` of every vector belongs to row `j`: one block of the group is four 32-byte
+//! loads of nibbles against broadcast activation quads, the i16 partial sums add up without
+//! widening, and the scales of the eight rows go through one convert, one multiply and two FMAs.
+//! No horizontal sum is left: the accumulator's lanes are the eight results.
+//!
+//! Q4_1 group layout, per block index `b` of the rows (`160` bytes, the size of the eight
+//! blocks it replaces):
+//! - `d[8]` f16 (16 bytes), then `m[8]` f16 (16 bytes), row `j` at index `j`;
+//! - four 32-byte vectors `v = 0..4`: bytes `4j..4j + 4` of vector `v` are bytes `4v..4v + 4`
+//!   of row `j`'s 16 nibble bytes, so their low nibbles are quants `4v..4v + 4` and their high
+//!   nibbles quants `16 + 4v..16 + 4v + 4`.
+//!
+//! The float operations are those of the row-major Q4_1 dot product (`quant::q4_1::vec_dot`,
+//! itself ggml's AVX2 order), per row: eight lane accumulators, lane `l` taking
+//! `fma(d_w * d_a, sum of elements 4l..4l + 4, acc_l)` block by block, a separate
+//! `summs = fma(m_w, s_a, summs)` chain, and ggml's `hsum_float_8` of the lanes plus `summs` at
+//! the end. Only which register holds what changes (here a vector holds one lane of eight
+//! rows), so interleaved and row-major weights give the same bits, and the greedy tokens stay
+//! llama.cpp's.
+
+use half::f16;
+
+use crate::quant::{BlockAcc8, GgmlType};
+
+/// Rows per interleaved group.
+pub const GROUP_ROWS: usize = 8;
+/// Bytes of one interleaved Q4_1 block group (eight 20-byte blocks).
+pub const Q4_1_GROUP_BLOCK: usize = GROUP_ROWS * 20;
+
+/// `(n, group, a, a_stride, out, out_stride)`: the dot products of the [`GROUP_ROWS`] rows of
+/// one interleaved group (`n` elements each) with the kernel's fixed number of activation rows
+/// `a[t * a_stride..]`, written to `out[j * out_stride + t]`.
+pub type GroupDotFn = fn(usize, &[u8], &[u8], usize, &mut [f32], usize);
+
+/// The kernels of one interleaved format at one tier: one token, and a tile of `toks` tokens
+/// (the same numbers, token by token).
+#[derive(Clone, Copy, Debug)]
+pub struct GroupKernels {
+    pub one: GroupDotFn,
+    pub tile: GroupDotFn,
+    pub toks: usize,
+}
+
+/// Whether weights of `ty` can be interleaved at all (the format and a whole number of groups).
+pub fn can_interleave(ty: GgmlType, n_out: usize) -> bool {
+    ty == GgmlType::Q4_1 && n_out % GROUP_ROWS == 0 && n_out > 0
+}
+
+/// Repack a row-major Q4_1 matrix of `n_out` rows (each `n_in` elements) into groups.
+/// `src.len()` must be the matrix's bytes; returns `None` when the shape does not fit.
+pub fn interleave_q4_1(src: &[u8], n_in: usize, n_out: usize) -> Option<Vec<u8>> {
+    let nb = n_in / 32;
+    let rb = nb * 20;
+    if nb * 32 != n_in || !can_interleave(GgmlType::Q4_1, n_out) || src.len() != rb * n_out {
+        return None;
+    }
+    let mut dst = vec![0u8; src.len()];
+    for (srows, drows) in src
+        .chunks_exact(rb * GROUP_ROWS)
+        .zip(dst.chunks_exact_mut(rb * GROUP_ROWS))
+    {
+        for (b, d) in drows.chunks_exact_mut(Q4_1_GROUP_BLOCK).enumerate() {
+            for j in 0..GROUP_ROWS {
+                let blk = &srows[j * rb + b * 20..][..20];
+                d[2 * j..2 * j + 2].copy_from_slice(&blk[0..2]);
+                d[16 + 2 * j..16 + 2 * j + 2].copy_from_slice(&blk[2..4]);
+                for v in 0..4 {
+                    d[32 + 32 * v + 4 * j..][..4].copy_from_slice(&blk[4 + 4 * v..][..4]);
+                }
+            }
+        }
+    }
+    Some(dst)
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// The scalar reference: one interleaved Q4_1 group against one Q8_1 activation row.
+/// Panics if the buffers are shorter than `n` elements need.
+pub fn q4_1_group_ref(n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
+    let nb = n / 32;
+    assert!(
+        nb * 32 == n
+            && w.len() >= nb * Q4_1_GROUP_BLOCK
+            && a.len() >= nb * 36
+            && out.len() >= GROUP_ROWS
+    );
+    let mut acc = [BlockAcc8::default(); GROUP_ROWS];
+    let mut summs = [0.0f32; GROUP_ROWS];
+    for b in 0..nb {
+        let x = &w[b * Q4_1_GROUP_BLOCK..][..Q4_1_GROUP_BLOCK];
+        let y = &a[b * 36..][..36];
+        let yd = f16_at(y, 0);
+        let ys = f16_at(y, 2);
+        for (j, (acc, summs)) in acc.iter_mut().zip(&mut summs).enumerate() {
+            *summs = f16_at(x, 16 + 2 * j).mul_add(ys, *summs);
+            let mut prods = [0i32; 32];
+            for v in 0..4 {
+                for e in 0..4 {
+                    let q = x[32 + 32 * v + 4 * j + e];
+                    let k = 4 * v + e;
+                    prods[k] = i32::from(q & 0x0F) * i32::from(y[4 + k] as i8);
+                    prods[16 + k] = i32::from(q >> 4) * i32::from(y[20 + k] as i8);
+                }
+            }
+            acc.add_block(f16_at(x, 2 * j) * yd, &prods);
+        }
+    }
+    for ((o, acc), m) in out.iter_mut().zip(acc).zip(summs) {
+        *o = acc.sum() + m;
+    }
+}
+
+/// [`q4_1_group_ref`] as a [`GroupDotFn`] for one token.
+pub fn q4_1_group_ref_one(
+    n: usize,
+    w: &[u8],
+    a: &[u8],
+    _a_stride: usize,
+    out: &mut [f32],
+    os: usize,
+) {
+    let mut r = [0.0f32; GROUP_ROWS];
+    q4_1_group_ref(n, w, a, &mut r);
+    for (j, v) in r.into_iter().enumerate() {
+        out[j * os] = v;
+    }
+}
+
+/// The reference kernels (the scalar tier's, and any tier without SIMD ones).
+pub const Q4_1_REF: GroupKernels = GroupKernels {
+    one: q4_1_group_ref_one,
+    tile: q4_1_group_ref_one,
+    toks: 1,
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{quantize_row, vec_dot};
+
+    /// The interleaved reference computes each row's dot product to the bit of the row-major
+    /// Q4_1 reference.
+    #[test]
+    fn interleaved_reference_matches_row_major_dot() {
+        let (n_in, n_out) = (256, 16);
+        let wf: Vec<f32> = (0..n_in * n_out)
+            .map(|i| ((i as f32) * 0.37).sin())
+            .collect();
+        let rb = GgmlType::Q4_1.row_bytes(n_in).unwrap();
+        let mut w = vec![0u8; rb * n_out];
+        for (s, d) in wf.chunks_exact(n_in).zip(w.chunks_exact_mut(rb)) {
+            quantize_row(GgmlType::Q4_1, s, d).unwrap();
+        }
+        let x: Vec<f32> = (0..n_in).map(|i| ((i as f32) * 0.11).cos() * 3.0).collect();
+        let mut a = vec![0u8; GgmlType::Q8_1.row_bytes(n_in).unwrap()];
+        quantize_row(GgmlType::Q8_1, &x, &mut a).unwrap();
+        let packed = interleave_q4_1(&w, n_in, n_out).unwrap();
+        for g in 0..n_out / GROUP_ROWS {
+            let mut out = [0.0f32; GROUP_ROWS];
+            q4_1_group_ref(n_in, &packed[g * rb * GROUP_ROWS..], &a, &mut out);
+            for (j, got) in out.iter().enumerate() {
+                let r = g * GROUP_ROWS + j;
+                let want = vec_dot(GgmlType::Q4_1, n_in, &w[r * rb..(r + 1) * rb], &a);
+                assert_eq!(got.to_bits(), want.to_bits(), "row {r}: {got} vs {want}");
+            }
+        }
+        assert!(interleave_q4_1(&w, n_in, n_out - 1).is_none());
+        assert!(interleave_q4_1(&w[..rb * 4], n_in, 4).is_none());
+    }
+}
