@@ -47,32 +47,45 @@ fn q4_1_group_one(n: usize, w: &[u8], a: &[u8], a_stride: usize, out: &mut [f32]
     let nb = group_blocks(n, w, a, a_stride, out, os, 1);
     // SAFETY: `Variant::Avx2*` hand this out only after runtime detection of AVX2, FMA and
     // F16C; `group_blocks` checked every buffer the kernel reads or writes.
-    unsafe {
-        let (w, a) = (w.as_ptr(), a.as_ptr());
-        // One token: the eight lane accumulators fit the registers in one pass.
-        let [[l0, l1, l2, l3, l4, l5, l6, l7]] = lanes::<1, 0, 8>(nb, w, a, a_stride);
-        let [m] = m_chain::<1>(nb, w, a, a_stride);
-        store(
-            finish([l0, l1, l2, l3], [l4, l5, l6, l7], m),
-            out.as_mut_ptr(),
-            os,
-            0,
-        );
-    }
+    unsafe { group_one(nb, w.as_ptr(), a.as_ptr(), a_stride, out.as_mut_ptr(), os) }
 }
 
 fn q4_1_group_tile(n: usize, w: &[u8], a: &[u8], a_stride: usize, out: &mut [f32], os: usize) {
     let nb = group_blocks(n, w, a, a_stride, out, os, TILE_TOKS);
     // SAFETY: as for `q4_1_group_one`.
+    unsafe { group_tile(nb, w.as_ptr(), a.as_ptr(), a_stride, out.as_mut_ptr(), os) }
+}
+
+/// One token: the eight lane accumulators fit the registers in one pass, then the m chain.
+///
+/// # Safety
+/// AVX2, FMA and F16C present; `w` valid for `nb` group blocks, `a` for `nb` Q8_1 blocks,
+/// `out` for every `out[j * os]`, `j < 8`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn group_one(nb: usize, w: *const u8, a: *const u8, as_: usize, out: *mut f32, os: usize) {
+    // SAFETY: caller's contract, passed on.
     unsafe {
-        let (w, a) = (w.as_ptr(), a.as_ptr());
-        // Low lanes, high lanes and the m chains in three passes over the group (in L1 after
-        // the first), so that each pass keeps its accumulators in registers.
-        let lo = lanes::<TILE_TOKS, 0, 4>(nb, w, a, a_stride);
-        let hi = lanes::<TILE_TOKS, 4, 4>(nb, w, a, a_stride);
-        let m = m_chain::<TILE_TOKS>(nb, w, a, a_stride);
+        let [[l0, l1, l2, l3, l4, l5, l6, l7]] = lanes::<1, 0, 8>(nb, w, a, as_);
+        let [m] = m_chain::<1>(nb, w, a, as_);
+        store(finish([l0, l1, l2, l3], [l4, l5, l6, l7], m), out, os, 0);
+    }
+}
+
+/// [`TILE_TOKS`] tokens: low lanes, high lanes and the m chains in three passes over the group
+/// (in L1 after the first), so that each pass keeps its accumulators in registers.
+///
+/// # Safety
+/// As for [`group_one`], for `TILE_TOKS` activation rows `as_` bytes apart and every
+/// `out[j * os + t]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn group_tile(nb: usize, w: *const u8, a: *const u8, as_: usize, out: *mut f32, os: usize) {
+    // SAFETY: caller's contract, passed on.
+    unsafe {
+        let lo = lanes::<TILE_TOKS, 0, 4>(nb, w, a, as_);
+        let hi = lanes::<TILE_TOKS, 4, 4>(nb, w, a, as_);
+        let m = m_chain::<TILE_TOKS>(nb, w, a, as_);
         for t in 0..TILE_TOKS {
-            store(finish(lo[t], hi[t], m[t]), out.as_mut_ptr(), os, t);
+            store(finish(lo[t], hi[t], m[t]), out, os, t);
         }
     }
 }
@@ -80,7 +93,7 @@ fn q4_1_group_tile(n: usize, w: &[u8], a: &[u8], a_stride: usize, out: &mut [f32
 /// ggml's `hsum_float_8` of the eight lane accumulators, row by row (lanes are rows here),
 /// then `+ summs`: `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)) + m`.
 #[inline]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn finish(lo: [__m256; 4], hi: [__m256; 4], m: __m256) -> __m256 {
     let r: [__m256; 4] = std::array::from_fn(|k| _mm256_add_ps(lo[k], hi[k]));
     let s = _mm256_add_ps(_mm256_add_ps(r[0], r[2]), _mm256_add_ps(r[1], r[3]));
@@ -92,7 +105,7 @@ fn finish(lo: [__m256; 4], hi: [__m256; 4], m: __m256) -> __m256 {
 /// # Safety
 /// `out` valid for every `out[j * os + t]`, `j < 8`.
 #[inline]
-#[target_feature(enable = "avx")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn store(v: __m256, out: *mut f32, os: usize, t: usize) {
     let mut r = [0.0f32; GROUP_ROWS];
     // SAFETY: caller's contract.
