@@ -130,8 +130,9 @@ fn bench_attention(c: &mut Criterion) {
             softcap: None,
         };
         let n_ctx = 1024;
-        let k = floats(&mut rng, n_ctx * n_head_kv * hd);
-        let v = floats(&mut rng, n_ctx * n_head_kv * hd);
+        let f16s = |x: Vec<f32>| x.into_iter().map(half::f16::from_f32).collect::<Vec<_>>();
+        let k = f16s(floats(&mut rng, n_ctx * n_head_kv * hd));
+        let v = f16s(floats(&mut rng, n_ctx * n_head_kv * hd));
         // Decode: one query at depth 1023 (the f16 path); prefill: 64 queries after 448 tokens.
         for (what, pos0, n_tok) in [("decode/d1023", n_ctx - 1, 1), ("prefill/t64@448", 448, 64)] {
             let q = floats(&mut rng, n_tok * n_head * hd);

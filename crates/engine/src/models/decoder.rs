@@ -6,13 +6,15 @@
 //! immutable and shareable); everything that changes while generating lives in a [`Session`]
 //! allocated once, so a decode step allocates nothing.
 
+use half::f16;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use rayon::prelude::*;
 
 use super::weights::{Linear, SharedFile};
 use super::ModelError;
 use crate::cpu::Kernels;
 use crate::ops::activation::{gelu_f16_table, gelu_tanh_mul, silu_mul};
-use crate::ops::attention::{attention, round_f16_slice, AttnParams};
+use crate::ops::attention::{attention, AttnParams};
 use crate::ops::matmul::{act_row_bytes, matmul, matvec_many, quantize_acts};
 use crate::ops::norm::{rms_norm, rms_norm_inplace};
 use crate::ops::rope::{RopeCache, RopeLayout};
@@ -108,10 +110,12 @@ pub struct Session {
     pub n_past: usize,
     /// The token ids in the KV cache, in order (capacity n_ctx, so pushing never reallocates).
     history: Vec<u32>,
-    /// (n_layer, n_ctx, n_head_kv * head_dim)
-    k_cache: Vec<f32>,
-    /// (n_layer, n_ctx, n_head_kv * head_dim)
-    v_cache: Vec<f32>,
+    /// (n_layer, n_ctx, n_head_kv * head_dim): f16 as llama.cpp's default KV cache, held as
+    /// its bits so that the allocation is zeroed by the allocator (untouched pages stay out of
+    /// the resident set until the context fills them).
+    k_cache: Vec<u16>,
+    /// (n_layer, n_ctx, n_head_kv * head_dim), as `k_cache`.
+    v_cache: Vec<u16>,
     /// (n_ubatch, n_embd): the residual stream.
     x: Vec<f32>,
     /// (n_ubatch, n_embd): normalised input of a block.
@@ -233,8 +237,8 @@ impl Decoder {
             n_ctx,
             n_past: 0,
             history: Vec::with_capacity(n_ctx),
-            k_cache: vec![0.0; c.n_layer * n_ctx * c.kv_dim()],
-            v_cache: vec![0.0; c.n_layer * n_ctx * c.kv_dim()],
+            k_cache: vec![0; c.n_layer * n_ctx * c.kv_dim()],
+            v_cache: vec![0; c.n_layer * n_ctx * c.kv_dim()],
             x: vec![0.0; ub * c.n_embd],
             xn: vec![0.0; ub * c.n_embd],
             act: vec![0; ub * max_act],
@@ -376,14 +380,13 @@ impl Decoder {
                 rope.apply(q, c.head_dim, pos0 + t);
                 rope.apply(kr, c.head_dim, pos0 + t);
             });
-            // The cache holds f16-precision values, as llama.cpp's default F16 KV cache does.
-            round_f16_slice(&mut s.k[..n * kvd]);
-            round_f16_slice(&mut s.v[..n * kvd]);
+            // The cache holds f16, as llama.cpp's default F16 KV cache does (round to nearest
+            // even, as ggml's conversion).
             let layer_off = l * s.n_ctx * kvd;
-            let kc = &mut s.k_cache[layer_off..layer_off + s.n_ctx * kvd];
-            kc[pos0 * kvd..(pos0 + n) * kvd].copy_from_slice(&s.k[..n * kvd]);
-            let vc = &mut s.v_cache[layer_off..layer_off + s.n_ctx * kvd];
-            vc[pos0 * kvd..(pos0 + n) * kvd].copy_from_slice(&s.v[..n * kvd]);
+            let kc = s.k_cache[layer_off..layer_off + s.n_ctx * kvd].reinterpret_cast_mut::<f16>();
+            kc[pos0 * kvd..(pos0 + n) * kvd].convert_from_f32_slice(&s.k[..n * kvd]);
+            let vc = s.v_cache[layer_off..layer_off + s.n_ctx * kvd].reinterpret_cast_mut::<f16>();
+            vc[pos0 * kvd..(pos0 + n) * kvd].convert_from_f32_slice(&s.v[..n * kvd]);
             let p = AttnParams {
                 n_head: c.n_head,
                 n_head_kv: c.n_head_kv,
@@ -392,8 +395,8 @@ impl Decoder {
                 window: c.layer_window.get(l).copied().flatten(),
                 softcap: None,
             };
-            let kc = &s.k_cache[layer_off..layer_off + (pos0 + n) * kvd];
-            let vc = &s.v_cache[layer_off..layer_off + (pos0 + n) * kvd];
+            let kc = s.k_cache[layer_off..layer_off + (pos0 + n) * kvd].reinterpret_cast::<f16>();
+            let vc = s.v_cache[layer_off..layer_off + (pos0 + n) * kvd].reinterpret_cast::<f16>();
             attention(&p, &s.q[..n * qd], kc, vc, pos0, &mut s.attn[..n * qd]);
             quantize_acts(k, lw.wo.info.ty, &s.attn[..n * qd], qd, &mut s.act);
             matmul(k, lw.wo.mat(file), &s.act, n, &mut s.proj, &mut s.scratch);

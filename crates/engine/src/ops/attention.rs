@@ -5,11 +5,13 @@
 //! operation allocates nothing. Query heads `h` read KV head `h / (n_head / n_head_kv)`.
 //!
 //! Precision follows llama.cpp's default CPU path (flash attention over an F16 KV cache), so
-//! greedy decoding picks the same tokens: keys and values are stored rounded to f16 (see
-//! [`round_f16`]); a batch of fewer than [`F16_ACC_MAX_TOKENS`] queries (decode) rounds the
+//! greedy decoding picks the same tokens: keys and values are stored as f16 (half the bytes
+//! of f32 to stream per key at depth, and half the cache's memory); a batch of fewer than [`F16_ACC_MAX_TOKENS`] queries (decode) rounds the
 //! query to f16 and keeps the weighted sum of values in f16, as ggml's one-row kernel does,
 //! while larger batches (prefill) compute in f32 as ggml's tiled kernel does.
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::vec::{axpy, dot};
@@ -51,13 +53,13 @@ pub struct AttnParams {
 }
 
 /// `q`: (n_tok, n_head * head_dim) for tokens at positions `pos0..pos0 + n_tok`.
-/// `k_cache`, `v_cache`: (n_ctx, n_head_kv * head_dim), filled up to `pos0 + n_tok`.
+/// `k_cache`, `v_cache`: (n_ctx, n_head_kv * head_dim) in f16, filled up to `pos0 + n_tok`.
 /// `out`: (n_tok, n_head * head_dim).
 pub fn attention(
     p: &AttnParams,
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
     pos0: usize,
     out: &mut [f32],
 ) {
@@ -160,8 +162,8 @@ fn has_f16c() -> bool {
 unsafe fn one_query_f16_avx2(
     p: &AttnParams,
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
     keys: impl Iterator<Item = usize>,
     key_stride: usize,
     acc: &mut [f32],
@@ -178,6 +180,12 @@ unsafe fn one_query_f16_avx2(
         // SAFETY: only inlined into `one_query_f16_avx2`, which has F16C.
         unsafe { _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x)) }
     }
+    /// Eight f16 at `p` as f32 (exact).
+    #[inline(always)]
+    unsafe fn load_f16(p: *const f16) -> __m256 {
+        // SAFETY: only inlined into `one_query_f16_avx2` (F16C), at `i + 8 <= hd` in a row.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
     let mut q16 = [0.0f32; 256];
     let scale = p.softcap.map_or(p.scale, |cap| p.scale / cap);
     let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
@@ -193,7 +201,8 @@ unsafe fn one_query_f16_avx2(
             let (k, v) = (&k_cache[off..off + hd], &v_cache[off..off + hd]);
             let (kp, vp) = (k.as_ptr(), v.as_ptr());
             let ahead = PREFETCH_KEYS * key_stride;
-            for i in (0..hd).step_by(16) {
+            // f16 rows: a 64-byte line holds 32 elements.
+            for i in (0..hd).step_by(32) {
                 // Hints only: past the end of the cache they do nothing.
                 _mm_prefetch::<_MM_HINT_T0>(kp.wrapping_add(ahead + i).cast());
                 _mm_prefetch::<_MM_HINT_T0>(vp.wrapping_add(ahead + i).cast());
@@ -202,8 +211,7 @@ unsafe fn one_query_f16_avx2(
             for i in (0..hd).step_by(32) {
                 for (j, d) in d.iter_mut().enumerate() {
                     let o = i + 8 * j;
-                    *d =
-                        _mm256_fmadd_ps(_mm256_loadu_ps(kp.add(o)), _mm256_loadu_ps(qp.add(o)), *d);
+                    *d = _mm256_fmadd_ps(load_f16(kp.add(o)), _mm256_loadu_ps(qp.add(o)), *d);
                 }
             }
             let v8 = _mm256_add_ps(_mm256_add_ps(d[0], d[2]), _mm256_add_ps(d[1], d[3]));
@@ -228,7 +236,7 @@ unsafe fn one_query_f16_avx2(
             }
             let w = _mm256_set1_ps(vs);
             for i in (0..hd).step_by(8) {
-                let a = _mm256_fmadd_ps(_mm256_loadu_ps(vp.add(i)), w, _mm256_loadu_ps(ap.add(i)));
+                let a = _mm256_fmadd_ps(load_f16(vp.add(i)), w, _mm256_loadu_ps(ap.add(i)));
                 _mm256_storeu_ps(ap.add(i), round(a));
             }
             sum = sum.mul_add(ms, vs);
@@ -251,8 +259,8 @@ unsafe fn one_query_f16_avx2(
 unsafe fn one_query_f16_fma(
     p: &AttnParams,
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
     keys: impl Iterator<Item = usize>,
     acc: &mut [f32],
 ) {
@@ -268,8 +276,8 @@ unsafe fn one_query_f16_fma(
 fn one_query_f16(
     p: &AttnParams,
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
     keys: impl Iterator<Item = usize>,
     acc: &mut [f32],
 ) {
@@ -283,8 +291,12 @@ fn one_query_f16(
     let scale = p.softcap.map_or(p.scale, |cap| p.scale / cap);
     acc.fill(0.0);
     let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+    let (mut kb, mut vb) = ([0.0f32; 256], [0.0f32; 256]);
+    let (kb, vb) = (&mut kb[..hd], &mut vb[..hd]);
     for off in keys {
-        let mut s = dot_f16_ggml(&k_cache[off..off + hd], q16) * scale;
+        k_cache[off..off + hd].convert_to_f32_slice(kb);
+        v_cache[off..off + hd].convert_to_f32_slice(vb);
+        let mut s = dot_f16_ggml(kb, q16) * scale;
         if let Some(cap) = p.softcap {
             s = cap * s.tanh();
         }
@@ -298,7 +310,7 @@ fn one_query_f16(
         } else {
             vs = (s - m).exp();
         }
-        for (a, v) in acc.iter_mut().zip(&v_cache[off..off + hd]) {
+        for (a, v) in acc.iter_mut().zip(&*vb) {
             *a = round_f16(v.mul_add(vs, *a));
         }
         sum = sum.mul_add(ms, vs);
@@ -336,8 +348,8 @@ type StepFn = fn(&AttnParams, &mut Running, &[f32], &[f32], &[f32], &mut [f32]);
 fn query_block_f32(
     p: &AttnParams,
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
     pos0: usize,
     t0: usize,
     out: &mut [f32],
@@ -350,13 +362,17 @@ fn query_block_f32(
     let nt = out.len() / row;
     out.fill(0.0);
     let mut run = [Running::START; QUERY_BLOCK];
+    // A key's and value's row in f32, converted once for every query of the block.
+    let (mut k, mut v) = (vec![0.0f32; hd], vec![0.0f32; hd]);
     for h in 0..p.n_head {
         let kvh = h / group;
         run.fill(Running::START);
         let last = pos0 + nt - 1;
         for j in first_key(p, pos0)..=last {
             let off = j * kv_dim + kvh * hd;
-            let (k, v) = (&k_cache[off..off + hd], &v_cache[off..off + hd]);
+            k_cache[off..off + hd].convert_to_f32_slice(&mut k);
+            v_cache[off..off + hd].convert_to_f32_slice(&mut v);
+            let (k, v) = (&k[..], &v[..]);
             // Query `t` sees keys `first_key(pos)..=pos`: `t` from `j - pos0` on, up to where
             // the window has moved past `j`.
             for (t, r) in run
@@ -391,8 +407,8 @@ fn query_block_f32(
 unsafe fn query_block_f32_avx2(
     p: &AttnParams,
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
     pos0: usize,
     t0: usize,
     out: &mut [f32],
@@ -422,8 +438,8 @@ const KEY_CHUNK: usize = 16;
 unsafe fn query_block_f32_chunked(
     p: &AttnParams,
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
     pos0: usize,
     t0: usize,
     out: &mut [f32],
@@ -441,6 +457,9 @@ unsafe fn query_block_f32_chunked(
     let mut wgt = [0.0f32; KEY_CHUNK];
     // The chunk's raw scores for every query of the block that sees any of its keys.
     let mut scores = [[0.0f32; KEY_CHUNK]; QUERY_BLOCK];
+    // The chunk's key and value rows in f32, converted once for every query of the block.
+    let mut kbuf = vec![0.0f32; KEY_CHUNK * hd];
+    let mut vbuf = vec![0.0f32; KEY_CHUNK * hd];
     for h in 0..p.n_head {
         let kvh = h / group;
         run.fill(Running::START);
@@ -452,8 +471,14 @@ unsafe fn query_block_f32_chunked(
             let thi = (tlo..nt)
                 .find(|&t| first_key(p, pos0 + t) >= c1)
                 .unwrap_or(nt);
+            for j in c0..c1 {
+                let off = j * kv_dim + kvh * hd;
+                let at = (j - c0) * hd;
+                k_cache[off..off + hd].convert_to_f32_slice(&mut kbuf[at..at + hd]);
+                v_cache[off..off + hd].convert_to_f32_slice(&mut vbuf[at..at + hd]);
+            }
             let qrow = |t: usize| &q[(t0 + t) * row + h * hd..][..hd];
-            let krow = |j: usize| &k_cache[j * kv_dim + kvh * hd..][..hd];
+            let krow = |j: usize| &kbuf[(j - c0) * hd..][..hd];
             // Scores two queries by four keys at a time: each key row loaded once per two
             // queries and each query row once per four keys (a lone dot product loads both per
             // multiply-add). Keys a query does not see (past it, or before its window) are
@@ -530,8 +555,8 @@ unsafe fn query_block_f32_chunked(
                             std::array::from_fn(|u| _mm256_loadu_ps(ap.add(8 * u)));
                         for j in jlo..jhi {
                             let w = _mm256_set1_ps(wgt[j - c0]);
-                            let off = j * kv_dim + kvh * hd + i0;
-                            let vp = v_cache[off..off + 64].as_ptr();
+                            let off = (j - c0) * hd + i0;
+                            let vp = vbuf[off..off + 64].as_ptr();
                             for (u, a) in a.iter_mut().enumerate() {
                                 *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(vp.add(8 * u)), *a);
                             }
@@ -731,6 +756,11 @@ pub fn dot_f16_ggml(x: &[f32], y: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cache's f16 form of values already rounded to f16 (exact).
+    fn f16s(x: &[f32]) -> Vec<f16> {
+        x.iter().map(|&v| f16::from_f32(v)).collect()
+    }
     use crate::ops::activation::softmax;
 
     /// Plain two-pass softmax attention, the textbook definition.
@@ -775,11 +805,11 @@ mod tests {
                 let pos0 = 5;
                 let n_ctx = pos0 + n_tok;
                 let f = |i: usize, m: f32| ((i as f32) * m).sin() * 2.0;
-                let k: Vec<f32> = (0..n_ctx * 16).map(|i| f(i, 0.7)).collect();
-                let v: Vec<f32> = (0..n_ctx * 16).map(|i| f(i, 1.3)).collect();
+                let k: Vec<f32> = (0..n_ctx * 16).map(|i| round_f16(f(i, 0.7))).collect();
+                let v: Vec<f32> = (0..n_ctx * 16).map(|i| round_f16(f(i, 1.3))).collect();
                 let q: Vec<f32> = (0..n_tok * 48).map(|i| f(i, 0.9)).collect();
                 let mut out = vec![0.0; q.len()];
-                attention(&p, &q, &k, &v, pos0, &mut out);
+                attention(&p, &q, &f16s(&k), &f16s(&v), pos0, &mut out);
                 let r = reference(&p, &q, &k, &v, pos0);
                 for (a, b) in out.iter().zip(&r) {
                     assert!((a - b).abs() < tol, "n_tok {n_tok}: {a} vs {b}");
@@ -804,11 +834,11 @@ mod tests {
             let (pos0, n_tok) = (7, F16_ACC_MAX_TOKENS + 11);
             let n_ctx = pos0 + n_tok;
             let f = |i: usize, m: f32| ((i as f32) * m).sin() * 2.0;
-            let k: Vec<f32> = (0..n_ctx * 128).map(|i| f(i, 0.7)).collect();
-            let v: Vec<f32> = (0..n_ctx * 128).map(|i| f(i, 1.3)).collect();
+            let k: Vec<f32> = (0..n_ctx * 128).map(|i| round_f16(f(i, 0.7))).collect();
+            let v: Vec<f32> = (0..n_ctx * 128).map(|i| round_f16(f(i, 1.3))).collect();
             let q: Vec<f32> = (0..n_tok * 256).map(|i| f(i, 0.9)).collect();
             let mut out = vec![0.0; q.len()];
-            attention(&p, &q, &k, &v, pos0, &mut out);
+            attention(&p, &q, &f16s(&k), &f16s(&v), pos0, &mut out);
             let r = reference(&p, &q, &k, &v, pos0);
             for (i, (a, b)) in out.iter().zip(&r).enumerate() {
                 assert!((a - b).abs() < 1e-5, "{window:?} [{i}]: {a} vs {b}");
@@ -832,13 +862,14 @@ mod tests {
             let (pos0, n_tok) = (3, QUERY_BLOCK * 2 + 5);
             let n_ctx = pos0 + n_tok;
             let f = |i: usize, m: f32| ((i as f32) * m).sin() * 2.0;
-            let k: Vec<f32> = (0..n_ctx * 24).map(|i| f(i, 0.7)).collect();
-            let v: Vec<f32> = (0..n_ctx * 24).map(|i| f(i, 1.3)).collect();
+            let k: Vec<f32> = (0..n_ctx * 24).map(|i| round_f16(f(i, 0.7))).collect();
+            let v: Vec<f32> = (0..n_ctx * 24).map(|i| round_f16(f(i, 1.3))).collect();
             let q: Vec<f32> = (0..n_tok * 48).map(|i| f(i, 0.9)).collect();
             let mut out = vec![0.0; q.len()];
+            let (k16, v16) = (f16s(&k), f16s(&v));
             for (b, o) in out.chunks_mut(QUERY_BLOCK * 48).enumerate() {
                 let t0 = b * QUERY_BLOCK;
-                query_block_f32(&p, &q, &k, &v, pos0 + t0, t0, o, step_f32);
+                query_block_f32(&p, &q, &k16, &v16, pos0 + t0, t0, o, step_f32);
             }
             let r = reference(&p, &q, &k, &v, pos0);
             for (a, b) in out.iter().zip(&r) {
@@ -871,10 +902,25 @@ mod tests {
             let v: Vec<f32> = (0..n_keys * hd).map(|i| round_f16(f(i, 1.3))).collect();
             let q: Vec<f32> = (0..hd).map(|i| f(i, 0.9) * 3.0).collect();
             let (mut want, mut got) = (vec![0.0; hd], vec![0.0; hd]);
-            one_query_f16(&p, &q, &k, &v, (0..n_keys).map(|j| j * hd), &mut want);
+            one_query_f16(
+                &p,
+                &q,
+                &f16s(&k),
+                &f16s(&v),
+                (0..n_keys).map(|j| j * hd),
+                &mut want,
+            );
             // SAFETY: features checked above; `hd` is a multiple of 32 and at most 256.
             unsafe {
-                one_query_f16_avx2(&p, &q, &k, &v, (0..n_keys).map(|j| j * hd), hd, &mut got)
+                one_query_f16_avx2(
+                    &p,
+                    &q,
+                    &f16s(&k),
+                    &f16s(&v),
+                    (0..n_keys).map(|j| j * hd),
+                    hd,
+                    &mut got,
+                )
             };
             for (a, b) in got.iter().zip(&want) {
                 assert_eq!(a.to_bits(), b.to_bits(), "hd {hd}: {a} vs {b}");
