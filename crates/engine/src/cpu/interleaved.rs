@@ -49,7 +49,7 @@ pub struct GroupKernels {
 
 /// Whether weights of `ty` can be interleaved at all (the format and a whole number of groups).
 pub fn can_interleave(ty: GgmlType, n_out: usize) -> bool {
-    ty == GgmlType::Q4_1 && n_out % GROUP_ROWS == 0 && n_out > 0
+    ty == GgmlType::Q4_1 && n_out.is_multiple_of(GROUP_ROWS) && n_out > 0
 }
 
 /// Repack a row-major Q4_1 matrix of `n_out` rows (each `n_in` elements) into groups.
