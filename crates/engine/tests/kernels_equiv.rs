@@ -262,24 +262,38 @@ fn check_groups(v: Variant, ty: GgmlType, g: GroupKernels, seed: u64) -> usize {
             let rows: Vec<u8> = (0..GROUP_ROWS)
                 .flat_map(|_| random_row(&mut rng, ty, n, s))
                 .collect();
-            let packed = interleaved::interleave_q4_1(&rows, n, GROUP_ROWS).unwrap();
+            let packed = interleaved::interleave(ty, &rows, n, GROUP_ROWS).unwrap();
             let toks = g.toks;
             let arows: Vec<Vec<u8>> = (0..toks)
                 .map(|t| random_act(&mut rng, ty, n, s, t % 2 == 0))
                 .collect();
-            let (as_, os) = (arows[0].len() + 5, toks + 2);
+            // The tile's rows: each activation row, its extension if the tile reads one, then
+            // a gap.
+            let trows: Vec<Vec<u8>> = arows
+                .iter()
+                .map(|r| match g.tile_ext {
+                    Some((extend, per_block)) => {
+                        let mut e = r.clone();
+                        e.resize(r.len() + n / 32 * per_block, 0);
+                        extend(n, r, &mut e[r.len()..]);
+                        e
+                    }
+                    None => r.clone(),
+                })
+                .collect();
+            let (as_, os) = (trows[0].len() + 5, toks + 2);
             let mut a = vec![0u8; as_ * toks];
-            for (t, row) in arows.iter().enumerate() {
+            for (t, row) in trows.iter().enumerate() {
                 a[t * as_..t * as_ + row.len()].copy_from_slice(row);
             }
             let mut tile = vec![f32::NAN; os * GROUP_ROWS];
-            (g.tile)(n, &packed, &a, as_, &mut tile, os);
+            (g.tile)(n, &packed, &a, as_, &mut tile, (os, 1));
             let rb = rows.len() / GROUP_ROWS;
             for (t, ar) in arows.iter().enumerate() {
                 let mut want = [0.0f32; GROUP_ROWS];
-                interleaved::q4_1_group_ref(n, &packed, ar, &mut want);
+                interleaved::group_ref(ty, n, &packed, ar, &mut want);
                 let mut one = vec![f32::NAN; GROUP_ROWS];
-                (g.one)(n, &packed, ar, 0, &mut one, 1);
+                (g.one)(n, &packed, ar, 0, &mut one, (1, 1));
                 for (j, w) in want.iter().enumerate() {
                     let (got_tile, got_one) = (tile[j * os + t], one[j]);
                     assert_eq!(

@@ -23,6 +23,19 @@
 //! the end. Only which register holds what changes (here a vector holds one lane of eight
 //! rows), so interleaved and row-major weights give the same bits, and the greedy tokens stay
 //! llama.cpp's.
+//!
+//! Q5_0 group layout, per block index `b` (`176` bytes, eight 22-byte blocks):
+//! - `d[8]` f16 (16 bytes);
+//! - four 32-byte nibble vectors as Q4_1's (bytes `4j..4j + 4` of vector `v` are bytes
+//!   `4v..4v + 4` of row `j`'s `qs`);
+//! - one 32-byte vector of fifth bits: bit `l` of byte `4j + e` is row `j`'s `qh` bit `4l + e`,
+//!   the fifth bit of element `4l + e`, which is element `e` of lane `l` (lanes `0..4` are the
+//!   low nibbles of vectors `0..4`, lanes `4..8` the high nibbles), so lane `l`'s bits are one
+//!   shift away from bit 4 of every byte.
+//!
+//! Its float operations are those of `quant::q5_0::vec_dot` (ggml's AVX2 order): eight lane
+//! accumulators per row taking `fma(d_w * d_a, lane_sum, acc)` block by block, then
+//! `hsum_float_8`.
 
 use half::f16;
 
@@ -32,11 +45,14 @@ use crate::quant::{BlockAcc8, GgmlType};
 pub const GROUP_ROWS: usize = 8;
 /// Bytes of one interleaved Q4_1 block group (eight 20-byte blocks).
 pub const Q4_1_GROUP_BLOCK: usize = GROUP_ROWS * 20;
+/// Bytes of one interleaved Q5_0 block group (eight 22-byte blocks).
+pub const Q5_0_GROUP_BLOCK: usize = GROUP_ROWS * 22;
 
-/// `(n, group, a, a_stride, out, out_stride)`: the dot products of the [`GROUP_ROWS`] rows of
-/// one interleaved group (`n` elements each) with the kernel's fixed number of activation rows
-/// `a[t * a_stride..]`, written to `out[j * out_stride + t]`.
-pub type GroupDotFn = fn(usize, &[u8], &[u8], usize, &mut [f32], usize);
+/// `(n, group, a, a_stride, out, (row_stride, token_stride))`: the dot products of the
+/// [`GROUP_ROWS`] rows of one interleaved group (`n` elements each) with the kernel's fixed
+/// number of activation rows `a[t * a_stride..]`, written to
+/// `out[j * row_stride + t * token_stride]`.
+pub type GroupDotFn = fn(usize, &[u8], &[u8], usize, &mut [f32], (usize, usize));
 
 /// The kernels of one interleaved format at one tier: one token, and a tile of `toks` tokens
 /// (the same numbers, token by token).
@@ -45,11 +61,60 @@ pub struct GroupKernels {
     pub one: GroupDotFn,
     pub tile: GroupDotFn,
     pub toks: usize,
+    /// What the tile reads after each activation row, if anything: `(extend, bytes per
+    /// block)`, `extend(n, row, ext)` writing `ext` from the row's `n` elements. The caller
+    /// appends it once per matrix call; `one` reads the plain rows.
+    pub tile_ext: Option<(ActExtendFn, usize)>,
+}
+
+/// `(n, activation row, extension)`: see [`GroupKernels::tile_ext`].
+pub type ActExtendFn = fn(usize, &[u8], &mut [u8]);
+
+/// Bytes per block of [`q5_0_lane_bias`]'s extension.
+pub const Q5_0_LANE_BIAS_BLOCK: usize = 32;
+
+/// For a Q8_0 row of `n` elements: per block, per lane `l`, `-16 * (y[4l] + .. + y[4l + 3])`
+/// as a little-endian i32. A kernel that takes Q5_0's quants unsigned (`q + 16`, 0..=31)
+/// starts each lane sum there, so `bias + sum((q + 16) * y) = sum(q * y)` exactly.
+pub fn q5_0_lane_bias(n: usize, row: &[u8], ext: &mut [u8]) {
+    let nb = n / 32;
+    for (blk, e) in row[..nb * 34]
+        .chunks_exact(34)
+        .zip(ext[..nb * Q5_0_LANE_BIAS_BLOCK].chunks_exact_mut(Q5_0_LANE_BIAS_BLOCK))
+    {
+        for (l, e) in e.chunks_exact_mut(4).enumerate() {
+            let sum: i32 = blk[2 + 4 * l..][..4]
+                .iter()
+                .map(|&b| i32::from(b as i8))
+                .sum();
+            e.copy_from_slice(&(-16 * sum).to_le_bytes());
+        }
+    }
 }
 
 /// Whether weights of `ty` can be interleaved at all (the format and a whole number of groups).
 pub fn can_interleave(ty: GgmlType, n_out: usize) -> bool {
-    ty == GgmlType::Q4_1 && n_out.is_multiple_of(GROUP_ROWS) && n_out > 0
+    matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_0) && n_out.is_multiple_of(GROUP_ROWS) && n_out > 0
+}
+
+/// Repack a row-major matrix of `ty` (`n_out` rows of `n_in` elements) into groups; `None`
+/// when the format or the shape does not fit.
+pub fn interleave(ty: GgmlType, src: &[u8], n_in: usize, n_out: usize) -> Option<Vec<u8>> {
+    match ty {
+        GgmlType::Q4_1 => interleave_q4_1(src, n_in, n_out),
+        GgmlType::Q5_0 => interleave_q5_0(src, n_in, n_out),
+        _ => None,
+    }
+}
+
+/// The scalar reference of `ty`'s groups: one group against one activation row.
+/// Panics if `ty` has no interleaved layout or the buffers are short.
+pub fn group_ref(ty: GgmlType, n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
+    match ty {
+        GgmlType::Q4_1 => q4_1_group_ref(n, w, a, out),
+        GgmlType::Q5_0 => q5_0_group_ref(n, w, a, out),
+        _ => panic!("no interleaved layout for {ty:?}"),
+    }
 }
 
 /// Repack a row-major Q4_1 matrix of `n_out` rows (each `n_in` elements) into groups.
@@ -77,6 +142,69 @@ pub fn interleave_q4_1(src: &[u8], n_in: usize, n_out: usize) -> Option<Vec<u8>>
         }
     }
     Some(dst)
+}
+
+/// Repack a row-major Q5_0 matrix into groups (layout in the module docs).
+pub fn interleave_q5_0(src: &[u8], n_in: usize, n_out: usize) -> Option<Vec<u8>> {
+    let nb = n_in / 32;
+    let rb = nb * 22;
+    if nb * 32 != n_in || !can_interleave(GgmlType::Q5_0, n_out) || src.len() != rb * n_out {
+        return None;
+    }
+    let mut dst = vec![0u8; src.len()];
+    for (srows, drows) in src
+        .chunks_exact(rb * GROUP_ROWS)
+        .zip(dst.chunks_exact_mut(rb * GROUP_ROWS))
+    {
+        for (b, d) in drows.chunks_exact_mut(Q5_0_GROUP_BLOCK).enumerate() {
+            for j in 0..GROUP_ROWS {
+                let blk = &srows[j * rb + b * 22..][..22];
+                d[2 * j..2 * j + 2].copy_from_slice(&blk[0..2]);
+                let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                for v in 0..4 {
+                    d[16 + 32 * v + 4 * j..][..4].copy_from_slice(&blk[6 + 4 * v..][..4]);
+                }
+                for e in 0..4 {
+                    d[144 + 4 * j + e] =
+                        (0..8).map(|l| (((qh >> (4 * l + e)) & 1) as u8) << l).sum();
+                }
+            }
+        }
+    }
+    Some(dst)
+}
+
+/// The scalar reference: one interleaved Q5_0 group against one Q8_0 activation row.
+/// Panics if the buffers are shorter than `n` elements need.
+pub fn q5_0_group_ref(n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
+    let nb = n / 32;
+    assert!(
+        nb * 32 == n
+            && w.len() >= nb * Q5_0_GROUP_BLOCK
+            && a.len() >= nb * 34
+            && out.len() >= GROUP_ROWS
+    );
+    let mut acc = [BlockAcc8::default(); GROUP_ROWS];
+    for b in 0..nb {
+        let x = &w[b * Q5_0_GROUP_BLOCK..][..Q5_0_GROUP_BLOCK];
+        let y = &a[b * 34..][..34];
+        let yd = f16_at(y, 0);
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let mut prods = [0i32; 32];
+            for (k, p) in prods.iter_mut().enumerate() {
+                let (l, e) = (k / 4, k % 4);
+                let byte = x[16 + 32 * (l % 4) + 4 * j + e];
+                let nib = if l < 4 { byte & 0x0F } else { byte >> 4 };
+                let fifth = (x[144 + 4 * j + e] >> l) & 1;
+                let q = i32::from(nib | (fifth << 4)) - 16;
+                *p = q * i32::from(y[2 + k] as i8);
+            }
+            acc.add_block(f16_at(x, 2 * j) * yd, &prods);
+        }
+    }
+    for (o, acc) in out.iter_mut().zip(acc) {
+        *o = acc.sum();
+    }
 }
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
@@ -126,12 +254,12 @@ pub fn q4_1_group_ref_one(
     a: &[u8],
     _a_stride: usize,
     out: &mut [f32],
-    os: usize,
+    (rs, _): (usize, usize),
 ) {
     let mut r = [0.0f32; GROUP_ROWS];
     q4_1_group_ref(n, w, a, &mut r);
     for (j, v) in r.into_iter().enumerate() {
-        out[j * os] = v;
+        out[j * rs] = v;
     }
 }
 
@@ -140,6 +268,31 @@ pub const Q4_1_REF: GroupKernels = GroupKernels {
     one: q4_1_group_ref_one,
     tile: q4_1_group_ref_one,
     toks: 1,
+    tile_ext: None,
+};
+
+/// [`q5_0_group_ref`] as a [`GroupDotFn`] for one token.
+pub fn q5_0_group_ref_one(
+    n: usize,
+    w: &[u8],
+    a: &[u8],
+    _a_stride: usize,
+    out: &mut [f32],
+    (rs, _): (usize, usize),
+) {
+    let mut r = [0.0f32; GROUP_ROWS];
+    q5_0_group_ref(n, w, a, &mut r);
+    for (j, v) in r.into_iter().enumerate() {
+        out[j * rs] = v;
+    }
+}
+
+/// The Q5_0 reference kernels.
+pub const Q5_0_REF: GroupKernels = GroupKernels {
+    one: q5_0_group_ref_one,
+    tile: q5_0_group_ref_one,
+    toks: 1,
+    tile_ext: None,
 };
 
 #[cfg(test)]
@@ -151,29 +304,40 @@ mod tests {
     /// Q4_1 reference.
     #[test]
     fn interleaved_reference_matches_row_major_dot() {
+        for ty in [GgmlType::Q4_1, GgmlType::Q5_0] {
+            check_reference(ty);
+        }
+    }
+
+    fn check_reference(ty: GgmlType) {
         let (n_in, n_out) = (256, 16);
         let wf: Vec<f32> = (0..n_in * n_out)
             .map(|i| ((i as f32) * 0.37).sin())
             .collect();
-        let rb = GgmlType::Q4_1.row_bytes(n_in).unwrap();
+        let rb = ty.row_bytes(n_in).unwrap();
         let mut w = vec![0u8; rb * n_out];
         for (s, d) in wf.chunks_exact(n_in).zip(w.chunks_exact_mut(rb)) {
-            quantize_row(GgmlType::Q4_1, s, d).unwrap();
+            quantize_row(ty, s, d).unwrap();
         }
         let x: Vec<f32> = (0..n_in).map(|i| ((i as f32) * 0.11).cos() * 3.0).collect();
-        let mut a = vec![0u8; GgmlType::Q8_1.row_bytes(n_in).unwrap()];
-        quantize_row(GgmlType::Q8_1, &x, &mut a).unwrap();
-        let packed = interleave_q4_1(&w, n_in, n_out).unwrap();
+        let act = ty.vec_dot_type();
+        let mut a = vec![0u8; act.row_bytes(n_in).unwrap()];
+        quantize_row(act, &x, &mut a).unwrap();
+        let packed = interleave(ty, &w, n_in, n_out).unwrap();
         for g in 0..n_out / GROUP_ROWS {
             let mut out = [0.0f32; GROUP_ROWS];
-            q4_1_group_ref(n_in, &packed[g * rb * GROUP_ROWS..], &a, &mut out);
+            group_ref(ty, n_in, &packed[g * rb * GROUP_ROWS..], &a, &mut out);
             for (j, got) in out.iter().enumerate() {
                 let r = g * GROUP_ROWS + j;
-                let want = vec_dot(GgmlType::Q4_1, n_in, &w[r * rb..(r + 1) * rb], &a);
-                assert_eq!(got.to_bits(), want.to_bits(), "row {r}: {got} vs {want}");
+                let want = vec_dot(ty, n_in, &w[r * rb..(r + 1) * rb], &a);
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "{ty:?} row {r}: {got} vs {want}"
+                );
             }
         }
-        assert!(interleave_q4_1(&w, n_in, n_out - 1).is_none());
-        assert!(interleave_q4_1(&w[..rb * 4], n_in, 4).is_none());
+        assert!(interleave(ty, &w, n_in, n_out - 1).is_none());
+        assert!(interleave(ty, &w[..rb * 4], n_in, 4).is_none());
     }
 }

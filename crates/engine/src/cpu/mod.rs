@@ -253,6 +253,7 @@ impl Kernels {
     pub fn group_kernels(&self, ty: GgmlType) -> Option<interleaved::GroupKernels> {
         self.group_kernels_simd(ty).or(match ty {
             GgmlType::Q4_1 => Some(interleaved::Q4_1_REF),
+            GgmlType::Q5_0 => Some(interleaved::Q5_0_REF),
             _ => None,
         })
     }

@@ -110,7 +110,7 @@ impl Linear {
             return false;
         }
         let data = file.tensor_data(&self.info);
-        let Some(packed) = interleaved::interleave_q4_1(data, self.n_in, self.n_out) else {
+        let Some(packed) = interleaved::interleave(ty, data, self.n_in, self.n_out) else {
             return false;
         };
         self.interleaved = Some(Interleaved(Arc::new(packed)));

@@ -125,7 +125,7 @@ fn matvec_groups(w: MatRef<'_>, g: GroupKernels, out: &mut [f32], act: &[u8]) {
         .for_each(|(blk, o)| {
             let g0 = blk * ROWS_PER_TASK / GROUP_ROWS;
             for (gi, og) in o.chunks_exact_mut(GROUP_ROWS).enumerate() {
-                (g.one)(w.n_in, &w.data[(g0 + gi) * gb..][..gb], a, arb, og, 1);
+                (g.one)(w.n_in, &w.data[(g0 + gi) * gb..][..gb], a, arb, og, (1, 1));
             }
         });
 }
@@ -136,6 +136,14 @@ fn matvec_groups(w: MatRef<'_>, g: GroupKernels, out: &mut [f32], act: &[u8]) {
 fn matmul_groups(w: MatRef<'_>, g: GroupKernels, act: &[u8], n_tok: usize, t_out: &mut [f32]) {
     let gb = group_bytes(w);
     let arb = act_row_bytes(w.ty, w.n_in);
+    let ext_buf;
+    let (act, arb) = match extend_acts(w, g, act, n_tok) {
+        Some((buf, erb)) => {
+            ext_buf = buf;
+            (&ext_buf[..], erb)
+        }
+        None => (act, arb),
+    };
     t_out
         .par_chunks_mut(ROWS_PER_TASK * n_tok)
         .enumerate()
@@ -147,12 +155,77 @@ fn matmul_groups(w: MatRef<'_>, g: GroupKernels, act: &[u8], n_tok: usize, t_out
                     let wg = &w.data[(g0 + gi) * gb..][..gb];
                     let mut t = t0;
                     while t + g.toks <= t1 {
-                        (g.tile)(w.n_in, wg, &act[t * arb..], arb, &mut og[t..], n_tok);
+                        (g.tile)(w.n_in, wg, &act[t * arb..], arb, &mut og[t..], (n_tok, 1));
                         t += g.toks;
                     }
                     for t in t..t1 {
-                        (g.one)(w.n_in, wg, &act[t * arb..], arb, &mut og[t..], n_tok);
+                        (g.one)(w.n_in, wg, &act[t * arb..], arb, &mut og[t..], (n_tok, 1));
                     }
+                }
+            }
+        });
+}
+
+/// The tile's extended activation rows and their length, if its kernels read any
+/// ([`GroupKernels::tile_ext`]), built once for all row groups.
+fn extend_acts(
+    w: MatRef<'_>,
+    g: GroupKernels,
+    act: &[u8],
+    n_tok: usize,
+) -> Option<(Vec<u8>, usize)> {
+    let (extend, per_block) = g.tile_ext?;
+    let arb = act_row_bytes(w.ty, w.n_in);
+    let erb = arb + w.n_in / 32 * per_block;
+    let mut buf = vec![0u8; erb * n_tok];
+    buf.par_chunks_mut(erb)
+        .zip(act[..arb * n_tok].par_chunks(arb))
+        .for_each(|(e, a)| {
+            e[..arb].copy_from_slice(a);
+            extend(w.n_in, a, &mut e[arb..]);
+        });
+    Some((buf, erb))
+}
+
+/// Prefill for an interleaved matrix of many tokens, written straight into `out`
+/// (`(n_tok, n_out)`, eight rows of a token side by side in one store): each task owns a block
+/// of [`TOKEN_TILE`] tokens and takes every row group for it, so no task shares an output row
+/// and nothing is transposed. With fewer tokens than tasks need, [`matmul_groups`] splits by
+/// rows instead. The kernels and so the bits are the same.
+fn matmul_groups_by_tokens(
+    w: MatRef<'_>,
+    g: GroupKernels,
+    act: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+) {
+    let gb = group_bytes(w);
+    let n_out = w.n_out;
+    let ext_buf;
+    let (act, arb) = match extend_acts(w, g, act, n_tok) {
+        Some((buf, erb)) => {
+            ext_buf = buf;
+            (&ext_buf[..], erb)
+        }
+        None => (act, act_row_bytes(w.ty, w.n_in)),
+    };
+    out[..n_tok * n_out]
+        .par_chunks_mut(TOKEN_TILE * n_out)
+        .enumerate()
+        .for_each(|(tb, o)| {
+            let t0 = tb * TOKEN_TILE;
+            let nt = o.len() / n_out;
+            for (gi, wg) in w.data.chunks_exact(gb).enumerate() {
+                let r0 = gi * GROUP_ROWS;
+                let mut t = 0;
+                while t + g.toks <= nt {
+                    let a = &act[(t0 + t) * arb..];
+                    (g.tile)(w.n_in, wg, a, arb, &mut o[t * n_out + r0..], (1, n_out));
+                    t += g.toks;
+                }
+                for t in t..nt {
+                    let a = &act[(t0 + t) * arb..];
+                    (g.one)(w.n_in, wg, a, arb, &mut o[t * n_out + r0..], (1, n_out));
                 }
             }
         });
@@ -179,6 +252,16 @@ pub fn matmul(
     let n_in = w.n_in;
     if n_tok == 1 {
         matvec_many(k, &mut [(w, &mut out[..w.n_out])], act);
+        return;
+    }
+    if w.interleaved && n_tok >= TOKEN_TILE * rayon::current_num_threads() {
+        matmul_groups_by_tokens(
+            w,
+            group_kernels(k, w),
+            act,
+            n_tok,
+            &mut out[..n_tok * w.n_out],
+        );
         return;
     }
     if w.interleaved {
@@ -311,8 +394,13 @@ mod tests {
     /// The same for weights interleaved in row groups, on the reference and the SIMD kernels.
     #[test]
     fn interleaved_many_tokens_equal_one_at_a_time_bit_for_bit() {
+        for ty in [GgmlType::Q4_1, GgmlType::Q5_0] {
+            check_interleaved_prefill(ty);
+        }
+    }
+
+    fn check_interleaved_prefill(ty: GgmlType) {
         let (n_in, n_out) = (512, 40);
-        let ty = GgmlType::Q4_1;
         let wrb = ty.row_bytes(n_in).unwrap();
         let mut data = vec![0u8; wrb * n_out];
         for (r, dst) in data.chunks_exact_mut(wrb).enumerate() {
@@ -321,7 +409,7 @@ mod tests {
                 .collect();
             quantize_row(ty, &src, dst).unwrap();
         }
-        let packed = crate::cpu::interleaved::interleave_q4_1(&data, n_in, n_out).unwrap();
+        let packed = crate::cpu::interleaved::interleave(ty, &data, n_in, n_out).unwrap();
         let w = MatRef {
             ty,
             n_in,
@@ -330,7 +418,7 @@ mod tests {
             interleaved: true,
         };
         for k in [Kernels::detect(), Kernels::REFERENCE] {
-            for n_tok in [70, 5, 3] {
+            for n_tok in [70, 5, 3, 64 * rayon::current_num_threads() + 7] {
                 check_prefill_equals_decode(&k, w, n_tok);
             }
         }

@@ -1,12 +1,17 @@
 //! AVX2 kernels for the interleaved weight groups of `cpu::interleaved` (layout and the float
-//! operations they must reproduce are documented there). The integer work is AVX2's
-//! `vpmaddubsw` + `vpmaddwd` on every AVX2 core, VNNI or not: the lane sums are exact, so every
-//! build gives the bits of the scalar reference, which are those of the row-major kernels.
+//! operations they must reproduce are documented there). Q4_1's integer work is AVX2's
+//! `vpmaddubsw` + `vpmaddwd` on every AVX2 core, VNNI or not; Q5_0 has a second build with one
+//! `vpdpbusd` per lane sum where the CPU has AVX-512 VNNI (its weights are signed, so the sign
+//! trick's `vpsignb` is the only other integer operation per sum). The lane sums are exact, so
+//! every build gives the bits of the scalar reference, which are those of the row-major kernels.
 
 use std::arch::x86_64::*;
 
-use super::avx2::{load_f16_x8, loadu, loadu128};
-use crate::cpu::interleaved::{GroupKernels, GROUP_ROWS, Q4_1_GROUP_BLOCK};
+use super::avx2::{dot_u8_i8, load_f16_x8, loadu, loadu128};
+use crate::cpu::interleaved::{
+    q5_0_lane_bias, ActExtendFn, GroupKernels, GROUP_ROWS, Q4_1_GROUP_BLOCK, Q5_0_GROUP_BLOCK,
+    Q5_0_LANE_BIAS_BLOCK,
+};
 
 /// Tokens per prefill call: a pass over the four low (or high) lanes of two tokens keeps
 /// eight accumulators, two scale vectors and the unpacking temporaries in the sixteen vector
@@ -17,41 +22,61 @@ pub(super) const Q4_1: GroupKernels = GroupKernels {
     one: q4_1_group_one,
     tile: q4_1_group_tile,
     toks: TILE_TOKS,
+    tile_ext: None,
 };
 
-/// The block count, after checking that the group holds `n` elements of eight rows, the
-/// `toks` activation rows (`a_stride` apart) theirs, and `out` every `out[j * os + t]`.
+/// The block count, after checking that the group holds `n` elements of eight rows in
+/// `(group block, activation block)` bytes `sizes`, the `toks` activation rows (`a_stride`
+/// apart) theirs, and `out` every `out[j * rs + t * ts]` (rows or tokens side by side).
+#[allow(clippy::too_many_arguments)]
 fn group_blocks(
     n: usize,
     w: &[u8],
     a: &[u8],
     a_stride: usize,
     out: &[f32],
-    os: usize,
+    (rs, ts): (usize, usize),
     toks: usize,
+    (gb, ab): (usize, usize),
 ) -> usize {
     let nb = n / 32;
     assert!(
         nb * 32 == n
-            && w.len() >= nb * Q4_1_GROUP_BLOCK
-            && (toks == 1 || a_stride >= nb * 36)
-            && a.len() >= (toks - 1) * a_stride + nb * 36
-            && os >= toks
-            && out.len() >= (GROUP_ROWS - 1) * os + toks,
-        "q4_1 group: {toks} tokens of {n} elements do not fit the buffers"
+            && w.len() >= nb * gb
+            && (toks == 1 || a_stride >= nb * ab)
+            && a.len() >= (toks - 1) * a_stride + nb * ab
+            && (rs >= toks || ts >= GROUP_ROWS)
+            && out.len() > (GROUP_ROWS - 1) * rs + (toks - 1) * ts,
+        "interleaved group: {toks} tokens of {n} elements do not fit the buffers"
     );
     nb
 }
 
-fn q4_1_group_one(n: usize, w: &[u8], a: &[u8], a_stride: usize, out: &mut [f32], os: usize) {
-    let nb = group_blocks(n, w, a, a_stride, out, os, 1);
+const Q4_1_SIZES: (usize, usize) = (Q4_1_GROUP_BLOCK, 36);
+
+fn q4_1_group_one(
+    n: usize,
+    w: &[u8],
+    a: &[u8],
+    a_stride: usize,
+    out: &mut [f32],
+    os: (usize, usize),
+) {
+    let nb = group_blocks(n, w, a, a_stride, out, os, 1, Q4_1_SIZES);
     // SAFETY: `Variant::Avx2*` hand this out only after runtime detection of AVX2, FMA and
     // F16C; `group_blocks` checked every buffer the kernel reads or writes.
     unsafe { group_one(nb, w.as_ptr(), a.as_ptr(), a_stride, out.as_mut_ptr(), os) }
 }
 
-fn q4_1_group_tile(n: usize, w: &[u8], a: &[u8], a_stride: usize, out: &mut [f32], os: usize) {
-    let nb = group_blocks(n, w, a, a_stride, out, os, TILE_TOKS);
+fn q4_1_group_tile(
+    n: usize,
+    w: &[u8],
+    a: &[u8],
+    a_stride: usize,
+    out: &mut [f32],
+    os: (usize, usize),
+) {
+    let nb = group_blocks(n, w, a, a_stride, out, os, TILE_TOKS, Q4_1_SIZES);
     // SAFETY: as for `q4_1_group_one`.
     unsafe { group_tile(nb, w.as_ptr(), a.as_ptr(), a_stride, out.as_mut_ptr(), os) }
 }
@@ -60,9 +85,16 @@ fn q4_1_group_tile(n: usize, w: &[u8], a: &[u8], a_stride: usize, out: &mut [f32
 ///
 /// # Safety
 /// AVX2, FMA and F16C present; `w` valid for `nb` group blocks, `a` for `nb` Q8_1 blocks,
-/// `out` for every `out[j * os]`, `j < 8`.
+/// `out` for every `out[j * os.0]`, `j < 8`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn group_one(nb: usize, w: *const u8, a: *const u8, as_: usize, out: *mut f32, os: usize) {
+unsafe fn group_one(
+    nb: usize,
+    w: *const u8,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+    os: (usize, usize),
+) {
     // SAFETY: caller's contract, passed on.
     unsafe {
         let [[l0, l1, l2, l3, l4, l5, l6, l7]] = lanes::<1, 0, 8>(nb, w, a, as_);
@@ -76,9 +108,16 @@ unsafe fn group_one(nb: usize, w: *const u8, a: *const u8, as_: usize, out: *mut
 ///
 /// # Safety
 /// As for [`group_one`], for `TILE_TOKS` activation rows `as_` bytes apart and every
-/// `out[j * os + t]`.
+/// `out[j * os.0 + t * os.1]`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn group_tile(nb: usize, w: *const u8, a: *const u8, as_: usize, out: *mut f32, os: usize) {
+unsafe fn group_tile(
+    nb: usize,
+    w: *const u8,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+    os: (usize, usize),
+) {
     // SAFETY: caller's contract, passed on.
     unsafe {
         let lo = lanes::<TILE_TOKS, 0, 4>(nb, w, a, as_);
@@ -95,24 +134,35 @@ unsafe fn group_tile(nb: usize, w: *const u8, a: *const u8, as_: usize, out: *mu
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn finish(lo: [__m256; 4], hi: [__m256; 4], m: __m256) -> __m256 {
-    let r: [__m256; 4] = std::array::from_fn(|k| _mm256_add_ps(lo[k], hi[k]));
-    let s = _mm256_add_ps(_mm256_add_ps(r[0], r[2]), _mm256_add_ps(r[1], r[3]));
-    _mm256_add_ps(s, m)
+    _mm256_add_ps(hsum8(lo, hi), m)
 }
 
-/// `out[j * os + t] = v[j]`.
-///
-/// # Safety
-/// `out` valid for every `out[j * os + t]`, `j < 8`.
+/// ggml's `hsum_float_8` of the eight lane accumulators, row by row:
+/// `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn store(v: __m256, out: *mut f32, os: usize, t: usize) {
-    let mut r = [0.0f32; GROUP_ROWS];
+fn hsum8(lo: [__m256; 4], hi: [__m256; 4]) -> __m256 {
+    let r: [__m256; 4] = std::array::from_fn(|k| _mm256_add_ps(lo[k], hi[k]));
+    _mm256_add_ps(_mm256_add_ps(r[0], r[2]), _mm256_add_ps(r[1], r[3]))
+}
+
+/// `out[j * rs + t * ts] = v[j]`: one store where the rows are side by side (`rs == 1`).
+///
+/// # Safety
+/// `out` valid for every `out[j * rs + t * ts]`, `j < 8`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn store(v: __m256, out: *mut f32, (rs, ts): (usize, usize), t: usize) {
     // SAFETY: caller's contract.
     unsafe {
+        if rs == 1 {
+            _mm256_storeu_ps(out.add(t * ts), v);
+            return;
+        }
+        let mut r = [0.0f32; GROUP_ROWS];
         _mm256_storeu_ps(r.as_mut_ptr(), v);
         for (j, v) in r.into_iter().enumerate() {
-            *out.add(j * os + t) = v;
+            *out.add(j * rs + t * ts) = v;
         }
     }
 }
@@ -185,5 +235,263 @@ unsafe fn m_chain<const T: usize>(
             }
         }
         acc
+    }
+}
+
+/// `v` shifted so that bit `l` of each byte lands on bit 4 (other bits are masked off after).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fifth_bits_to_bit4(v: __m256i, l: usize) -> __m256i {
+    match l {
+        0 => _mm256_slli_epi16::<4>(v),
+        1 => _mm256_slli_epi16::<3>(v),
+        2 => _mm256_slli_epi16::<2>(v),
+        3 => _mm256_slli_epi16::<1>(v),
+        4 => v,
+        5 => _mm256_srli_epi16::<1>(v),
+        6 => _mm256_srli_epi16::<2>(v),
+        _ => _mm256_srli_epi16::<3>(v),
+    }
+}
+
+/// Builds the Q5_0 group kernels for the given target features and u8 x i8 primitive
+/// (`$dot(u, s)`: eight i32 sums of four products, `u` unsigned) with prefill tiles of `$toks`
+/// tokens (two passes of four lanes each, whose accumulators must fit the registers).
+macro_rules! q5_0_kernels {
+    (
+        features = $feat:literal,
+        dot_u8_i8 = $dot:path,
+        toks = $toks:literal,
+        tile_lanes = $tile_lanes:ident,
+        tile_ext = $ext:expr
+    ) => {
+        use super::*;
+
+        pub(in crate::cpu::x86_64) const Q5_0: GroupKernels = GroupKernels {
+            one: group_one_safe,
+            tile: group_tile_safe,
+            toks: $toks,
+            tile_ext: EXT,
+        };
+
+        const EXT: Option<(ActExtendFn, usize)> = $ext;
+
+        const SIZES: (usize, usize) = (Q5_0_GROUP_BLOCK, 34);
+        /// Activation block bytes as the tile reads them (with the extension, if any).
+        const TILE_SIZES: (usize, usize) = (
+            Q5_0_GROUP_BLOCK,
+            34 + match EXT {
+                Some((_, b)) => b,
+                None => 0,
+            },
+        );
+
+        fn group_one_safe(
+            n: usize,
+            w: &[u8],
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+            os: (usize, usize),
+        ) {
+            let nb = group_blocks(n, w, a, as_, out, os, 1, SIZES);
+            // SAFETY: `Variant`s hand this build out only after runtime detection of its
+            // features; `group_blocks` checked every buffer the kernel reads or writes.
+            unsafe { group_one(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
+        }
+
+        fn group_tile_safe(
+            n: usize,
+            w: &[u8],
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+            os: (usize, usize),
+        ) {
+            let nb = group_blocks(n, w, a, as_, out, os, $toks, TILE_SIZES);
+            // SAFETY: as for `group_one_safe`.
+            unsafe { group_tile(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
+        }
+
+        /// One token: all eight lane accumulators in one pass.
+        ///
+        /// # Safety
+        /// This build's features present; `w` valid for `nb` group blocks, `a` for `nb` Q8_0
+        /// blocks, `out` for every `out[j * os.0]`, `j < 8`.
+        #[target_feature(enable = $feat)]
+        unsafe fn group_one(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+            out: *mut f32,
+            os: (usize, usize),
+        ) {
+            // SAFETY: caller's contract, passed on.
+            unsafe {
+                let [[l0, l1, l2, l3, l4, l5, l6, l7]] = lanes::<1, 0, 8>(nb, w, a, as_);
+                store(hsum8([l0, l1, l2, l3], [l4, l5, l6, l7]), out, os, 0);
+            }
+        }
+
+        /// `$toks` tokens: the low and the high lanes in two passes over the group (in L1
+        /// after the first).
+        ///
+        /// # Safety
+        /// As for [`group_one`], for `$toks` activation rows `as_` bytes apart and every
+        /// `out[j * os.0 + t * os.1]`.
+        #[target_feature(enable = $feat)]
+        unsafe fn group_tile(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+            out: *mut f32,
+            os: (usize, usize),
+        ) {
+            // SAFETY: caller's contract, passed on.
+            unsafe {
+                let lo = $tile_lanes::<$toks, 0, 4>(nb, w, a, as_);
+                let hi = $tile_lanes::<$toks, 4, 4>(nb, w, a, as_);
+                for t in 0..$toks {
+                    store(hsum8(lo[t], hi[t]), out, os, t);
+                }
+            }
+        }
+
+        /// The `NL` lane accumulators from lane `L0` on, for `T` tokens. Lane `l`'s quants
+        /// are its nibbles with the fifth bit shifted in, minus 16; the sign trick moves each
+        /// quant's sign onto the activation (`|q| <= 16`, `|y| <= 127` keeps `vpmaddubsw`'s
+        /// pairs within i16), and each lane gets `fma(d_w * d_a, lane_sum, acc)` per block.
+        ///
+        /// # Safety
+        /// This build's features present; `w` valid for `nb` group blocks, each
+        /// `a.add(t * as_)` for `nb` Q8_0 blocks.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn lanes<const T: usize, const L0: usize, const NL: usize>(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+        ) -> [[__m256; NL]; T] {
+            // SAFETY: every read is inside group block `i < nb` or activation block `i` of
+            // token `t < T` (caller's contract).
+            unsafe {
+                let low = _mm256_set1_epi8(0x0F);
+                let bit4 = _mm256_set1_epi8(0x10);
+                let mut acc = [[_mm256_setzero_ps(); NL]; T];
+                for i in 0..nb {
+                    let x = w.add(i * Q5_0_GROUP_BLOCK);
+                    let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
+                    let xd = _mm256_cvtph_ps(loadu128(x));
+                    let d: [__m256; T] =
+                        std::array::from_fn(|t| _mm256_mul_ps(xd, load_f16_x8(y[t])));
+                    let fifth = loadu(x.add(144));
+                    for l in L0..L0 + NL {
+                        let v = loadu(x.add(16 + 32 * (l % 4)));
+                        let nib = if l < 4 {
+                            _mm256_and_si256(v, low)
+                        } else {
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(v), low)
+                        };
+                        let hi = _mm256_and_si256(fifth_bits_to_bit4(fifth, l), bit4);
+                        let q = _mm256_sub_epi8(_mm256_or_si256(nib, hi), bit4);
+                        let aq = _mm256_sign_epi8(q, q);
+                        for t in 0..T {
+                            let quad = _mm256_set1_epi32(
+                                y[t].add(2 + 4 * l).cast::<i32>().read_unaligned(),
+                            );
+                            let sum = $dot(aq, _mm256_sign_epi8(quad, q));
+                            acc[t][l - L0] =
+                                _mm256_fmadd_ps(d[t], _mm256_cvtepi32_ps(sum), acc[t][l - L0]);
+                        }
+                    }
+                }
+                acc
+            }
+        }
+    };
+}
+
+/// Q5_0 on AVX2 + FMA + F16C (`vpmaddubsw` + `vpmaddwd`; sixteen registers: two tokens).
+pub(super) mod q5_0_plain {
+    q5_0_kernels!(
+        features = "avx2,fma,f16c",
+        dot_u8_i8 = dot_u8_i8,
+        toks = 2,
+        tile_lanes = lanes,
+        tile_ext = None
+    );
+}
+
+/// Q5_0 with AVX-512 VNNI and VL at 256 bits (`vpdpbusd`; 32 registers: four tokens).
+pub(super) mod q5_0_vnni {
+    q5_0_kernels!(
+        features = "avx2,fma,f16c,avx512vnni,avx512vl",
+        dot_u8_i8 = dot_u8_i8_vnni,
+        toks = 4,
+        tile_lanes = biased_lanes,
+        tile_ext = Some((q5_0_lane_bias, Q5_0_LANE_BIAS_BLOCK))
+    );
+
+    /// [`lanes`] for activation rows extended by `q5_0_lane_bias`: the quants go in unsigned
+    /// (`q + 16`) and each lane sum starts from the activation's bias, which leaves one
+    /// `vpdpbusd` per lane sum and no sign work (activation blocks of `34` bytes, then the
+    /// `32`-byte biases of all blocks).
+    ///
+    /// # Safety
+    /// As for [`lanes`], with each activation row followed by its `nb` bias blocks.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    unsafe fn biased_lanes<const T: usize, const L0: usize, const NL: usize>(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        as_: usize,
+    ) -> [[__m256; NL]; T] {
+        // SAFETY: every read is inside group block `i < nb`, activation block `i` of token
+        // `t < T` or its bias block (caller's contract).
+        unsafe {
+            let low = _mm256_set1_epi8(0x0F);
+            let bit4 = _mm256_set1_epi8(0x10);
+            let mut acc = [[_mm256_setzero_ps(); NL]; T];
+            for i in 0..nb {
+                let x = w.add(i * Q5_0_GROUP_BLOCK);
+                let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
+                let bias: [*const u8; T] =
+                    std::array::from_fn(|t| a.add(t * as_ + nb * 34 + i * Q5_0_LANE_BIAS_BLOCK));
+                let xd = _mm256_cvtph_ps(loadu128(x));
+                let d: [__m256; T] = std::array::from_fn(|t| _mm256_mul_ps(xd, load_f16_x8(y[t])));
+                let fifth = loadu(x.add(144));
+                for l in L0..L0 + NL {
+                    let v = loadu(x.add(16 + 32 * (l % 4)));
+                    let nib = if l < 4 {
+                        _mm256_and_si256(v, low)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(v), low)
+                    };
+                    let u =
+                        _mm256_or_si256(nib, _mm256_and_si256(fifth_bits_to_bit4(fifth, l), bit4));
+                    for t in 0..T {
+                        let quad =
+                            _mm256_set1_epi32(y[t].add(2 + 4 * l).cast::<i32>().read_unaligned());
+                        let b =
+                            _mm256_set1_epi32(bias[t].add(4 * l).cast::<i32>().read_unaligned());
+                        let sum = _mm256_dpbusd_epi32(b, u, quad);
+                        acc[t][l - L0] =
+                            _mm256_fmadd_ps(d[t], _mm256_cvtepi32_ps(sum), acc[t][l - L0]);
+                    }
+                }
+            }
+            acc
+        }
+    }
+
+    /// Eight i32 sums of four u8 x i8 products each, by one `vpdpbusd`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    fn dot_u8_i8_vnni(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
     }
 }

@@ -157,6 +157,10 @@ pub(super) fn group_kernels(v: Variant, ty: GgmlType) -> Option<GroupKernels> {
             Variant::Avx2 | Variant::Avx2Vnni | Variant::Avx512 | Variant::Avx512Vnni,
             GgmlType::Q4_1,
         ) => Some(interleaved::Q4_1),
+        (Variant::Avx2 | Variant::Avx512, GgmlType::Q5_0) => Some(interleaved::q5_0_plain::Q5_0),
+        (Variant::Avx2Vnni | Variant::Avx512Vnni, GgmlType::Q5_0) => {
+            Some(interleaved::q5_0_vnni::Q5_0)
+        }
         _ => None,
     }
 }
