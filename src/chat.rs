@@ -27,7 +27,7 @@ pub struct ChatArgs {
 pub fn chat(a: ChatArgs) -> Result<()> {
     let engine = a.model.load_with_feedback()?;
     let mut session = engine.new_session(a.model.ctx_size)?;
-    let params = a.sampling.params(session.n_ctx())?;
+    let params = a.sampling.params(session.n_ctx(), engine.n_vocab())?;
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
         messages.push(ChatMessage::new("system", s.as_str()));

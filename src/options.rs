@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use backstop_engine::backend::{BackendKind, DeviceSpec};
 use backstop_engine::cpu::Tier;
 use backstop_engine::generate::{Engine, EngineOptions, GenerateParams, Outcome};
-use backstop_engine::sampling::SamplingParams;
+use backstop_engine::sampling::{SamplingField, SamplingParams};
 use clap::{Args, ValueEnum};
 
 #[derive(Args, Clone, Debug)]
@@ -172,22 +172,8 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    pub fn params(&self, n_ctx: usize) -> Result<GenerateParams> {
-        for (name, v) in [
-            ("--temp", self.temp),
-            ("--top-p", self.top_p),
-            ("--min-p", self.min_p),
-        ] {
-            if !v.is_finite() || v < 0.0 {
-                bail!("{name} must be a non-negative number, got {v}");
-            }
-        }
-        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
-            bail!(
-                "--repeat-penalty must be positive, got {}",
-                self.repeat_penalty
-            );
-        }
+    /// The settings, checked as the sampler needs them (`n_vocab` bounds `--top-k`).
+    pub fn params(&self, n_ctx: usize, n_vocab: usize) -> Result<GenerateParams> {
         let max_tokens = match self.max_tokens {
             -1 => n_ctx,
             n if n >= 0 => n as usize,
@@ -198,22 +184,40 @@ impl SamplingArgs {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)
         });
+        let sampling = SamplingParams {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            penalty_last_n: self.repeat_last_n,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            logit_bias: Vec::new(),
+            seed,
+        };
+        if let Err(e) = sampling.validate(n_vocab) {
+            bail!("{} {}", flag(e.field), e.message);
+        }
         Ok(GenerateParams {
             max_tokens,
-            sampling: SamplingParams {
-                temperature: self.temp,
-                top_k: self.top_k,
-                top_p: self.top_p,
-                min_p: self.min_p,
-                repeat_penalty: self.repeat_penalty,
-                penalty_last_n: self.repeat_last_n,
-                presence_penalty: self.presence_penalty,
-                frequency_penalty: self.frequency_penalty,
-                logit_bias: Vec::new(),
-                seed,
-            },
+            sampling,
             stop: self.stop.clone(),
         })
+    }
+}
+
+/// The command-line flag of a sampling setting.
+fn flag(f: SamplingField) -> &'static str {
+    match f {
+        SamplingField::Temperature => "--temp",
+        SamplingField::TopK => "--top-k",
+        SamplingField::TopP => "--top-p",
+        SamplingField::MinP => "--min-p",
+        SamplingField::RepeatPenalty => "--repeat-penalty",
+        SamplingField::PresencePenalty => "--presence-penalty",
+        SamplingField::FrequencyPenalty => "--frequency-penalty",
+        SamplingField::LogitBias => "--logit-bias",
     }
 }
 

@@ -18,6 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use hf_hub::api::tokio::{Api, ApiBuilder};
 use hf_hub::{Cache, Repo, RepoType};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -573,96 +574,132 @@ fn duration(secs: f64) -> String {
     }
 }
 
-/// Byte progress with rate and ETA: one redrawn line on a terminal, a plain line every tenth
-/// (or every 10 seconds) otherwise.
+/// Byte progress with rate and ETA. On a terminal an `indicatif` bar on stderr; otherwise (a
+/// log, a pipe) no bar and no escape codes, only a plain line every tenth (or every 10 seconds).
+/// Either way a summary line at the end of a complete transfer.
 pub struct Progress {
     label: String,
     start: u64,
     total: u64,
     t0: Instant,
+    /// The bar, when stderr is a terminal.
+    bar: Option<ProgressBar>,
+    /// When the last plain line was printed (no bar).
     last: Instant,
     last_tenth: u64,
-    tty: bool,
+}
+
+/// The bar's layout: name, bar, bytes done / total, rate and ETA.
+const BAR_TEMPLATE: &str =
+    "{prefix}: [{wide_bar}] {bytes} / {total_bytes} {binary_bytes_per_sec} ETA {eta}";
+
+/// A byte bar at `start` of `total` drawing to `target`; its rate counts only bytes after `start`.
+fn byte_bar(label: &str, start: u64, total: u64, target: ProgressDrawTarget) -> ProgressBar {
+    let style = ProgressStyle::with_template(BAR_TEMPLATE)
+        .expect("the progress template is valid")
+        .progress_chars("=> ");
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())
+        .with_style(style)
+        .with_prefix(label.to_owned())
+        .with_position(start);
+    // Let the estimator see the bytes already present (a resumed download), then forget the
+    // rate of that first jump, so the rate and ETA reflect this transfer only. This happens
+    // before the bar is shown, so the jump is never drawn.
+    bar.tick();
+    bar.reset_eta();
+    bar.set_draw_target(target);
+    bar
+}
+
+/// The plain (non-terminal) progress line: `label: pct% done / total rate/s ETA eta`, where the
+/// rate counts the bytes moved since `start` in `secs` seconds.
+fn plain_line(label: &str, start: u64, total: u64, done: u64, secs: f64) -> String {
+    let rate = done.saturating_sub(start) as f64 / secs.max(1e-3);
+    let pct = done as f64 * 100.0 / total.max(1) as f64;
+    let eta = if rate > 0.0 {
+        duration(total.saturating_sub(done) as f64 / rate)
+    } else {
+        "?".to_owned()
+    };
+    format!(
+        "{label}: {pct:5.1}% {} / {} {}/s ETA {eta}",
+        human(done),
+        human(total),
+        human(rate as u64)
+    )
+}
+
+/// The closing line of a complete transfer: `label: total in time (rate/s)`.
+fn summary_line(label: &str, start: u64, total: u64, secs: f64) -> String {
+    let got = total.saturating_sub(start);
+    format!(
+        "{label}: {} in {} ({}/s)",
+        human(total),
+        duration(secs),
+        human((got as f64 / secs.max(1e-3)) as u64)
+    )
 }
 
 impl Progress {
     pub fn new(label: &str, start: u64, total: u64) -> Self {
+        let bar = std::io::stderr()
+            .is_terminal()
+            .then(|| byte_bar(label, start, total, ProgressDrawTarget::stderr()));
         let now = Instant::now();
         Self {
             label: label.to_owned(),
             start,
             total,
             t0: now,
+            bar,
             last: now,
             last_tenth: start * 10 / total.max(1),
-            tty: std::io::stderr().is_terminal(),
         }
-    }
-
-    fn line(&self, done: u64) -> String {
-        let secs = self.t0.elapsed().as_secs_f64().max(1e-3);
-        let rate = (done - self.start) as f64 / secs;
-        let pct = done as f64 * 100.0 / self.total.max(1) as f64;
-        let eta = if rate > 0.0 {
-            duration((self.total - done.min(self.total)) as f64 / rate)
-        } else {
-            "?".to_owned()
-        };
-        format!(
-            "{}: {pct:5.1}% {} / {} {}/s ETA {eta}",
-            self.label,
-            human(done),
-            human(self.total),
-            human(rate as u64)
-        )
     }
 
     pub fn update(&mut self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            return;
+        }
         let now = Instant::now();
-        if self.tty {
-            if now.duration_since(self.last) >= Duration::from_millis(100) {
-                eprint!("\r{}\x1b[K", self.line(done));
-                self.last = now;
+        let tenth = done * 10 / self.total.max(1);
+        if tenth > self.last_tenth || now.duration_since(self.last) >= Duration::from_secs(10) {
+            if tenth < 10 {
+                let secs = self.t0.elapsed().as_secs_f64();
+                eprintln!(
+                    "{}",
+                    plain_line(&self.label, self.start, self.total, done, secs)
+                );
             }
-        } else {
-            let tenth = done * 10 / self.total.max(1);
-            if tenth > self.last_tenth || now.duration_since(self.last) >= Duration::from_secs(10) {
-                if tenth < 10 {
-                    eprintln!("{}", self.line(done));
-                }
-                self.last_tenth = tenth;
-                self.last = now;
-            }
+            self.last_tenth = tenth;
+            self.last = now;
         }
     }
 
+    /// Remove the bar and, when the transfer is `complete`, print a summary line.
     pub fn finish(&mut self, complete: bool) {
-        if self.tty {
-            eprint!("\r\x1b[K");
-        }
+        self.clear();
         if complete {
             let secs = self.t0.elapsed().as_secs_f64();
-            let got = self.total - self.start;
             eprintln!(
-                "{}: {} in {} ({}/s)",
-                self.label,
-                human(self.total),
-                duration(secs),
-                human((got as f64 / secs.max(1e-3)) as u64)
+                "{}",
+                summary_line(&self.label, self.start, self.total, secs)
             );
         }
     }
 
-    /// Remove the progress line (on a terminal), printing nothing more.
+    /// Remove the progress bar (on a terminal), printing nothing more.
     pub fn clear(&mut self) {
-        if self.tty {
-            eprint!("\r\x1b[K");
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
     }
 
+    /// Leave the bar where it stopped (on a terminal), so that what follows starts on a new line.
     fn abandon(&mut self) {
-        if self.tty {
-            eprintln!();
+        if let Some(bar) = self.bar.take() {
+            bar.abandon();
         }
     }
 }
@@ -686,10 +723,27 @@ mod tests {
 
     #[test]
     fn progress_line_has_rate_and_eta() {
-        let p = Progress::new("f.gguf", 0, 100 << 20);
-        let l = p.line(50 << 20);
+        // 50 MiB of 100 MiB in 5 s: 10 MiB/s, 5 s to go.
+        let l = plain_line("f.gguf", 0, 100 << 20, 50 << 20, 5.0);
+        assert_eq!(l, "f.gguf:  50.0% 50.0 MiB / 100.0 MiB 10.0 MiB/s ETA 5s");
+        // Resumed at 40 MiB: only the 10 MiB moved in this run count toward the rate.
+        let l = plain_line("f.gguf", 40 << 20, 100 << 20, 50 << 20, 2.0);
         assert!(l.contains("50.0%"), "{l}");
-        assert!(l.contains("50.0 MiB / 100.0 MiB"), "{l}");
-        assert!(l.contains("/s ETA"), "{l}");
+        assert!(l.contains("50.0 MiB / 100.0 MiB 5.0 MiB/s ETA 10s"), "{l}");
+        // Nothing moved yet: no rate, no ETA guess.
+        let l = plain_line("f.gguf", 0, 100 << 20, 0, 1.0);
+        assert!(l.ends_with("0 B/s ETA ?"), "{l}");
+        let l = summary_line("f.gguf", 40 << 20, 100 << 20, 6.0);
+        assert_eq!(l, "f.gguf: 100.0 MiB in 6s (10.0 MiB/s)");
+    }
+
+    #[test]
+    fn progress_bar_starts_at_bytes_present() {
+        let bar = byte_bar("f.gguf", 40 << 20, 100 << 20, ProgressDrawTarget::hidden());
+        assert_eq!(bar.position(), 40 << 20);
+        assert_eq!(bar.length(), Some(100 << 20));
+        assert_eq!(bar.prefix(), "f.gguf");
+        bar.set_position(50 << 20);
+        assert_eq!(bar.position(), 50 << 20);
     }
 }

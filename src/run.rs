@@ -33,7 +33,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let prompt = read_prompt(a.prompt.as_deref(), a.file.as_ref())?;
     let engine = a.model.load()?;
     let mut session = engine.new_session(a.model.ctx_size)?;
-    let params = a.sampling.params(session.n_ctx())?;
+    let params = a.sampling.params(session.n_ctx(), engine.n_vocab())?;
     let tokens = if a.raw {
         engine.tokenizer.encode(&prompt, true)?
     } else {

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use backstop_server::upstream::{FailoverConfig, UpstreamSpec};
-use backstop_server::{Flavor, ModelNames, ServeConfig};
-use clap::Args;
+use backstop_server::{FailoverConfig, Flavor, ModelNames, ServeConfig, UpstreamSpec};
+use clap::{Args, ValueEnum};
 
 use crate::options::ModelArgs;
 
@@ -78,6 +77,37 @@ pub struct ServeArgs {
     /// Seconds the breaker stays open before one probe request tries the cloud again.
     #[arg(long, default_value_t = 30.0)]
     pub breaker_cooldown: f64,
+    /// Log lines on stderr as text or as one JSON object per line; levels from RUST_LOG
+    /// (default info: one line per request, breaker changes, upstream failures).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr; `RUST_LOG` picks levels (`info` unless set).
+fn init_logging(format: LogFormat) -> Result<()> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+    installed.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
 fn seconds(flag: &str, v: f64) -> Result<Duration> {
@@ -107,6 +137,7 @@ fn parse_upstream(s: &str) -> Result<UpstreamSpec> {
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
+    init_logging(a.log_format)?;
     let model_path = a.model.path()?;
     if a.parallel == 0 {
         bail!("--parallel must be at least 1");

@@ -322,3 +322,121 @@ fn without_an_upstream_nothing_is_forwarded() {
     assert_eq!(cloud.requests(), 0);
     assert_eq!(s.get("/backstop/status").json()["upstreams"], json!([]));
 }
+
+/// Log lines that arrive within `wait`, until `enough` says stop.
+fn log_lines(s: &Server, wait: Duration, enough: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut lines = Vec::new();
+    while !enough(&lines) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match s.log.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => break,
+        }
+    }
+    lines
+}
+
+#[test]
+fn request_logs_say_who_answered_and_never_hold_keys_or_prompts() {
+    const KEY: &str = "sk-ant-api03-LOGCANARY-do-not-log";
+    const PROMPT: &str = "PROMPTCANARY the purple walrus";
+    let requests = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.contains("backstop::request"))
+            .count()
+    };
+
+    // The failover front, JSON lines: the cloud fails, both formats are answered locally.
+    let cloud = FakeCloud::start();
+    let s = front(&cloud, &["--log-format", "json"]);
+    cloud.scenario("500");
+    let post = |path: &str, body: String, stream: bool| {
+        let mut b: Value = serde_json::from_str(&body).unwrap();
+        b["stream"] = json!(stream);
+        s.conn().request(
+            "POST",
+            path,
+            &[
+                ("content-type", "application/json"),
+                ("x-api-key", KEY),
+                ("authorization", &format!("Bearer {KEY}")),
+            ],
+            b.to_string().as_bytes(),
+        )
+    };
+    let msg = json!({"model": "claude-sonnet-4-5", "max_tokens": 4,
+                     "messages": [{"role": "user", "content": PROMPT}]})
+    .to_string();
+    let chat = json!({"model": "gpt-4o", "max_tokens": 4,
+                      "messages": [{"role": "user", "content": PROMPT}]})
+    .to_string();
+    assert_eq!(post("/v1/messages", msg.clone(), false).status, 200);
+    assert_eq!(post("/v1/chat/completions", chat.clone(), true).status, 200);
+    let lines = log_lines(&s, Duration::from_secs(10), |l| requests(l) >= 2);
+    let all = lines.join("\n");
+    assert!(!all.contains(KEY) && !all.contains("LOGCANARY"), "{all}");
+    assert!(
+        !all.contains("PROMPTCANARY") && !all.contains("walrus"),
+        "{all}"
+    );
+    let reqs: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "request")
+        .collect();
+    assert_eq!(reqs.len(), 2, "{all}");
+    let anth = reqs.iter().find(|v| v["route"] == "/v1/messages").unwrap();
+    assert_eq!(anth["status"], 200);
+    assert_eq!(anth["model"], "\"claude-sonnet-4-5\"");
+    assert!(anth["served_by"].as_str().unwrap().starts_with("local"));
+    assert!(anth["fallback_reason"].as_str().unwrap().contains("500"));
+    assert!(anth["completion_tokens"].as_u64().unwrap() >= 1);
+    let oai = reqs
+        .iter()
+        .find(|v| v["route"] == "/v1/chat/completions")
+        .unwrap();
+    assert_eq!(oai["stream"], true);
+    assert!(oai["ttft_ms"].as_f64().unwrap() > 0.0);
+    assert!(oai["prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(oai["fallback_reason"].as_str().unwrap().contains("500"));
+    // The failure itself is logged, without the key.
+    assert!(lines.iter().any(|l| l.contains("upstream failed")), "{all}");
+    drop(s);
+
+    // A local-only server with a key, text lines.
+    let s = Server::ready(&["-c", "1024", "--api-key", KEY]);
+    assert_eq!(post_local(&s, KEY, "/v1/messages", &msg).status, 200);
+    assert_eq!(
+        post_local(&s, KEY, "/v1/chat/completions", &chat).status,
+        200
+    );
+    assert_eq!(
+        post_local(&s, "wrong-key", "/v1/chat/completions", &chat).status,
+        401
+    );
+    let lines = log_lines(&s, Duration::from_secs(10), |l| requests(l) >= 3);
+    let all = lines.join("\n");
+    assert!(!all.contains(KEY) && !all.contains("wrong-key"), "{all}");
+    assert!(!all.contains("PROMPTCANARY"), "{all}");
+    assert_eq!(requests(&lines), 3, "{all}");
+    assert!(
+        all.contains("route=\"/v1/messages\"") || all.contains("route=/v1/messages"),
+        "{all}"
+    );
+    assert!(all.contains("status=401"), "{all}");
+    assert!(all.contains("served_by=\"local; weights="), "{all}");
+}
+
+fn post_local(s: &Server, key: &str, path: &str, body: &str) -> support::Resp {
+    s.conn().request(
+        "POST",
+        path,
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &format!("Bearer {key}")),
+        ],
+        body.as_bytes(),
+    )
+}

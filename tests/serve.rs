@@ -377,10 +377,14 @@ fn a_client_that_disconnects_stops_its_generation() {
 }
 
 #[test]
-fn readiness_is_503_while_loading_and_health_answers_at_once() {
+fn readiness_is_503_while_loading_and_liveness_answers_at_once() {
     let s = Server::start_env(&["-c", "512"], &[("BACKSTOP_TEST_LOAD_DELAY_MS", "1500")]);
+    assert_eq!(s.get("/livez").status, 200);
+    // As llama-server answers it: gateways poll /health before sending work.
     let r = s.get("/health");
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"]["message"], "Loading model");
+    assert!(r.header("retry-after").is_some());
     let r = s.get("/ready");
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["status"], "loading");
@@ -389,6 +393,8 @@ fn readiness_is_503_while_loading_and_health_answers_at_once() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.header("retry-after").is_some());
     s.wait_ready();
+    assert_eq!(s.get("/health").status, 200);
+    assert_eq!(s.get("/health").json()["status"], "ok");
     assert_eq!(
         s.post_json("/v1/chat/completions", &chat("hi", 2, false))
             .status,

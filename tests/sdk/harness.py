@@ -69,6 +69,7 @@ class Backstop:
         self._listening = threading.Event()
         self.host = self.port = None
         # Observations made while starting, checked by tests.
+        self.livez_status_at_listen: int | None = None
         self.health_status_at_listen: int | None = None
         self.loading_responses: list[httpx.Response] = []
         self.ready_response: httpx.Response | None = None
@@ -117,6 +118,7 @@ class Backstop:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no 'backstop: listening on' line in {LISTEN_TIMEOUT} s:\n{self.log()}")
         with httpx.Client(timeout=10, trust_env=False) as c:
+            self.livez_status_at_listen = c.get(self.url + "/livez").status_code
             self.health_status_at_listen = c.get(self.url + "/health").status_code
             deadline = time.monotonic() + READY_TIMEOUT
             while True:

@@ -8,8 +8,10 @@ from harness import API_KEY
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
 
 
-def test_health_at_once_and_ready(server):
-    assert server.health_status_at_listen == 200, "GET /health was not 200 right after listening"
+def test_liveness_at_once_health_and_ready(server):
+    assert server.livez_status_at_listen == 200, "GET /livez was not 200 right after listening"
+    # /health is readiness-like, as llama-server's: 200 once loaded, 503 while loading.
+    assert server.health_status_at_listen in (200, 503), server.health_status_at_listen
     assert server.ready_response.status_code == 200
     for r in server.loading_responses:
         assert r.status_code == 503, (r.status_code, r.text)
@@ -20,6 +22,7 @@ def test_health_at_once_and_ready(server):
 def test_health_ready_need_no_key(server):
     with httpx.Client(base_url=server.url, trust_env=False) as c:
         assert c.get("/health").status_code == 200
+        assert c.get("/livez").status_code == 200
         assert c.get("/ready").status_code == 200
 
 

@@ -151,6 +151,14 @@ def test_models_list(oai):
         assert isinstance(m.id, str) and m.id
 
 
+def test_models_retrieve(oai):
+    # models.retrieve is GET /v1/models/{id}: any name is served, so any name is found.
+    listed = next(iter(oai.models.list())).id
+    m = oai.models.retrieve(listed)
+    assert m.id == listed and m.object == "model"
+    assert oai.models.retrieve("gpt-4o").id == "gpt-4o"
+
+
 def test_served_by_header(oai):
     raw = oai.chat.completions.with_raw_response.create(model=MODEL, messages=QUESTION, max_tokens=4)
     served_by = raw.headers.get("x-backstop-served-by")

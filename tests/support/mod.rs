@@ -65,8 +65,13 @@ impl Server {
             let line = rx
                 .recv_timeout(left)
                 .expect("backstop serve did not print its listening line");
+            // A text line ends with the address; a JSON line (`--log-format json`) goes on.
             if let Some(rest) = line.split("listening on http://").nth(1) {
-                break rest.rsplit(':').next().unwrap().trim().parse().unwrap();
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+                break addr.rsplit(':').next().unwrap().parse().unwrap();
             }
         };
         Server {

@@ -168,6 +168,11 @@ impl Engine {
         })
     }
 
+    /// Rows of the output layer: every token id the model can produce is below this.
+    pub fn n_vocab(&self) -> usize {
+        self.model.cfg.n_vocab
+    }
+
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
     }

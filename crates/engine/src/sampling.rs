@@ -50,6 +50,95 @@ impl SamplingParams {
             ..Self::default()
         }
     }
+
+    /// Checks what the sampler itself needs, for every front end (CLI flags, both HTTP wire
+    /// formats): numbers finite and of the right sign, token ids inside the vocabulary. A
+    /// front end may narrow these ranges further (OpenAI's `temperature` stops at 2).
+    pub fn validate(&self, n_vocab: usize) -> Result<(), SamplingError> {
+        let bad = |field, message: String| Err(SamplingError { field, message });
+        for (field, v) in [
+            (SamplingField::Temperature, self.temperature),
+            (SamplingField::TopP, self.top_p),
+            (SamplingField::MinP, self.min_p),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return bad(field, format!("must be a non-negative number, got {v}"));
+            }
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return bad(
+                SamplingField::RepeatPenalty,
+                format!("must be positive, got {}", self.repeat_penalty),
+            );
+        }
+        for (field, v) in [
+            (SamplingField::PresencePenalty, self.presence_penalty),
+            (SamplingField::FrequencyPenalty, self.frequency_penalty),
+        ] {
+            if !v.is_finite() {
+                return bad(field, format!("must be a finite number, got {v}"));
+            }
+        }
+        if self.top_k > n_vocab {
+            return bad(
+                SamplingField::TopK,
+                format!("must be between 0 and {n_vocab}, got {}", self.top_k),
+            );
+        }
+        for &(id, bias) in &self.logit_bias {
+            if id as usize >= n_vocab {
+                return bad(
+                    SamplingField::LogitBias,
+                    format!("key {id} is not a token id below {n_vocab}"),
+                );
+            }
+            if !bias.is_finite() {
+                return bad(
+                    SamplingField::LogitBias,
+                    format!("value for token {id} must be finite, got {bias}"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which setting a `SamplingError` is about; front ends name it in their own words
+/// (`--temp`, `temperature`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SamplingField {
+    Temperature,
+    TopK,
+    TopP,
+    MinP,
+    RepeatPenalty,
+    PresencePenalty,
+    FrequencyPenalty,
+    LogitBias,
+}
+
+impl SamplingField {
+    /// The name OpenAI's API and llama-server use for it.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Self::Temperature => "temperature",
+            Self::TopK => "top_k",
+            Self::TopP => "top_p",
+            Self::MinP => "min_p",
+            Self::RepeatPenalty => "repeat_penalty",
+            Self::PresencePenalty => "presence_penalty",
+            Self::FrequencyPenalty => "frequency_penalty",
+            Self::LogitBias => "logit_bias",
+        }
+    }
+}
+
+/// A sampling setting out of range; `message` reads after the setting's name.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{} {message}", field.api_name())]
+pub struct SamplingError {
+    pub field: SamplingField,
+    pub message: String,
 }
 
 /// SplitMix64: tiny, fast and good enough to draw tokens; we own it so a seed means the same
@@ -239,6 +328,39 @@ pub fn argmax(logits: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validate_names_the_setting() {
+        assert!(SamplingParams::default().validate(100).is_ok());
+        let p = SamplingParams {
+            temperature: f32::NAN,
+            ..SamplingParams::default()
+        };
+        assert_eq!(
+            p.validate(100).unwrap_err().field,
+            SamplingField::Temperature
+        );
+        let p = SamplingParams {
+            top_k: 101,
+            ..SamplingParams::default()
+        };
+        let e = p.validate(100).unwrap_err();
+        assert_eq!(e.field, SamplingField::TopK);
+        assert_eq!(e.to_string(), "top_k must be between 0 and 100, got 101");
+        let p = SamplingParams {
+            logit_bias: vec![(100, 1.0)],
+            ..SamplingParams::default()
+        };
+        assert_eq!(p.validate(100).unwrap_err().field, SamplingField::LogitBias);
+        let p = SamplingParams {
+            repeat_penalty: 0.0,
+            ..SamplingParams::default()
+        };
+        assert_eq!(
+            p.validate(100).unwrap_err().field,
+            SamplingField::RepeatPenalty
+        );
+    }
 
     fn logits() -> Vec<f32> {
         (0..100).map(|i| ((i * 37 % 100) as f32) / 10.0).collect()

@@ -1,36 +1,22 @@
-//! Anthropic's Messages API: `/v1/messages` (streaming with the real event names) and
-//! `/v1/messages/count_tokens`.
+//! Anthropic's Messages API: parsing `/v1/messages` and `/v1/messages/count_tokens` bodies
+//! into a core `GenRequest`, and encoding answers as a `message` or its event stream
+//! (message_start, content_block_start, ping, content_block_delta…, content_block_stop,
+//! message_delta, message_stop).
 //!
 //! A trailing assistant message is a prefill: the answer continues it, as Claude does.
 //! Image, document and tool blocks are refused with a 400 naming the block, since this model
 //! reads text only; `tools` without a forced `tool_choice` are answered in text.
 
-use std::convert::Infallible;
-use std::sync::Arc;
-
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, Uri};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use backstop_engine::chat::ChatMessage;
 use backstop_engine::generate::{GenerateParams, Outcome, StopReason};
 use backstop_engine::sampling::SamplingParams;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
-use crate::error::{ApiError, Flavor};
-use crate::openai::{checked_model_as, Prepared};
-use crate::output::{collect, event_error, new_id, timings};
+use crate::core::{new_id, timings, Encoder, Frame, GenRequest, Input, Resume, Usage};
+use crate::error::ApiError;
 use crate::request::{in_range, max_tokens, parse_json, seed_or_random};
-use crate::scheduler::Event;
-use crate::state::{Admitted, AppState};
-use crate::upstream::{self, Endpoint};
-
-const F: Flavor = Flavor::Anthropic;
+use crate::wire::{Endpoint, Flavor};
 
 #[derive(Deserialize)]
 struct MessagesRequest {
@@ -41,7 +27,7 @@ struct MessagesRequest {
     stop_sequences: Option<Vec<String>>,
     temperature: Option<f64>,
     top_p: Option<f64>,
-    top_k: Option<i64>,
+    top_k: Option<u32>,
     stream: Option<bool>,
     tool_choice: Option<Value>,
 }
@@ -71,14 +57,12 @@ fn blocks_text(param: &str, v: &Value) -> Result<String, ApiError> {
                     ("text", Some(t)) => out.push(t),
                     ("text", None) => {
                         return Err(ApiError::invalid(
-                            F,
                             Some(param),
                             format!("{param}.{j}: a text block needs a 'text' string"),
                         ))
                     }
                     _ => {
                         return Err(ApiError::invalid(
-                            F,
                             Some(param),
                             format!(
                                 "{param}.{j}: content blocks of type {ty:?} are not supported by \
@@ -91,7 +75,6 @@ fn blocks_text(param: &str, v: &Value) -> Result<String, ApiError> {
             Ok(out.join("\n"))
         }
         _ => Err(ApiError::invalid(
-            F,
             Some(param),
             format!("{param}: expected a string or an array of content blocks"),
         )),
@@ -102,12 +85,11 @@ fn blocks_text(param: &str, v: &Value) -> Result<String, ApiError> {
 fn conversation(
     system: Option<&Value>,
     messages: Option<Vec<MessageIn>>,
-) -> Result<(Vec<ChatMessage>, Option<String>), ApiError> {
-    let messages = messages
-        .ok_or_else(|| ApiError::invalid(F, Some("messages"), "messages: Field required"))?;
+) -> Result<Input, ApiError> {
+    let messages =
+        messages.ok_or_else(|| ApiError::invalid(Some("messages"), "messages: Field required"))?;
     if messages.is_empty() {
         return Err(ApiError::invalid(
-            F,
             Some("messages"),
             "messages: at least one message is required",
         ));
@@ -125,7 +107,6 @@ fn conversation(
     for (i, m) in messages.iter().enumerate() {
         if m.role != "user" && m.role != "assistant" {
             return Err(ApiError::invalid(
-                F,
                 Some("messages"),
                 format!(
                     "messages.{i}.role: Input should be 'user' or 'assistant', got {:?}",
@@ -142,7 +123,10 @@ fn conversation(
         Some(m) if m.role == "assistant" => out.pop().map(|m| m.content),
         _ => None,
     };
-    Ok((out, prefill))
+    Ok(Input::Chat {
+        messages: out,
+        prefill,
+    })
 }
 
 pub fn stop_reason(r: &StopReason) -> (&'static str, Option<String>) {
@@ -155,16 +139,15 @@ pub fn stop_reason(r: &StopReason) -> (&'static str, Option<String>) {
     }
 }
 
-fn params(r: &MessagesRequest, n_vocab: usize) -> Result<GenerateParams, ApiError> {
+fn params(r: &MessagesRequest) -> Result<GenerateParams, ApiError> {
     let budget = match r.max_tokens {
         None => {
             return Err(ApiError::invalid(
-                F,
                 Some("max_tokens"),
                 "max_tokens: Field required",
             ))
         }
-        n => max_tokens(F, "max_tokens", n)?,
+        n => max_tokens("max_tokens", n)?,
     };
     let mut p = SamplingParams {
         // Anthropic's defaults: temperature 1 with no top-p/top-k cut unless asked.
@@ -175,20 +158,13 @@ fn params(r: &MessagesRequest, n_vocab: usize) -> Result<GenerateParams, ApiErro
         seed: seed_or_random(None),
         ..SamplingParams::default()
     };
-    if let Some(t) = in_range(F, "temperature", r.temperature, 0.0, 1.0)? {
+    if let Some(t) = in_range("temperature", r.temperature, 0.0, 1.0)? {
         p.temperature = t;
     }
-    if let Some(t) = in_range(F, "top_p", r.top_p, 0.0, 1.0)? {
+    if let Some(t) = in_range("top_p", r.top_p, 0.0, 1.0)? {
         p.top_p = t;
     }
     if let Some(k) = r.top_k {
-        if !(0..=n_vocab as i64).contains(&k) {
-            return Err(ApiError::invalid(
-                F,
-                Some("top_k"),
-                format!("top_k: must be between 0 and {n_vocab}, got {k}"),
-            ));
-        }
         p.top_k = k as usize;
     }
     let stop: Vec<String> = r
@@ -213,7 +189,6 @@ fn check_tool_choice(v: &Option<Value>) -> Result<(), ApiError> {
     match ty {
         None | Some("auto") | Some("none") => Ok(()),
         Some(t) => Err(ApiError::invalid(
-            F,
             Some("tool_choice"),
             format!(
                 "tool_choice: type {t:?} requires a tool call, which this server does not make \
@@ -223,173 +198,176 @@ fn check_tool_choice(v: &Option<Value>) -> Result<(), ApiError> {
     }
 }
 
-/// Parse and tokenize a Messages request; `more_prefill` is assistant text already streamed
-/// by a cloud that broke half-way, which the local answer continues.
-pub async fn prepare_messages(
-    st: &Arc<AppState>,
-    bytes: &[u8],
-    more_prefill: Option<String>,
-) -> Result<Prepared, ApiError> {
-    let req: MessagesRequest = parse_json(F, bytes)?;
+/// Parse a `/v1/messages` body.
+pub fn parse_messages(bytes: &[u8]) -> Result<GenRequest, ApiError> {
+    let req: MessagesRequest = parse_json(bytes)?;
     if req.model.is_none() {
-        return Err(ApiError::invalid(F, Some("model"), "model: Field required"));
+        return Err(ApiError::invalid(Some("model"), "model: Field required"));
     }
     check_tool_choice(&req.tool_choice)?;
-    let model = checked_model_as(F, st, req.model.clone())?;
-    let n_vocab = st.model(F)?.engine.model.cfg.n_vocab;
-    let gen = params(&req, n_vocab)?;
-    let (conv, mut prefill) = conversation(req.system.as_ref(), req.messages)?;
-    if let Some(more) = more_prefill {
-        prefill.get_or_insert_with(String::new).push_str(&more);
-    }
-    let prompt = st.chat_prompt(F, conv, prefill).await?;
-    Ok(Prepared {
-        prompt,
-        params: gen,
-        model,
+    let params = params(&req)?;
+    let input = conversation(req.system.as_ref(), req.messages)?;
+    Ok(GenRequest {
+        endpoint: Endpoint::Messages,
+        model: req.model,
+        input,
+        params,
         stream: req.stream == Some(true),
         include_usage: true,
     })
 }
 
-pub async fn messages(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Body,
-) -> Result<Response, ApiError> {
-    upstream::route(&st, Endpoint::Messages, &headers, &uri, body).await
+/// Parse a `/v1/messages/count_tokens` body: the model name and what would be read.
+pub fn parse_count(bytes: &[u8]) -> Result<(Option<String>, Input), ApiError> {
+    let req: CountRequest = parse_json(bytes)?;
+    let input = conversation(req.system.as_ref(), req.messages)?;
+    Ok((req.model, input))
 }
 
-/// Answer `/v1/messages` or `/v1/messages/count_tokens` with the local model.
-pub async fn local(
-    st: &Arc<AppState>,
-    endpoint: Endpoint,
-    bytes: &[u8],
-) -> Result<Response, ApiError> {
-    if endpoint == Endpoint::CountTokens {
-        let req: CountRequest = parse_json(F, bytes)?;
-        checked_model_as(F, st, req.model)?;
-        let (conv, prefill) = conversation(req.system.as_ref(), req.messages)?;
-        let prompt = st.chat_prompt(F, conv, prefill).await?;
-        return Ok(Json(json!({"input_tokens": prompt.len()})).into_response());
-    }
-    let p = prepare_messages(st, bytes, None).await?;
-    let job = st.admit(F, p.prompt, p.params)?;
-    if p.stream {
-        return Ok(stream(p.model, job));
-    }
-    let mut job = job;
-    let (text, o) = collect(F, &mut job).await?;
-    let (reason, seq) = stop_reason(&o.stop_reason);
-    Ok(Json(json!({
-        "id": new_id("msg_"),
-        "type": "message",
-        "role": "assistant",
-        "model": p.model,
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": reason,
-        "stop_sequence": seq,
-        "usage": usage(job.n_prompt, &o),
-        "timings": timings(&o),
-    }))
-    .into_response())
+/// `count_tokens`' answer.
+pub fn count_body(n: usize) -> Value {
+    json!({"input_tokens": n})
 }
 
-pub fn usage(n_prompt: usize, o: &Outcome) -> Value {
+pub fn usage(u: &Usage) -> Value {
     json!({
-        "input_tokens": n_prompt - o.n_cached,
-        "cache_read_input_tokens": o.n_cached,
+        "input_tokens": u.prompt - u.cached,
+        "cache_read_input_tokens": u.cached,
         "cache_creation_input_tokens": 0,
-        "output_tokens": o.tokens.len(),
+        "output_tokens": u.completion,
     })
 }
 
-pub async fn count_tokens(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Body,
-) -> Result<Response, ApiError> {
-    upstream::route(&st, Endpoint::CountTokens, &headers, &uri, body).await
+/// Encodes one answer as an Anthropic `message` or its event stream.
+pub struct AnthropicEncoder {
+    id: String,
+    model: String,
+    /// The index of the text block the answer writes into.
+    block: u64,
+    /// The block open in the stream now, closed before an error event.
+    open: Option<u64>,
+    /// Continuing a cloud stream: what it left open, and the marker for `message_delta`.
+    resume: Option<Resume>,
 }
 
-fn event(name: &str, data: Value) -> SseEvent {
-    SseEvent::default().event(name).data(data.to_string())
+impl AnthropicEncoder {
+    pub fn new(model: String, resume: Option<&Resume>) -> Self {
+        let block = match resume {
+            Some(r) if r.open_block_is_text && r.open_block.is_some() => {
+                r.open_block.unwrap_or_default()
+            }
+            Some(r) => r.next_block,
+            None => 0,
+        };
+        Self {
+            id: resume
+                .and_then(|r| r.id.clone())
+                .unwrap_or_else(|| new_id("msg_")),
+            model: resume.and_then(|r| r.model.clone()).unwrap_or(model),
+            block,
+            open: resume.and_then(|r| r.open_block),
+            resume: resume.cloned(),
+        }
+    }
 }
 
-/// The Messages stream: message_start, content_block_start, ping, content_block_delta…,
-/// content_block_stop, message_delta (stop reason, usage), message_stop.
-fn stream(model: String, mut job: Admitted) -> Response {
-    let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(16);
-    tokio::spawn(async move {
-        let send = |ev: SseEvent| tx.send(Ok(ev));
-        let start = [
-            event(
-                "message_start",
-                json!({"type": "message_start", "message": {
-                    "id": new_id("msg_"), "type": "message", "role": "assistant",
-                    "model": model, "content": [], "stop_reason": null, "stop_sequence": null,
-                    "usage": {"input_tokens": job.n_prompt, "output_tokens": 0},
-                }}),
-            ),
-            event(
-                "content_block_start",
-                json!({"type": "content_block_start", "index": 0,
-                       "content_block": {"type": "text", "text": ""}}),
-            ),
-            event("ping", json!({"type": "ping"})),
-        ];
-        for ev in start {
-            if send(ev).await.is_err() {
-                return;
+fn event(name: &'static str, data: Value) -> Frame {
+    Frame::json(Some(name), &data)
+}
+
+impl Encoder for AnthropicEncoder {
+    fn start(&mut self, n_prompt: usize, out: &mut Vec<Frame>) {
+        let text_block = json!({"type": "content_block_start", "index": self.block,
+                                "content_block": {"type": "text", "text": ""}});
+        match &self.resume {
+            None => {
+                out.push(event(
+                    "message_start",
+                    json!({"type": "message_start", "message": {
+                        "id": self.id, "type": "message", "role": "assistant",
+                        "model": self.model, "content": [], "stop_reason": null,
+                        "stop_sequence": null,
+                        "usage": {"input_tokens": n_prompt, "output_tokens": 0},
+                    }}),
+                ));
+                out.push(event("content_block_start", text_block));
+                out.push(event("ping", json!({"type": "ping"})));
+                self.open = Some(self.block);
+            }
+            // The cloud's text block is still open: write on into it.
+            Some(r) if r.open_block_is_text && r.open_block.is_some() => {}
+            Some(r) => {
+                // Close what the cloud left open (a tool_use or thinking block), then open
+                // a text block for the continuation.
+                if let Some(i) = r.open_block {
+                    out.push(event(
+                        "content_block_stop",
+                        json!({"type": "content_block_stop", "index": i}),
+                    ));
+                }
+                out.push(event("content_block_start", text_block));
+                self.open = Some(self.block);
             }
         }
-        loop {
-            match job.events.recv().await {
-                Some(Event::Text(t)) => {
-                    let ev = event(
-                        "content_block_delta",
-                        json!({"type": "content_block_delta", "index": 0,
-                               "delta": {"type": "text_delta", "text": t}}),
-                    );
-                    if send(ev).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Event::Done(o)) => {
-                    let (reason, seq) = stop_reason(&o.stop_reason);
-                    let end = [
-                        event(
-                            "content_block_stop",
-                            json!({"type": "content_block_stop", "index": 0}),
-                        ),
-                        event(
-                            "message_delta",
-                            json!({"type": "message_delta",
-                                   "delta": {"stop_reason": reason, "stop_sequence": seq},
-                                   "usage": usage(job.n_prompt, &o),
-                                   "timings": timings(&o)}),
-                        ),
-                        event("message_stop", json!({"type": "message_stop"})),
-                    ];
-                    for ev in end {
-                        if send(ev).await.is_err() {
-                            return;
-                        }
-                    }
-                    return;
-                }
-                other => {
-                    let ev = other.unwrap_or(Event::Failed("generation ended unexpectedly".into()));
-                    let err = event_error(F, ev);
-                    let _ = send(event("error", err.body())).await;
-                    return;
-                }
-            }
+    }
+
+    fn text(&mut self, text: &str, out: &mut Vec<Frame>) {
+        out.push(event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": self.block,
+                   "delta": {"type": "text_delta", "text": text}}),
+        ));
+    }
+
+    fn finish(&mut self, u: &Usage, o: &Outcome, out: &mut Vec<Frame>) {
+        let (reason, seq) = stop_reason(&o.stop_reason);
+        out.push(event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": self.block}),
+        ));
+        self.open = None;
+        let mut delta = json!({"type": "message_delta",
+                               "delta": {"stop_reason": reason, "stop_sequence": seq},
+                               "usage": usage(u), "timings": timings(o)});
+        if let Some(r) = &self.resume {
+            delta["backstop"] = r.marker.clone();
         }
-    });
-    Sse::new(ReceiverStream::new(rx))
-        .keep_alive(KeepAlive::default())
-        .into_response()
+        out.push(event("message_delta", delta));
+        out.push(event("message_stop", json!({"type": "message_stop"})));
+    }
+
+    fn error(&mut self, e: &ApiError, out: &mut Vec<Frame>) {
+        // Close the open block so what was received stays a whole message.
+        if let Some(i) = self.open.take() {
+            out.push(event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": i}),
+            ));
+        }
+        let mut body = e.body(Flavor::Anthropic);
+        if let Some(r) = &self.resume {
+            body["backstop"] = r.marker.clone();
+        }
+        out.push(event("error", body));
+    }
+
+    fn whole(&self, text: &str, u: &Usage, o: &Outcome) -> Value {
+        let (reason, seq) = stop_reason(&o.stop_reason);
+        json!({
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": reason,
+            "stop_sequence": seq,
+            "usage": usage(u),
+            "timings": timings(o),
+        })
+    }
+}
+
+/// The event that ends a Messages stream.
+pub fn message_stop() -> Frame {
+    event("message_stop", json!({"type": "message_stop"}))
 }

@@ -1,28 +1,14 @@
-//! API errors, rendered in the wire format of the endpoint that raised them: OpenAI's
-//! `{"error": {message, type, param, code}}` or Anthropic's `{"type": "error", "error":
-//! {type, message}}`. One enum of causes keeps the status codes consistent across both.
+//! API errors: one enum of causes, rendered in the wire format of the route that answers:
+//! OpenAI's `{"error": {message, type, param, code}}` or Anthropic's `{"type": "error",
+//! "error": {type, message}}`. An error carries no flavour of its own; the route supplies it
+//! when the response is written (`ApiError::respond`), so status codes and wording stay
+//! consistent across both formats.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{json, Value};
 
-/// Which provider's error shape (and overload status) a route speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flavor {
-    OpenAi,
-    Anthropic,
-}
-
-impl Flavor {
-    /// Anthropic's routes live under `/v1/messages`; everything else speaks OpenAI.
-    pub fn for_path(path: &str) -> Self {
-        if path.starts_with("/v1/messages") {
-            Self::Anthropic
-        } else {
-            Self::OpenAi
-        }
-    }
-}
+use crate::wire::Flavor;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum ErrorKind {
@@ -36,6 +22,8 @@ pub enum ErrorKind {
     ModelNotFound,
     /// No such route (404).
     NoRoute,
+    /// A method the route does not take (405).
+    MethodNotAllowed,
     /// Body over the size limit (413).
     TooLarge { limit: usize },
     /// Not JSON (415).
@@ -50,21 +38,18 @@ pub enum ErrorKind {
 pub struct ApiError {
     pub kind: ErrorKind,
     pub message: String,
-    pub flavor: Flavor,
 }
 
 impl ApiError {
-    pub fn new(flavor: Flavor, kind: ErrorKind, message: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),
-            flavor,
         }
     }
 
-    pub fn invalid(flavor: Flavor, param: Option<&str>, message: impl Into<String>) -> Self {
+    pub fn invalid(param: Option<&str>, message: impl Into<String>) -> Self {
         Self::new(
-            flavor,
             ErrorKind::InvalidRequest {
                 param: param.map(str::to_owned),
             },
@@ -72,13 +57,27 @@ impl ApiError {
         )
     }
 
-    pub fn status(&self) -> StatusCode {
-        match (&self.kind, self.flavor) {
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    pub fn overloaded(retry_after_s: u64, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Overloaded { retry_after_s }, message)
+    }
+
+    /// The prompt does not fit; the message is worded per provider when rendered.
+    pub fn context_length(n_prompt: usize, n_ctx: usize) -> Self {
+        Self::new(ErrorKind::ContextLength { n_prompt, n_ctx }, String::new())
+    }
+
+    pub fn status(&self, flavor: Flavor) -> StatusCode {
+        match (&self.kind, flavor) {
             (ErrorKind::InvalidRequest { .. } | ErrorKind::ContextLength { .. }, _) => {
                 StatusCode::BAD_REQUEST
             }
             (ErrorKind::Authentication, _) => StatusCode::UNAUTHORIZED,
             (ErrorKind::ModelNotFound | ErrorKind::NoRoute, _) => StatusCode::NOT_FOUND,
+            (ErrorKind::MethodNotAllowed, _) => StatusCode::METHOD_NOT_ALLOWED,
             (ErrorKind::TooLarge { .. }, _) => StatusCode::PAYLOAD_TOO_LARGE,
             (ErrorKind::UnsupportedMediaType, _) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             (ErrorKind::Overloaded { .. }, Flavor::OpenAi) => StatusCode::SERVICE_UNAVAILABLE,
@@ -90,8 +89,24 @@ impl ApiError {
         }
     }
 
-    pub fn body(&self) -> serde_json::Value {
-        match self.flavor {
+    /// The message as the provider words it. Clients that parse the context-length message
+    /// (to trim history and retry) recognise each provider's own sentence.
+    pub fn message(&self, flavor: Flavor) -> String {
+        match (&self.kind, flavor) {
+            (ErrorKind::ContextLength { n_prompt, n_ctx }, Flavor::OpenAi) => format!(
+                "This model's maximum context length is {n_ctx} tokens. However, your messages \
+                 resulted in {n_prompt} tokens. Please reduce the length of the messages."
+            ),
+            (ErrorKind::ContextLength { n_prompt, n_ctx }, Flavor::Anthropic) => {
+                format!("prompt is too long: {n_prompt} tokens > {n_ctx} maximum")
+            }
+            _ => self.message.clone(),
+        }
+    }
+
+    pub fn body(&self, flavor: Flavor) -> Value {
+        let message = self.message(flavor);
+        match flavor {
             Flavor::OpenAi => {
                 let (ty, code, param) = match &self.kind {
                     ErrorKind::InvalidRequest { param } => {
@@ -109,6 +124,7 @@ impl ApiError {
                         ("invalid_request_error", Some("model_not_found"), None)
                     }
                     ErrorKind::NoRoute => ("invalid_request_error", Some("unknown_url"), None),
+                    ErrorKind::MethodNotAllowed => ("invalid_request_error", None, None),
                     ErrorKind::TooLarge { .. } => {
                         ("invalid_request_error", Some("request_too_large"), None)
                     }
@@ -120,20 +136,21 @@ impl ApiError {
                     ErrorKind::Overloaded { .. } => ("server_error", Some("overloaded"), None),
                     ErrorKind::Internal => ("server_error", None, None),
                 };
-                json!({"error": {"message": self.message, "type": ty, "param": param, "code": code}})
+                json!({"error": {"message": message, "type": ty, "param": param, "code": code}})
             }
             Flavor::Anthropic => {
                 let ty = match &self.kind {
                     ErrorKind::InvalidRequest { .. }
                     | ErrorKind::ContextLength { .. }
-                    | ErrorKind::UnsupportedMediaType => "invalid_request_error",
+                    | ErrorKind::UnsupportedMediaType
+                    | ErrorKind::MethodNotAllowed => "invalid_request_error",
                     ErrorKind::Authentication => "authentication_error",
                     ErrorKind::ModelNotFound | ErrorKind::NoRoute => "not_found_error",
                     ErrorKind::TooLarge { .. } => "request_too_large",
                     ErrorKind::Overloaded { .. } => "overloaded_error",
                     ErrorKind::Internal => "api_error",
                 };
-                json!({"type": "error", "error": {"type": ty, "message": self.message}})
+                json!({"type": "error", "error": {"type": ty, "message": message}})
             }
         }
     }
@@ -145,33 +162,9 @@ impl ApiError {
         }
     }
 
-    /// The context-length error in the words each provider uses, so clients that parse the
-    /// message (to trim history and retry) recognise it.
-    pub fn context_length(flavor: Flavor, n_prompt: usize, n_ctx: usize) -> Self {
-        let message = match flavor {
-            Flavor::OpenAi => format!(
-                "This model's maximum context length is {n_ctx} tokens. However, your messages \
-                 resulted in {n_prompt} tokens. Please reduce the length of the messages."
-            ),
-            Flavor::Anthropic => {
-                format!("prompt is too long: {n_prompt} tokens > {n_ctx} maximum")
-            }
-        };
-        Self::new(
-            flavor,
-            ErrorKind::ContextLength { n_prompt, n_ctx },
-            message,
-        )
-    }
-
-    pub fn overloaded(flavor: Flavor, retry_after_s: u64, message: impl Into<String>) -> Self {
-        Self::new(flavor, ErrorKind::Overloaded { retry_after_s }, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut resp = (self.status(), axum::Json(self.body())).into_response();
+    /// The HTTP response in `flavor`'s shape, with `Retry-After` when there is one.
+    pub fn respond(&self, flavor: Flavor) -> Response {
+        let mut resp = (self.status(flavor), axum::Json(self.body(flavor))).into_response();
         if let Some(s) = self.retry_after() {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
@@ -186,21 +179,31 @@ mod tests {
 
     #[test]
     fn overload_is_503_for_openai_and_529_for_anthropic_with_retry_after() {
-        let o = ApiError::overloaded(Flavor::OpenAi, 2, "busy").into_response();
+        let e = ApiError::overloaded(2, "busy");
+        let o = e.respond(Flavor::OpenAi);
         assert_eq!(o.status(), 503);
         assert_eq!(o.headers()[header::RETRY_AFTER], "2");
-        let a = ApiError::overloaded(Flavor::Anthropic, 2, "busy");
+        let a = e.respond(Flavor::Anthropic);
         assert_eq!(a.status().as_u16(), 529);
-        assert_eq!(a.body()["error"]["type"], "overloaded_error");
+        assert_eq!(a.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(
+            e.body(Flavor::Anthropic)["error"]["type"],
+            "overloaded_error"
+        );
     }
 
     #[test]
     fn context_errors_use_each_providers_wording() {
-        let o = ApiError::context_length(Flavor::OpenAi, 9000, 2048);
-        assert_eq!(o.body()["error"]["code"], "context_length_exceeded");
-        assert!(o.message.contains("maximum context length is 2048"));
-        let a = ApiError::context_length(Flavor::Anthropic, 9000, 2048);
-        assert!(a.message.starts_with("prompt is too long"));
-        assert_eq!(a.body()["type"], "error");
+        let e = ApiError::context_length(9000, 2048);
+        let o = e.body(Flavor::OpenAi);
+        assert_eq!(o["error"]["code"], "context_length_exceeded");
+        let m = o["error"]["message"].as_str().unwrap();
+        assert!(m.contains("maximum context length is 2048"), "{m}");
+        let a = e.body(Flavor::Anthropic);
+        assert!(a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("prompt is too long"));
+        assert_eq!(a["type"], "error");
     }
 }

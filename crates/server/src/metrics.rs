@@ -65,26 +65,39 @@ pub struct Metrics {
 }
 
 /// The routes we label individually.
-pub const ROUTES: [&str; 11] = [
+pub const ROUTES: [&str; 13] = [
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/messages",
     "/v1/messages/count_tokens",
     "/v1/models",
+    "/v1/models/{id}",
     "/health",
+    "/livez",
     "/ready",
+    "/readyz",
     "/metrics",
-    "/completion",
-    "/tokenize",
     "/backstop/status",
+    "other",
 ];
 
 pub fn route_label(path: &str) -> &'static str {
+    if path.starts_with("/v1/models/") {
+        return "/v1/models/{id}";
+    }
     ROUTES
         .iter()
         .find(|r| **r == path)
         .copied()
         .unwrap_or("other")
+}
+
+/// Routes polled by machines (probes, scrapes), logged at debug level only.
+pub fn is_probe(route: &str) -> bool {
+    matches!(
+        route,
+        "/health" | "/livez" | "/ready" | "/readyz" | "/metrics"
+    )
 }
 
 impl Default for Metrics {

@@ -1,42 +1,30 @@
-//! OpenAI's wire format: `/v1/chat/completions`, `/v1/completions`, `/v1/models`.
+//! OpenAI's wire format: parsing `/v1/chat/completions` and `/v1/completions` bodies into a
+//! core `GenRequest`, and encoding answers as `chat.completion(.chunk)` / `text_completion`
+//! objects and `/v1/models` lists.
 //!
 //! Fields that would change what the output must be and that we cannot honour (`n` > 1,
 //! `logprobs`, `response_format` json, a required or named tool) are refused with a 400 that
 //! names the field; unknown fields are ignored, as OpenAI does.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, Uri};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use backstop_engine::chat::ChatMessage;
 use backstop_engine::generate::{GenerateParams, Outcome, StopReason};
 use backstop_engine::sampling::SamplingParams;
 use serde::Deserialize;
-use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use serde_json::{json, Map, Value};
 
-use crate::error::{ApiError, ErrorKind, Flavor};
-use crate::output::{collect, event_error, new_id, timings, unix_now};
+use crate::core::{new_id, timings, unix_now, Encoder, Frame, GenRequest, Input, Resume, Usage};
+use crate::error::ApiError;
 use crate::request::{in_range, max_tokens, parse_json, seed_or_random};
-use crate::scheduler::Event;
-use crate::state::{Admitted, AppState};
-use crate::upstream::{self, Endpoint};
-
-const F: Flavor = Flavor::OpenAi;
+use crate::wire::{Endpoint, Flavor};
 
 #[derive(Deserialize, Default)]
-pub struct SamplingFields {
+struct SamplingFields {
     temperature: Option<f64>,
     top_p: Option<f64>,
     // llama.cpp extensions that its users send to OpenAI-compatible servers.
-    top_k: Option<i64>,
+    top_k: Option<u32>,
     min_p: Option<f64>,
     repeat_penalty: Option<f64>,
     presence_penalty: Option<f64>,
@@ -97,16 +85,12 @@ struct CompletionRequest {
     suffix: Option<String>,
 }
 
-/// Build the generation settings; `n_vocab` bounds `logit_bias` keys.
-fn generate_params(
-    s: SamplingFields,
-    budget: Option<usize>,
-    n_vocab: usize,
-) -> Result<GenerateParams, ApiError> {
+/// The generation settings within OpenAI's ranges; the vocabulary-dependent checks (top_k,
+/// logit_bias ids) are the local layer's, which knows the model.
+fn generate_params(s: SamplingFields, budget: Option<usize>) -> Result<GenerateParams, ApiError> {
     if let Some(n) = s.n {
         if n != 1 {
             return Err(ApiError::invalid(
-                F,
                 Some("n"),
                 format!("'n' = {n} is not supported: this server returns one choice (n = 1)"),
             ));
@@ -116,46 +100,39 @@ fn generate_params(
         seed: seed_or_random(s.seed),
         ..SamplingParams::default()
     };
-    if let Some(t) = in_range(F, "temperature", s.temperature, 0.0, 2.0)? {
+    if let Some(t) = in_range("temperature", s.temperature, 0.0, 2.0)? {
         p.temperature = t;
     }
-    if let Some(t) = in_range(F, "top_p", s.top_p, 0.0, 1.0)? {
+    if let Some(t) = in_range("top_p", s.top_p, 0.0, 1.0)? {
         p.top_p = t;
     }
     if let Some(k) = s.top_k {
-        if !(0..=n_vocab as i64).contains(&k) {
-            return Err(ApiError::invalid(
-                F,
-                Some("top_k"),
-                format!("'top_k' must be between 0 and {n_vocab}, got {k}"),
-            ));
-        }
         p.top_k = k as usize;
     }
-    if let Some(m) = in_range(F, "min_p", s.min_p, 0.0, 1.0)? {
+    if let Some(m) = in_range("min_p", s.min_p, 0.0, 1.0)? {
         p.min_p = m;
     }
-    if let Some(r) = in_range(F, "repeat_penalty", s.repeat_penalty, 0.01, 10.0)? {
+    if let Some(r) = in_range("repeat_penalty", s.repeat_penalty, 0.01, 10.0)? {
         p.repeat_penalty = r;
     }
-    if let Some(v) = in_range(F, "presence_penalty", s.presence_penalty, -2.0, 2.0)? {
+    if let Some(v) = in_range("presence_penalty", s.presence_penalty, -2.0, 2.0)? {
         p.presence_penalty = v;
     }
-    if let Some(v) = in_range(F, "frequency_penalty", s.frequency_penalty, -2.0, 2.0)? {
+    if let Some(v) = in_range("frequency_penalty", s.frequency_penalty, -2.0, 2.0)? {
         p.frequency_penalty = v;
     }
     for (k, v) in s.logit_bias.unwrap_or_default() {
-        let id = k.parse::<u32>().ok().filter(|&id| (id as usize) < n_vocab);
-        let Some(id) = id else {
+        let Ok(id) = k.parse::<u32>() else {
             return Err(ApiError::invalid(
-                F,
                 Some("logit_bias"),
-                format!("'logit_bias' key {k:?} is not a token id below {n_vocab}"),
+                format!("'logit_bias' key {k:?} is not a token id"),
             ));
         };
-        let bias = in_range(F, "logit_bias", Some(v), -100.0, 100.0)?.unwrap_or(0.0);
+        let bias = in_range("logit_bias", Some(v), -100.0, 100.0)?.unwrap_or(0.0);
         p.logit_bias.push((id, bias));
     }
+    // The same bias map must give the same sampler whatever the JSON object's order.
+    p.logit_bias.sort_by_key(|&(id, _)| id);
     let stop = match s.stop {
         None => Vec::new(),
         Some(Stop::One(s)) => vec![s],
@@ -163,7 +140,6 @@ fn generate_params(
     };
     if stop.len() > 16 {
         return Err(ApiError::invalid(
-            F,
             Some("stop"),
             "'stop' may hold at most 16 sequences",
         ));
@@ -175,7 +151,7 @@ fn generate_params(
     })
 }
 
-fn finish_reason(r: &StopReason) -> &'static str {
+pub fn finish_reason(r: &StopReason) -> &'static str {
     match r {
         StopReason::EndOfGeneration | StopReason::StopString(_) => "stop",
         // Cut short (context full, or the server shutting down): the text is incomplete.
@@ -183,12 +159,12 @@ fn finish_reason(r: &StopReason) -> &'static str {
     }
 }
 
-fn usage(n_prompt: usize, o: &Outcome) -> Value {
+pub fn usage(u: &Usage) -> Value {
     json!({
-        "prompt_tokens": n_prompt,
-        "completion_tokens": o.tokens.len(),
-        "total_tokens": n_prompt + o.tokens.len(),
-        "prompt_tokens_details": {"cached_tokens": o.n_cached},
+        "prompt_tokens": u.prompt,
+        "completion_tokens": u.completion,
+        "total_tokens": u.prompt + u.completion,
+        "prompt_tokens_details": {"cached_tokens": u.cached},
     })
 }
 
@@ -198,7 +174,6 @@ fn content_text(i: usize, m: &ChatMessageIn) -> Result<String, ApiError> {
     match &m.content {
         None | Some(Value::Null) if m.role == "assistant" => Ok(String::new()),
         None | Some(Value::Null) => Err(ApiError::invalid(
-            F,
             Some(&param),
             format!("'{param}' is missing"),
         )),
@@ -211,14 +186,12 @@ fn content_text(i: usize, m: &ChatMessageIn) -> Result<String, ApiError> {
                     ("text", Some(t)) => out.push(t),
                     ("text", None) => {
                         return Err(ApiError::invalid(
-                            F,
                             Some(&param),
                             format!("'{param}[{j}]' is a text part without a 'text' string"),
                         ))
                     }
                     _ => {
                         return Err(ApiError::invalid(
-                            F,
                             Some(&param),
                             format!(
                                 "'{param}[{j}]' has type {ty:?}; this model accepts only text parts"
@@ -230,7 +203,6 @@ fn content_text(i: usize, m: &ChatMessageIn) -> Result<String, ApiError> {
             Ok(out.join("\n"))
         }
         Some(_) => Err(ApiError::invalid(
-            F,
             Some(&param),
             format!("'{param}' must be a string or an array of content parts"),
         )),
@@ -239,10 +211,9 @@ fn content_text(i: usize, m: &ChatMessageIn) -> Result<String, ApiError> {
 
 fn chat_messages(messages: Option<Vec<ChatMessageIn>>) -> Result<Vec<ChatMessage>, ApiError> {
     let messages =
-        messages.ok_or_else(|| ApiError::invalid(F, Some("messages"), "'messages' is required"))?;
+        messages.ok_or_else(|| ApiError::invalid(Some("messages"), "'messages' is required"))?;
     if messages.is_empty() {
         return Err(ApiError::invalid(
-            F,
             Some("messages"),
             "'messages' must hold at least one message",
         ));
@@ -256,7 +227,6 @@ fn chat_messages(messages: Option<Vec<ChatMessageIn>>) -> Result<Vec<ChatMessage
             "assistant" => "assistant",
             other => {
                 return Err(ApiError::invalid(
-                    F,
                     Some(&format!("messages[{i}].role")),
                     format!(
                         "'messages[{i}].role' is {other:?}; supported roles are system, developer, \
@@ -271,7 +241,7 @@ fn chat_messages(messages: Option<Vec<ChatMessageIn>>) -> Result<Vec<ChatMessage
 }
 
 fn refuse(param: &str, why: &str) -> ApiError {
-    ApiError::invalid(F, Some(param), format!("'{param}' {why}"))
+    ApiError::invalid(Some(param), format!("'{param}' {why}"))
 }
 
 /// Check the fields we cannot honour.
@@ -307,37 +277,24 @@ fn check_chat_unsupported(r: &ChatRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A request checked and tokenized, ready to admit.
-pub struct Prepared {
-    pub prompt: Vec<u32>,
-    pub params: GenerateParams,
-    pub model: String,
-    pub stream: bool,
-    pub include_usage: bool,
-}
-
-/// Parse and tokenize a chat request; `prefill` is assistant text the answer continues
-/// (a cloud stream that broke half-way).
-pub async fn prepare_chat(
-    st: &Arc<AppState>,
-    bytes: &[u8],
-    prefill: Option<String>,
-) -> Result<Prepared, ApiError> {
-    let req: ChatRequest = parse_json(F, bytes)?;
+/// Parse a `/v1/chat/completions` body.
+pub fn parse_chat(bytes: &[u8]) -> Result<GenRequest, ApiError> {
+    let req: ChatRequest = parse_json(bytes)?;
     check_chat_unsupported(&req)?;
     let budget = match req.max_completion_tokens {
-        Some(n) => max_tokens(F, "max_completion_tokens", Some(n))?,
-        None => max_tokens(F, "max_tokens", req.max_tokens)?,
+        Some(n) => max_tokens("max_completion_tokens", Some(n))?,
+        None => max_tokens("max_tokens", req.max_tokens)?,
     };
     let messages = chat_messages(req.messages)?;
-    let model = checked_model(st, req.model)?;
-    let n_vocab = st.model(F)?.engine.model.cfg.n_vocab;
-    let params = generate_params(req.sampling, budget, n_vocab)?;
-    let prompt = st.chat_prompt(F, messages, prefill).await?;
-    Ok(Prepared {
-        prompt,
+    let params = generate_params(req.sampling, budget)?;
+    Ok(GenRequest {
+        endpoint: Endpoint::Chat,
+        model: req.model,
+        input: Input::Chat {
+            messages,
+            prefill: None,
+        },
         params,
-        model,
         stream: req.stream == Some(true),
         include_usage: req
             .stream_options
@@ -346,98 +303,30 @@ pub async fn prepare_chat(
     })
 }
 
-pub async fn chat_completions(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Body,
-) -> Result<Response, ApiError> {
-    upstream::route(&st, Endpoint::Chat, &headers, &uri, body).await
-}
-
-/// Answer with the local model.
-pub async fn local(
-    st: &Arc<AppState>,
-    endpoint: Endpoint,
-    bytes: &[u8],
-) -> Result<Response, ApiError> {
-    let kind = match endpoint {
-        Endpoint::Chat => Kind::Chat,
-        Endpoint::Completions => Kind::Text,
-        Endpoint::Models => return Ok(models_list(st).into_response()),
-        Endpoint::Messages | Endpoint::CountTokens => {
-            return crate::anthropic::local(st, endpoint, bytes).await
-        }
-    };
-    let p = match kind {
-        Kind::Chat => prepare_chat(st, bytes, None).await?,
-        Kind::Text => prepare_completion(st, bytes, None).await?,
-    };
-    let job = st.admit(F, p.prompt, p.params)?;
-    if p.stream {
-        return Ok(stream(kind, p.model, job, p.include_usage));
-    }
-    let mut job = job;
-    let (text, o) = collect(F, &mut job).await?;
-    let choice = match kind {
-        Kind::Chat => json!({
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": null},
-            "logprobs": null,
-            "finish_reason": finish_reason(&o.stop_reason),
-        }),
-        Kind::Text => json!({
-            "index": 0,
-            "text": text,
-            "logprobs": null,
-            "finish_reason": finish_reason(&o.stop_reason),
-        }),
-    };
-    let (id, object) = match kind {
-        Kind::Chat => (new_id("chatcmpl-"), "chat.completion"),
-        Kind::Text => (new_id("cmpl-"), "text_completion"),
-    };
-    Ok(Json(json!({
-        "id": id,
-        "object": object,
-        "created": unix_now(),
-        "model": p.model,
-        "system_fingerprint": fingerprint(),
-        "choices": [choice],
-        "usage": usage(job.n_prompt, &o),
-        "timings": timings(&o),
-    }))
-    .into_response())
-}
-
 /// The prompt of a legacy completion: a string, or one string or token list in an array.
-fn completion_prompt(v: Option<Value>) -> Result<PromptIn, ApiError> {
+fn completion_prompt(v: Option<Value>) -> Result<Input, ApiError> {
     let bad = || {
         ApiError::invalid(
-            F,
             Some("prompt"),
             "'prompt' must be a string, an array with one string, or an array of token ids",
         )
     };
     match v {
-        None | Some(Value::Null) => {
-            Err(ApiError::invalid(F, Some("prompt"), "'prompt' is required"))
-        }
-        Some(Value::String(s)) => Ok(PromptIn::Text(s)),
+        None | Some(Value::Null) => Err(ApiError::invalid(Some("prompt"), "'prompt' is required")),
+        Some(Value::String(s)) => Ok(Input::Text(s)),
         Some(Value::Array(items)) => {
             if items.len() == 1 {
                 match &items[0] {
-                    Value::String(s) => return Ok(PromptIn::Text(s.clone())),
-                    Value::Array(ids) => return token_ids(ids).map(PromptIn::Tokens),
+                    Value::String(s) => return Ok(Input::Text(s.clone())),
+                    Value::Array(ids) => return token_ids(ids).map(Input::Tokens),
                     _ => {}
                 }
             }
             if items.iter().all(Value::is_number) && !items.is_empty() {
-                return token_ids(&items).map(PromptIn::Tokens);
+                return token_ids(&items).map(Input::Tokens);
             }
             if items.len() > 1 {
                 return Err(ApiError::invalid(
-                    F,
                     Some("prompt"),
                     "several prompts in one request are not supported; send one per request",
                 ));
@@ -448,30 +337,21 @@ fn completion_prompt(v: Option<Value>) -> Result<PromptIn, ApiError> {
     }
 }
 
-enum PromptIn {
-    Text(String),
-    Tokens(Vec<u32>),
-}
-
 fn token_ids(v: &[Value]) -> Result<Vec<u32>, ApiError> {
     v.iter()
         .map(|x| {
             x.as_u64()
                 .and_then(|n| u32::try_from(n).ok())
                 .ok_or_else(|| {
-                    ApiError::invalid(F, Some("prompt"), "token ids must be non-negative integers")
+                    ApiError::invalid(Some("prompt"), "token ids must be non-negative integers")
                 })
         })
         .collect()
 }
 
-/// Parse and tokenize a legacy completion; `extra` is text already generated (appended).
-pub async fn prepare_completion(
-    st: &Arc<AppState>,
-    bytes: &[u8],
-    extra: Option<String>,
-) -> Result<Prepared, ApiError> {
-    let req: CompletionRequest = parse_json(F, bytes)?;
+/// Parse a legacy `/v1/completions` body.
+pub fn parse_completion(bytes: &[u8]) -> Result<GenRequest, ApiError> {
+    let req: CompletionRequest = parse_json(bytes)?;
     if req.echo == Some(true) {
         return Err(refuse("echo", "is not supported by this server"));
     }
@@ -485,31 +365,14 @@ pub async fn prepare_completion(
         return Err(refuse("logprobs", "is not supported by this server"));
     }
     // OpenAI's default for the legacy endpoint.
-    let budget = max_tokens(F, "max_tokens", req.max_tokens)?.or(Some(16));
-    let prompt_in = completion_prompt(req.prompt)?;
-    let model = checked_model(st, req.model)?;
-    let n_vocab = st.model(F)?.engine.model.cfg.n_vocab;
-    let params = generate_params(req.sampling, budget, n_vocab)?;
-    let prompt = match prompt_in {
-        PromptIn::Text(t) => st.raw_prompt(F, t + extra.as_deref().unwrap_or("")).await?,
-        PromptIn::Tokens(mut ids) => {
-            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= n_vocab) {
-                return Err(ApiError::invalid(
-                    F,
-                    Some("prompt"),
-                    format!("token id {bad} is outside the vocabulary ({n_vocab} tokens)"),
-                ));
-            }
-            if let Some(text) = extra {
-                ids.extend(st.continuation_tokens(F, text).await?);
-            }
-            ids
-        }
-    };
-    Ok(Prepared {
-        prompt,
+    let budget = max_tokens("max_tokens", req.max_tokens)?.or(Some(16));
+    let input = completion_prompt(req.prompt)?;
+    let params = generate_params(req.sampling, budget)?;
+    Ok(GenRequest {
+        endpoint: Endpoint::Completions,
+        model: req.model,
+        input,
         params,
-        model,
         stream: req.stream == Some(true),
         include_usage: req
             .stream_options
@@ -518,159 +381,169 @@ pub async fn prepare_completion(
     })
 }
 
-pub async fn completions(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Body,
-) -> Result<Response, ApiError> {
-    upstream::route(&st, Endpoint::Completions, &headers, &uri, body).await
+/// One `/v1/models` entry.
+pub fn model_object(id: &str, created: u64) -> Value {
+    json!({"id": id, "object": "model", "created": created, "owned_by": "backstop"})
 }
 
-pub async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {
-    if st.upstreams.get(F).is_some() {
-        let empty = axum::body::Bytes::new();
-        return upstream::front(&st, Endpoint::Models, &uri, &headers, empty).await;
-    }
-    models_list(&st).into_response()
+/// The `/v1/models` list.
+pub fn models_list(ids: &[&str], created: u64) -> Value {
+    let data: Vec<Value> = ids.iter().map(|id| model_object(id, created)).collect();
+    json!({"object": "list", "data": data})
 }
 
-fn models_list(st: &AppState) -> Json<Value> {
-    let created = unix_now();
-    let data: Vec<Value> = st
-        .config
-        .names
-        .listed()
-        .into_iter()
-        .map(|id| json!({"id": id, "object": "model", "created": created, "owned_by": "backstop"}))
-        .collect();
-    Json(json!({"object": "list", "data": data}))
+fn fingerprint() -> &'static str {
+    concat!("backstop-", env!("CARGO_PKG_VERSION"))
 }
 
-/// The requested name, echoed in responses as the cloud would; 404 in strict mode.
-pub fn checked_model(st: &AppState, model: Option<String>) -> Result<String, ApiError> {
-    checked_model_as(F, st, model)
-}
-
-pub fn checked_model_as(
-    flavor: Flavor,
-    st: &AppState,
-    model: Option<String>,
-) -> Result<String, ApiError> {
-    if !st.config.names.accepts(model.as_deref()) {
-        let m = model.unwrap_or_default();
-        return Err(ApiError::new(
-            flavor,
-            ErrorKind::ModelNotFound,
-            format!(
-                "The model '{m}' does not exist or you do not have access to it (this server \
-                 serves {:?})",
-                st.config.names.listed()
-            ),
-        ));
-    }
-    Ok(model.unwrap_or_else(|| st.config.names.served.clone()))
-}
-
-fn fingerprint() -> String {
-    concat!("backstop-", env!("CARGO_PKG_VERSION")).to_owned()
-}
-
-#[derive(Clone, Copy)]
-pub enum Kind {
+/// Chat or legacy completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
     Chat,
     Text,
 }
 
-/// Server-sent events in OpenAI's chunk format. A forwarding task turns job events into
-/// chunks; when the client disconnects the body stream is dropped, the task's send fails,
-/// it drops the job's receiver, and the worker stops generating.
-pub fn stream(kind: Kind, model: String, mut job: Admitted, include_usage: bool) -> Response {
-    let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(16);
-    let id = new_id(match kind {
-        Kind::Chat => "chatcmpl-",
-        Kind::Text => "cmpl-",
-    });
-    let created = unix_now();
-    tokio::spawn(async move {
-        let chunk = |delta: Option<&str>, role: bool, finish: Option<&str>| -> Value {
-            let mut v = match kind {
-                Kind::Chat => {
-                    let mut d = serde_json::Map::new();
-                    if role {
-                        d.insert("role".into(), "assistant".into());
-                    }
-                    if let Some(t) = delta {
-                        d.insert("content".into(), t.into());
-                    }
-                    json!({
-                        "id": id, "object": "chat.completion.chunk", "created": created,
-                        "model": model, "system_fingerprint": fingerprint(),
-                        "choices": [{"index": 0, "delta": d, "logprobs": null,
-                                     "finish_reason": finish}],
-                    })
-                }
-                Kind::Text => json!({
-                    "id": id, "object": "text_completion", "created": created,
-                    "model": model, "system_fingerprint": fingerprint(),
-                    "choices": [{"index": 0, "text": delta.unwrap_or(""), "logprobs": null,
-                                 "finish_reason": finish}],
-                }),
-            };
-            if include_usage {
-                v["usage"] = Value::Null;
-            }
-            v
+/// Encodes one answer as OpenAI objects: a `chat.completion` / `text_completion`, or their
+/// stream of chunks ending in `[DONE]`.
+pub struct OpenAiEncoder {
+    kind: Kind,
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+    /// Continuing a cloud stream: no opening chunk, and the marker on the last one.
+    resumed: Option<Value>,
+}
+
+impl OpenAiEncoder {
+    /// `model` is the name echoed back; a resumed answer keeps the cloud's id and model.
+    pub fn new(
+        endpoint: Endpoint,
+        model: String,
+        include_usage: bool,
+        resume: Option<&Resume>,
+    ) -> Self {
+        let kind = match endpoint {
+            Endpoint::Completions => Kind::Text,
+            _ => Kind::Chat,
         };
-        let send = |v: Value| tx.send(Ok(SseEvent::default().data(v.to_string())));
-        if matches!(kind, Kind::Chat) && send(chunk(Some(""), true, None)).await.is_err() {
-            return;
+        let prefix = match kind {
+            Kind::Chat => "chatcmpl-",
+            Kind::Text => "cmpl-",
+        };
+        Self {
+            kind,
+            id: resume
+                .and_then(|r| r.id.clone())
+                .unwrap_or_else(|| new_id(prefix)),
+            model: resume.and_then(|r| r.model.clone()).unwrap_or(model),
+            created: unix_now(),
+            include_usage,
+            resumed: resume.map(|r| r.marker.clone()),
         }
-        loop {
-            match job.events.recv().await {
-                Some(Event::Text(t)) => {
-                    if send(chunk(Some(&t), false, None)).await.is_err() {
-                        return;
-                    }
+    }
+
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.kind, chunk) {
+            (Kind::Chat, true) => "chat.completion.chunk",
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Text, _) => "text_completion",
+        }
+    }
+
+    /// A stream chunk with one choice: `text` as its content, `role` on the first.
+    fn chunk(&self, text: Option<&str>, role: bool, finish: Option<&str>) -> Value {
+        let choice = match self.kind {
+            Kind::Chat => {
+                let mut d = Map::new();
+                if role {
+                    d.insert("role".into(), "assistant".into());
                 }
-                Some(Event::Done(o)) => {
-                    let delta = matches!(kind, Kind::Text).then_some("");
-                    let mut last = chunk(delta, false, Some(finish_reason(&o.stop_reason)));
-                    // llama-server puts its timings on the last chunk; clients read them there.
-                    last["timings"] = timings(&o);
-                    if send(last).await.is_err() {
-                        return;
-                    }
-                    if include_usage {
-                        let u = json!({
-                            "id": id, "object": match kind {
-                                Kind::Chat => "chat.completion.chunk",
-                                Kind::Text => "text_completion",
-                            },
-                            "created": created, "model": model,
-                            "system_fingerprint": fingerprint(),
-                            "choices": [], "usage": usage(job.n_prompt, &o),
-                            "timings": timings(&o),
-                        });
-                        if send(u).await.is_err() {
-                            return;
-                        }
-                    }
-                    break;
+                if let Some(t) = text {
+                    d.insert("content".into(), t.into());
                 }
-                other => {
-                    let ev = other.unwrap_or(Event::Failed("generation ended unexpectedly".into()));
-                    let err = event_error(F, ev);
-                    if send(err.body()).await.is_err() {
-                        return;
-                    }
-                    break;
-                }
+                json!({"index": 0, "delta": d, "logprobs": null, "finish_reason": finish})
             }
+            Kind::Text => json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null,
+                                 "finish_reason": finish}),
+        };
+        let mut v = json!({
+            "id": self.id, "object": self.object(true), "created": self.created,
+            "model": self.model, "system_fingerprint": fingerprint(),
+            "choices": [choice],
+        });
+        if self.include_usage {
+            v["usage"] = Value::Null;
         }
-        let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
-    });
-    Sse::new(ReceiverStream::new(rx))
-        .keep_alive(KeepAlive::default())
-        .into_response()
+        v
+    }
+}
+
+impl Encoder for OpenAiEncoder {
+    fn start(&mut self, _n_prompt: usize, out: &mut Vec<Frame>) {
+        // The cloud already sent the role chunk of a resumed stream.
+        if self.kind == Kind::Chat && self.resumed.is_none() {
+            out.push(Frame::json(None, &self.chunk(Some(""), true, None)));
+        }
+    }
+
+    fn text(&mut self, text: &str, out: &mut Vec<Frame>) {
+        out.push(Frame::json(None, &self.chunk(Some(text), false, None)));
+    }
+
+    fn finish(&mut self, u: &Usage, o: &Outcome, out: &mut Vec<Frame>) {
+        let text = (self.kind == Kind::Text).then_some("");
+        let mut last = self.chunk(text, false, Some(finish_reason(&o.stop_reason)));
+        // llama-server puts its timings on the last chunk; clients read them there.
+        last["timings"] = timings(o);
+        if let Some(marker) = &self.resumed {
+            last["backstop"] = marker.clone();
+        }
+        out.push(Frame::json(None, &last));
+        if self.include_usage {
+            let u = json!({
+                "id": self.id, "object": self.object(true), "created": self.created,
+                "model": self.model, "system_fingerprint": fingerprint(),
+                "choices": [], "usage": usage(u), "timings": timings(o),
+            });
+            out.push(Frame::json(None, &u));
+        }
+        out.push(Frame::done());
+    }
+
+    fn error(&mut self, e: &ApiError, out: &mut Vec<Frame>) {
+        let mut body = e.body(Flavor::OpenAi);
+        if let Some(marker) = &self.resumed {
+            body["backstop"] = marker.clone();
+        }
+        out.push(Frame::json(None, &body));
+        out.push(Frame::done());
+    }
+
+    fn whole(&self, text: &str, u: &Usage, o: &Outcome) -> Value {
+        let choice = match self.kind {
+            Kind::Chat => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": null},
+                "logprobs": null,
+                "finish_reason": finish_reason(&o.stop_reason),
+            }),
+            Kind::Text => json!({
+                "index": 0,
+                "text": text,
+                "logprobs": null,
+                "finish_reason": finish_reason(&o.stop_reason),
+            }),
+        };
+        json!({
+            "id": self.id,
+            "object": self.object(false),
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": fingerprint(),
+            "choices": [choice],
+            "usage": usage(u),
+            "timings": timings(o),
+        })
+    }
 }

@@ -5,22 +5,11 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap};
 use serde::de::DeserializeOwned;
 
-use crate::error::{ApiError, ErrorKind, Flavor};
+use crate::error::{ApiError, ErrorKind};
 
 /// Read and parse a JSON body of at most `limit` bytes.
-pub async fn json_body<T: DeserializeOwned>(
-    flavor: Flavor,
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<T, ApiError> {
-    let bytes = read_body(flavor, headers, body, limit).await?;
-    parse_json(flavor, &bytes)
-}
-
 /// Read a JSON request's bytes (content type and size checked, not parsed).
 pub async fn read_body(
-    flavor: Flavor,
     headers: &HeaderMap,
     body: Body,
     limit: usize,
@@ -30,7 +19,6 @@ pub async fn read_body(
         // `application/json`, `application/json; charset=utf-8`, `application/vnd.x+json`.
         if !ct.contains("json") {
             return Err(ApiError::new(
-                flavor,
                 ErrorKind::UnsupportedMediaType,
                 format!("Content-Type must be application/json, got {ct:?}"),
             ));
@@ -38,7 +26,6 @@ pub async fn read_body(
     }
     let too_large = || {
         ApiError::new(
-            flavor,
             ErrorKind::TooLarge { limit },
             format!("request body is larger than the {limit}-byte limit (--max-body-bytes)"),
         )
@@ -51,18 +38,30 @@ pub async fn read_body(
         return Err(too_large());
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if format!("{e:?}").contains("LengthLimit") {
+        if is_length_limit(&e) {
             too_large()
         } else {
-            ApiError::invalid(flavor, None, format!("cannot read the request body: {e}"))
+            ApiError::invalid(None, format!("cannot read the request body: {e}"))
         }
     })
 }
 
-pub fn parse_json<T: DeserializeOwned>(flavor: Flavor, bytes: &[u8]) -> Result<T, ApiError> {
+/// Whether reading a body failed because it passed the size limit (a body sent without a
+/// `Content-Length`, or one longer than it declared).
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(
-            flavor,
             None,
             "the request body is empty; expected a JSON object",
         ));
@@ -80,23 +79,16 @@ pub fn parse_json<T: DeserializeOwned>(flavor: Flavor, bytes: &[u8]) -> Result<T
         };
         let param =
             (path != "." && path != "?" && !inner.is_syntax() && !inner.is_eof()).then_some(path);
-        ApiError::invalid(flavor, param.as_deref(), what)
+        ApiError::invalid(param.as_deref(), what)
     })
 }
 
 /// Checks a number is finite and within `[lo, hi]`.
-pub fn in_range(
-    flavor: Flavor,
-    name: &str,
-    v: Option<f64>,
-    lo: f64,
-    hi: f64,
-) -> Result<Option<f32>, ApiError> {
+pub fn in_range(name: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<Option<f32>, ApiError> {
     match v {
         None => Ok(None),
         Some(x) if x.is_finite() && (lo..=hi).contains(&x) => Ok(Some(x as f32)),
         Some(x) => Err(ApiError::invalid(
-            flavor,
             Some(name),
             format!("'{name}' must be between {lo} and {hi}, got {x}"),
         )),
@@ -108,12 +100,11 @@ pub fn in_range(
 pub const MAX_TOKENS_LIMIT: i64 = 1 << 20;
 
 /// A token budget: positive, not absurd. `None` = until the context is full.
-pub fn max_tokens(flavor: Flavor, name: &str, v: Option<i64>) -> Result<Option<usize>, ApiError> {
+pub fn max_tokens(name: &str, v: Option<i64>) -> Result<Option<usize>, ApiError> {
     match v {
         None => Ok(None),
         Some(n) if (1..=MAX_TOKENS_LIMIT).contains(&n) => Ok(Some(n as usize)),
         Some(n) => Err(ApiError::invalid(
-            flavor,
             Some(name),
             format!("'{name}' must be between 1 and {MAX_TOKENS_LIMIT}, got {n}"),
         )),
@@ -143,31 +134,24 @@ mod tests {
 
     #[test]
     fn json_errors_name_the_path() {
-        let e = parse_json::<R>(Flavor::OpenAi, br#"{"messages":[{"role":5}]}"#).unwrap_err();
+        let e = parse_json::<R>(br#"{"messages":[{"role":5}]}"#).unwrap_err();
         assert!(e.message.contains("messages[0].role"), "{}", e.message);
-        let e = parse_json::<R>(Flavor::OpenAi, b"{\"messages\":").unwrap_err();
+        let e = parse_json::<R>(b"{\"messages\":").unwrap_err();
         assert!(e.message.contains("not valid JSON"), "{}", e.message);
-        let e = parse_json::<R>(Flavor::OpenAi, b"   ").unwrap_err();
+        let e = parse_json::<R>(b"   ").unwrap_err();
         assert!(e.message.contains("empty"));
-        let e =
-            parse_json::<R>(Flavor::OpenAi, b"{\"messages\":[{\"role\":\"\xff\"}]}").unwrap_err();
+        let e = parse_json::<R>(b"{\"messages\":[{\"role\":\"\xff\"}]}").unwrap_err();
         assert!(matches!(e.kind, ErrorKind::InvalidRequest { .. }));
     }
 
     #[test]
     fn ranges() {
-        assert!(in_range(Flavor::OpenAi, "temperature", Some(2.5), 0.0, 2.0).is_err());
-        assert!(in_range(Flavor::OpenAi, "temperature", Some(f64::NAN), 0.0, 2.0).is_err());
-        assert_eq!(
-            in_range(Flavor::OpenAi, "top_p", Some(0.5), 0.0, 1.0).unwrap(),
-            Some(0.5)
-        );
-        assert!(max_tokens(Flavor::OpenAi, "max_tokens", Some(0)).is_err());
-        assert!(max_tokens(Flavor::OpenAi, "max_tokens", Some(-3)).is_err());
-        assert!(max_tokens(Flavor::OpenAi, "max_tokens", Some(1 << 40)).is_err());
-        assert_eq!(
-            max_tokens(Flavor::OpenAi, "max_tokens", Some(16)).unwrap(),
-            Some(16)
-        );
+        assert!(in_range("temperature", Some(2.5), 0.0, 2.0).is_err());
+        assert!(in_range("temperature", Some(f64::NAN), 0.0, 2.0).is_err());
+        assert_eq!(in_range("top_p", Some(0.5), 0.0, 1.0).unwrap(), Some(0.5));
+        assert!(max_tokens("max_tokens", Some(0)).is_err());
+        assert!(max_tokens("max_tokens", Some(-3)).is_err());
+        assert!(max_tokens("max_tokens", Some(1 << 40)).is_err());
+        assert_eq!(max_tokens("max_tokens", Some(16)).unwrap(), Some(16));
     }
 }

@@ -1,44 +1,18 @@
-//! What every handler shares: the configuration, the model once it is loaded, the scheduler
-//! and the metrics.
+//! The local model's shared state: the configuration, the engine once it is loaded, the
+//! scheduler and the metrics, and the steps every local answer takes (tokenize, admit).
 
-use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use backstop_engine::chat::ChatMessage;
-use backstop_engine::generate::{Engine, EngineError, EngineOptions};
+use backstop_engine::generate::{Engine, EngineError, GenerateParams};
 use tokio::sync::mpsc;
 
-use crate::error::{ApiError, Flavor};
+use crate::config::ServeConfig;
+use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
-use crate::names::ModelNames;
 use crate::scheduler::{Event, Job, Rejected, Scheduler};
-use crate::upstream::{FailoverConfig, Upstreams};
-
-/// `backstop serve`'s settings.
-#[derive(Clone, Debug)]
-pub struct ServeConfig {
-    pub model_path: PathBuf,
-    pub engine: EngineOptions,
-    /// Context per sequence; 0 = the model's (at most 4096).
-    pub n_ctx: usize,
-    pub host: IpAddr,
-    pub port: u16,
-    /// Sequences generating at once.
-    pub parallel: usize,
-    /// Admitted requests that may wait for a free sequence.
-    pub queue: usize,
-    /// Accepted keys; empty = no authentication.
-    pub api_keys: Vec<String>,
-    pub names: ModelNames,
-    pub max_body_bytes: usize,
-    /// After SIGTERM, how long in-flight generations may run before they are cut short.
-    pub shutdown_grace: Duration,
-    /// Cloud upstreams to try first (empty: local only, no outbound connection ever).
-    pub failover: FailoverConfig,
-}
 
 /// The loaded model and what requests need from it.
 pub struct Loaded {
@@ -51,7 +25,6 @@ pub struct AppState {
     /// The weights' file name, for the served-by header.
     pub weights: String,
     pub loaded: OnceLock<Loaded>,
-    pub upstreams: Upstreams,
     pub scheduler: Arc<Scheduler>,
     pub metrics: Arc<Metrics>,
     pub draining: AtomicBool,
@@ -62,7 +35,7 @@ pub struct AppState {
 pub const RETRY_AFTER_S: u64 = 1;
 
 impl AppState {
-    pub fn new(config: ServeConfig, upstreams: Upstreams) -> Self {
+    pub fn new(config: ServeConfig) -> Self {
         let metrics = Arc::new(Metrics::default());
         let scheduler = Arc::new(Scheduler::new(
             config.parallel,
@@ -78,7 +51,6 @@ impl AppState {
             config,
             weights,
             loaded: OnceLock::new(),
-            upstreams,
             scheduler,
             metrics,
             draining: AtomicBool::new(false),
@@ -123,85 +95,87 @@ impl AppState {
     }
 
     /// The model, or the 503 that says to come back.
-    pub fn model(&self, flavor: Flavor) -> Result<&Loaded, ApiError> {
+    pub fn model(&self) -> Result<&Loaded, ApiError> {
         if self.draining.load(Ordering::Relaxed) {
             return Err(ApiError::overloaded(
-                flavor,
                 RETRY_AFTER_S,
                 "the server is shutting down",
             ));
         }
-        self.loaded.get().ok_or_else(|| {
-            ApiError::overloaded(flavor, RETRY_AFTER_S, "the model is still loading")
-        })
+        self.loaded
+            .get()
+            .ok_or_else(|| ApiError::overloaded(RETRY_AFTER_S, "the model is still loading"))
+    }
+
+    /// The requested name, echoed in responses as the cloud would; 404 in strict mode.
+    pub fn checked_model(&self, model: Option<String>) -> Result<String, ApiError> {
+        let names = &self.config.names;
+        if !names.accepts(model.as_deref()) {
+            let m = model.unwrap_or_default();
+            return Err(ApiError::new(
+                ErrorKind::ModelNotFound,
+                format!(
+                    "The model '{m}' does not exist or you do not have access to it (this \
+                     server serves {:?})",
+                    names.listed()
+                ),
+            ));
+        }
+        Ok(model.unwrap_or_else(|| names.served.clone()))
     }
 
     /// Tokenize a conversation with the model's chat template, off the async workers.
-    /// `prefill` is text the assistant's answer must start with (Anthropic's trailing
-    /// assistant message).
+    /// `prefill` is text the assistant's answer must start with.
     pub async fn chat_prompt(
         self: &Arc<Self>,
-        flavor: Flavor,
         messages: Vec<ChatMessage>,
         prefill: Option<String>,
     ) -> Result<Vec<u32>, ApiError> {
         let me = Arc::clone(self);
-        blocking(flavor, move || {
-            let loaded = me.model(flavor)?;
-            let engine = &loaded.engine;
+        blocking(move || {
+            let engine = &me.model()?.engine;
             let template = engine.template.as_ref().map_err(|e| {
                 ApiError::invalid(
-                    flavor,
                     Some("messages"),
                     format!("the model has no usable chat template: {e}"),
                 )
             })?;
             let mut text = template
                 .render_prompt(&messages, true, engine.tokenizer.add_bos())
-                .map_err(|e| ApiError::invalid(flavor, Some("messages"), e.to_string()))?;
+                .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
             if let Some(p) = prefill {
                 text.push_str(&p);
             }
             engine
                 .tokenizer
                 .encode(&text, true)
-                .map_err(|e| ApiError::invalid(flavor, Some("messages"), e.to_string()))
+                .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))
         })
         .await
     }
 
     /// Tokenize a raw completion prompt (BOS and special tokens as the model's metadata says).
-    pub async fn raw_prompt(
-        self: &Arc<Self>,
-        flavor: Flavor,
-        text: String,
-    ) -> Result<Vec<u32>, ApiError> {
+    pub async fn raw_prompt(self: &Arc<Self>, text: String) -> Result<Vec<u32>, ApiError> {
         let me = Arc::clone(self);
-        blocking(flavor, move || {
-            let loaded = me.model(flavor)?;
-            loaded
+        blocking(move || {
+            me.model()?
                 .engine
                 .tokenizer
                 .encode(&text, true)
-                .map_err(|e| ApiError::invalid(flavor, Some("prompt"), e.to_string()))
+                .map_err(|e| ApiError::invalid(Some("prompt"), e.to_string()))
         })
         .await
     }
 
     /// Tokens of text that continues a prompt (no BOS, special tokens not parsed).
-    pub async fn continuation_tokens(
-        self: &Arc<Self>,
-        flavor: Flavor,
-        text: String,
-    ) -> Result<Vec<u32>, ApiError> {
+    pub async fn continuation_tokens(self: &Arc<Self>, text: String) -> Result<Vec<u32>, ApiError> {
         let me = Arc::clone(self);
-        blocking(flavor, move || {
-            let loaded = me.model(flavor)?;
-            loaded
+        blocking(move || {
+            me.model()?
                 .engine
                 .tokenizer
                 .encode_with(&text, false, false)
-                .map_err(|e| ApiError::invalid(flavor, Some("prompt"), e.to_string()))
+                .map_err(|e| ApiError::invalid(Some("prompt"), e.to_string()))
         })
         .await
     }
@@ -210,18 +184,17 @@ impl AppState {
     /// happen before any response byte, so the client gets a proper status code.
     pub fn admit(
         &self,
-        flavor: Flavor,
         prompt: Vec<u32>,
-        mut params: backstop_engine::generate::GenerateParams,
+        mut params: GenerateParams,
     ) -> Result<Admitted, ApiError> {
-        let loaded = self.model(flavor)?;
+        let loaded = self.model()?;
         let n_prompt = prompt.len();
         if n_prompt == 0 {
-            return Err(ApiError::invalid(flavor, None, "the prompt is empty"));
+            return Err(ApiError::invalid(None, "the prompt is empty"));
         }
         // At least one token must fit after the prompt.
         if n_prompt >= loaded.n_ctx {
-            return Err(ApiError::context_length(flavor, n_prompt, loaded.n_ctx));
+            return Err(ApiError::context_length(n_prompt, loaded.n_ctx));
         }
         params.max_tokens = params.max_tokens.min(loaded.n_ctx - n_prompt);
         let (tx, rx) = mpsc::channel(64);
@@ -237,7 +210,6 @@ impl AppState {
                 n_prompt,
             }),
             Err(Rejected::Full) => Err(ApiError::overloaded(
-                flavor,
                 RETRY_AFTER_S,
                 format!(
                     "all {} sequences are busy and the queue is full; retry shortly",
@@ -245,7 +217,6 @@ impl AppState {
                 ),
             )),
             Err(Rejected::ShuttingDown) => Err(ApiError::overloaded(
-                flavor,
                 RETRY_AFTER_S,
                 "the server is shutting down",
             )),
@@ -260,14 +231,9 @@ pub struct Admitted {
 }
 
 async fn blocking<T: Send + 'static>(
-    flavor: Flavor,
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        ApiError::new(
-            flavor,
-            crate::error::ErrorKind::Internal,
-            format!("internal error: {e}"),
-        )
-    })?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("internal error: {e}")))?
 }

@@ -53,6 +53,8 @@ struct Inner {
 }
 
 pub struct Breaker {
+    /// The upstream's name, for the log line of each state change.
+    name: &'static str,
     failures: u32,
     cooldown: Duration,
     inner: Mutex<Inner>,
@@ -72,8 +74,9 @@ pub struct Snapshot {
 }
 
 impl Breaker {
-    pub fn new(failures: u32, cooldown: Duration) -> Self {
+    pub fn new(name: &'static str, failures: u32, cooldown: Duration) -> Self {
         Self {
+            name,
             failures: failures.max(1),
             cooldown,
             inner: Mutex::new(Inner {
@@ -103,6 +106,7 @@ impl Breaker {
         match s.state {
             State::Closed => Permit::Try,
             State::Open if now.duration_since(s.opened_at) >= self.cooldown => {
+                self.changed(State::Open, State::HalfOpen, None);
                 s.state = State::HalfOpen;
                 s.probe_out = true;
                 Permit::Probe
@@ -123,6 +127,9 @@ impl Breaker {
         s.successes += 1;
         s.consecutive = 0;
         push(&mut s.recent, true);
+        if s.state != State::Closed {
+            self.changed(s.state, State::Closed, None);
+        }
         s.state = State::Closed;
         s.probe_out = false;
     }
@@ -145,10 +152,25 @@ impl Breaker {
             State::Open => false,
         };
         if trips {
+            self.changed(s.state, State::Open, Some(why));
             s.state = State::Open;
             s.opened_at = now;
             s.probe_out = false;
         }
+    }
+
+    fn changed(&self, from: State, to: State, why: Option<&str>) {
+        tracing::warn!(
+            target: "backstop::breaker",
+            upstream = self.name,
+            from = from.name(),
+            to = to.name(),
+            error = why,
+            cooldown_s = self.cooldown.as_secs_f64(),
+            "circuit breaker {} -> {}",
+            from.name(),
+            to.name()
+        );
     }
 
     /// The probe ended without telling us anything (e.g. the client left): let another try.
@@ -190,7 +212,7 @@ mod tests {
 
     #[test]
     fn opens_after_k_failures_then_lets_exactly_one_probe_through_after_cooldown() {
-        let b = Breaker::new(3, Duration::from_secs(10));
+        let b = Breaker::new("test", 3, Duration::from_secs(10));
         let t0 = Instant::now();
         for _ in 0..2 {
             assert_eq!(b.permit_at(t0), Permit::Try);
@@ -216,7 +238,7 @@ mod tests {
 
     #[test]
     fn a_success_resets_the_consecutive_count() {
-        let b = Breaker::new(3, Duration::from_secs(10));
+        let b = Breaker::new("test", 3, Duration::from_secs(10));
         b.failure("x");
         b.failure("x");
         b.success();
@@ -227,7 +249,7 @@ mod tests {
 
     #[test]
     fn a_high_failure_rate_opens_it_even_without_a_long_run() {
-        let b = Breaker::new(100, Duration::from_secs(10));
+        let b = Breaker::new("test", 100, Duration::from_secs(10));
         for i in 0..WINDOW {
             if i % 3 == 0 {
                 b.success();

@@ -21,88 +21,22 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::error::Flavor;
+use crate::config::{FailoverConfig, UpstreamSpec};
+use crate::local;
+use crate::log::RequestLog;
 use crate::state::AppState;
+use crate::wire::{Endpoint, Flavor};
 use breaker::{Breaker, Permit};
 use sse::{is_error_event, Progress, Splitter};
 
-/// The routes the front forwards.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    Chat,
-    Completions,
-    Models,
-    Messages,
-    CountTokens,
-}
-
-impl Endpoint {
-    pub fn flavor(self) -> Flavor {
-        match self {
-            Endpoint::Messages | Endpoint::CountTokens => Flavor::Anthropic,
-            _ => Flavor::OpenAi,
-        }
-    }
-    fn generates(self) -> bool {
-        matches!(
-            self,
-            Endpoint::Chat | Endpoint::Completions | Endpoint::Messages
-        )
-    }
-}
-
-/// `--upstream NAME=URL`.
-#[derive(Clone, Debug)]
-pub struct UpstreamSpec {
-    pub flavor: Flavor,
-    pub base_url: String,
-}
-
-impl UpstreamSpec {
-    pub fn name(&self) -> &'static str {
-        match self.flavor {
-            Flavor::OpenAi => "openai",
-            Flavor::Anthropic => "anthropic",
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct FailoverConfig {
-    pub upstreams: Vec<UpstreamSpec>,
-    pub fallback_on_429: bool,
-    /// Extra upstream attempts after a failure (0 = one attempt in all).
-    pub retries: u32,
-    pub connect_timeout: Duration,
-    pub first_byte_timeout: Duration,
-    pub stream_first_byte_timeout: Duration,
-    /// A stream silent this long after it began counts as broken.
-    pub stream_idle_timeout: Duration,
-    pub breaker_failures: u32,
-    pub breaker_cooldown: Duration,
-}
-
-impl Default for FailoverConfig {
-    fn default() -> Self {
-        Self {
-            upstreams: Vec::new(),
-            fallback_on_429: false,
-            retries: 0,
-            connect_timeout: Duration::from_secs(3),
-            first_byte_timeout: Duration::from_secs(20),
-            stream_first_byte_timeout: Duration::from_secs(10),
-            stream_idle_timeout: Duration::from_secs(30),
-            breaker_failures: 5,
-            breaker_cooldown: Duration::from_secs(30),
-        }
-    }
-}
+/// The header that says which weights answered (`local; weights=FILE` or `cloud; upstream=NAME`).
+pub const SERVED_BY: &str = "x-backstop-served-by";
 
 pub struct Upstream {
     pub spec: UpstreamSpec,
@@ -128,7 +62,7 @@ impl Upstreams {
                 .build()?;
             list.push(Upstream {
                 spec: spec.clone(),
-                breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
+                breaker: Breaker::new(spec.name(), cfg.breaker_failures, cfg.breaker_cooldown),
                 client,
                 cloud_answers: AtomicU64::new(0),
                 fallbacks: AtomicU64::new(0),
@@ -264,33 +198,21 @@ impl Drop for ProbeGuard<'_> {
     }
 }
 
-/// A generating or counting route: read the body once, then the cloud first if this route's
-/// provider has an upstream, else the local model.
-pub async fn route(
-    st: &Arc<AppState>,
-    ep: Endpoint,
-    headers: &HeaderMap,
-    uri: &Uri,
-    body: Body,
-) -> Result<Response, crate::error::ApiError> {
-    let limit = st.config.max_body_bytes;
-    let bytes = crate::request::read_body(ep.flavor(), headers, body, limit).await?;
-    if st.upstreams.get(ep.flavor()).is_some() {
-        return Ok(front(st, ep, uri, headers, bytes).await);
-    }
-    crate::openai::local(st, ep, &bytes).await
-}
-
-/// Forward to the cloud, or answer locally.
+/// Forward to the cloud, or answer locally. `body` is the request as received; `model_id`
+/// is the `{id}` of `GET /v1/models/{id}`.
+#[allow(clippy::too_many_arguments)]
 pub async fn front(
     st: &Arc<AppState>,
+    ups: &Arc<Upstreams>,
     ep: Endpoint,
     uri: &Uri,
     headers: &HeaderMap,
     body: Bytes,
+    model_id: Option<&str>,
+    log: &RequestLog,
 ) -> Response {
-    let Some(up) = st.upstreams.get(ep.flavor()) else {
-        return local(st, ep, &body, None).await;
+    let Some(up) = ups.get(ep.flavor()) else {
+        return answer_locally(st, ep, &body, model_id, None, log).await;
     };
     let streaming = ep.generates() && wants_stream(&body);
     let permit = up.breaker.permit();
@@ -301,28 +223,45 @@ pub async fn front(
             breaker: &up.breaker,
             armed: permit == Permit::Probe,
         };
-        let result = attempt_with_retries(st, up, ep, uri, headers, &body, streaming).await;
+        let result = attempt_with_retries(ups, up, ep, uri, headers, &body, streaming).await;
         guard.armed = false;
         match result {
             Ok(answer) => {
                 up.breaker.success();
                 up.cloud_answers.fetch_add(1, Relaxed);
-                return cloud_response(st, ep, up, body, answer);
+                return cloud_response(st, ups, ep, up, body, answer, log);
             }
             Err(f) => {
-                up.breaker.failure(&f.to_string());
-                f.to_string()
+                let why = f.to_string();
+                tracing::warn!(
+                    target: "backstop::upstream",
+                    upstream = up.spec.name(),
+                    error = %why,
+                    "upstream failed; answering locally"
+                );
+                up.breaker.failure(&why);
+                why
             }
         }
     };
     up.fallbacks.fetch_add(1, Relaxed);
-    local(st, ep, &body, Some(&reason)).await
+    answer_locally(st, ep, &body, model_id, Some(&reason), log).await
 }
 
-async fn local(st: &Arc<AppState>, ep: Endpoint, body: &[u8], reason: Option<&str>) -> Response {
-    let mut resp = match crate::openai::local(st, ep, body).await {
+async fn answer_locally(
+    st: &Arc<AppState>,
+    ep: Endpoint,
+    body: &[u8],
+    model_id: Option<&str>,
+    reason: Option<&str>,
+    log: &RequestLog,
+) -> Response {
+    if let Some(r) = reason {
+        log.fallback_reason(r);
+    }
+    let mut resp = match local::answer(st, ep, body, model_id, log).await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => e.respond(ep.flavor()),
     };
     if let Some(r) = reason {
         if let Ok(v) = HeaderValue::from_str(&sanitize(r)) {
@@ -412,7 +351,7 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 async fn attempt_with_retries(
-    st: &AppState,
+    ups: &Upstreams,
     up: &Upstream,
     ep: Endpoint,
     uri: &Uri,
@@ -420,7 +359,7 @@ async fn attempt_with_retries(
     body: &Bytes,
     streaming: bool,
 ) -> Result<Answer, Failure> {
-    let cfg = &st.upstreams.cfg;
+    let cfg = &ups.cfg;
     let budget = if streaming {
         cfg.stream_first_byte_timeout
     } else {
@@ -471,7 +410,7 @@ async fn attempt(
     on_429: bool,
 ) -> Result<Answer, Failure> {
     let deadline = tokio::time::Instant::now() + budget;
-    let method = if ep == Endpoint::Models {
+    let method = if ep.is_get() {
         Method::GET
     } else {
         Method::POST
@@ -480,7 +419,7 @@ async fn attempt(
         .client
         .request(method, upstream_url(&up.spec.base_url, uri))
         .headers(forward_headers(headers));
-    if ep != Endpoint::Models {
+    if !ep.is_get() {
         req = req.body(body.clone());
     }
     let resp = match tokio::time::timeout_at(deadline, req.send()).await {
@@ -563,10 +502,12 @@ fn response_headers(h: &reqwest::header::HeaderMap) -> HeaderMap {
 
 fn cloud_response(
     st: &Arc<AppState>,
+    ups: &Arc<Upstreams>,
     ep: Endpoint,
     up: &Upstream,
     request: Bytes,
     answer: Answer,
+    log: &RequestLog,
 ) -> Response {
     let served_by = HeaderValue::from_str(&format!("cloud; upstream={}", up.spec.name()))
         .unwrap_or(HeaderValue::from_static("cloud"));
@@ -579,66 +520,98 @@ fn cloud_response(
             splitter,
             rest,
         } => {
+            log.stream(true);
             let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(32);
-            let st = Arc::clone(st);
-            tokio::spawn(relay(st, ep, request, first, splitter, rest, tx));
+            let relay = Relay {
+                st: Arc::clone(st),
+                ups: Arc::clone(ups),
+                ep,
+                request,
+                log: log.clone(),
+            };
+            tokio::spawn(relay.run(first, splitter, rest, tx));
             (status, headers, Body::from_stream(ReceiverStream::new(rx)))
         }
     };
-    headers.insert(HeaderName::from_static(crate::SERVED_BY), served_by);
+    headers.insert(HeaderName::from_static(SERVED_BY), served_by);
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     resp
 }
 
-/// Pass the cloud's stream through, whole events at a time; if it breaks before its proper
-/// end, continue the message locally in the same stream.
-async fn relay(
+/// What a relayed stream needs to continue locally if the cloud breaks.
+struct Relay {
     st: Arc<AppState>,
+    ups: Arc<Upstreams>,
     ep: Endpoint,
     request: Bytes,
-    first: Vec<Vec<u8>>,
-    mut splitter: Splitter,
-    mut rest: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
-    tx: mpsc::Sender<Result<Bytes, Infallible>>,
-) {
-    let flavor = ep.flavor();
-    let idle = st.upstreams.cfg.stream_idle_timeout;
-    let mut progress = Progress::default();
-    let mut pending = first;
-    let reason = 'relay: loop {
-        for ev in pending.drain(..) {
-            if !progress.finished {
-                if let Some(msg) = is_error_event(&ev) {
-                    break 'relay format!("upstream sent an error event: {msg}");
+    log: RequestLog,
+}
+
+impl Relay {
+    /// Pass the cloud's stream through, whole events at a time; if it breaks before its
+    /// proper end, continue the message locally in the same stream.
+    async fn run(
+        self,
+        first: Vec<Vec<u8>>,
+        mut splitter: Splitter,
+        mut rest: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+        tx: local::StreamTx,
+    ) {
+        let flavor = self.ep.flavor();
+        let idle = self.ups.cfg.stream_idle_timeout;
+        let mut progress = Progress::default();
+        let mut pending = first;
+        let reason = 'relay: loop {
+            for ev in pending.drain(..) {
+                if !progress.finished {
+                    if let Some(msg) = is_error_event(&ev) {
+                        break 'relay format!("upstream sent an error event: {msg}");
+                    }
+                }
+                progress.observe(flavor, &ev);
+                if tx.send(Ok(Bytes::from(ev))).await.is_err() {
+                    return; // the client left; dropping `rest` closes the upstream request
                 }
             }
-            progress.observe(flavor, &ev);
-            if tx.send(Ok(Bytes::from(ev))).await.is_err() {
-                return; // the client left; dropping `rest` closes the upstream request
+            match tokio::time::timeout(idle, rest.next()).await {
+                Ok(Some(Ok(chunk))) => match splitter.push(&chunk) {
+                    Ok(evs) => pending = evs,
+                    Err(e) => break 'relay e.to_owned(),
+                },
+                Ok(None) if progress.finished => return,
+                Ok(None) => break 'relay "upstream stream ended before its last event".to_owned(),
+                Ok(Some(Err(_))) if progress.finished => return,
+                Ok(Some(Err(e))) => {
+                    break 'relay format!("upstream stream broke: {}", error_chain(&e))
+                }
+                Err(_) if progress.finished => return,
+                Err(_) => break 'relay format!("upstream stream silent for {} s", idle.as_secs()),
             }
+        };
+        drop(rest);
+        if let Some(up) = self.ups.get(flavor) {
+            tracing::warn!(
+                target: "backstop::upstream",
+                upstream = up.spec.name(),
+                error = %reason,
+                sent_chars = progress.text.chars().count(),
+                "upstream stream broke; continuing locally"
+            );
+            up.breaker.failure(&reason);
+            up.continued_midstream.fetch_add(1, Relaxed);
         }
-        match tokio::time::timeout(idle, rest.next()).await {
-            Ok(Some(Ok(chunk))) => match splitter.push(&chunk) {
-                Ok(evs) => pending = evs,
-                Err(e) => break 'relay e.to_owned(),
-            },
-            Ok(None) if progress.finished => return,
-            Ok(None) => break 'relay "upstream stream ended before its last event".to_owned(),
-            Ok(Some(Err(e))) if progress.finished => {
-                let _ = e;
-                return;
-            }
-            Ok(Some(Err(e))) => break 'relay format!("upstream stream broke: {}", error_chain(&e)),
-            Err(_) if progress.finished => return,
-            Err(_) => break 'relay format!("upstream stream silent for {} s", idle.as_secs()),
-        }
-    };
-    drop(rest);
-    if let Some(up) = st.upstreams.get(flavor) {
-        up.breaker.failure(&reason);
-        up.continued_midstream.fetch_add(1, Relaxed);
+        self.log.fallback_reason(&reason);
+        continuation::continue_locally(
+            &self.st,
+            self.ep,
+            &self.request,
+            &progress,
+            &reason,
+            &tx,
+            &self.log,
+        )
+        .await;
     }
-    continuation::continue_locally(&st, ep, &request, &progress, &reason, &tx).await;
 }

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::error::Flavor;
+use crate::wire::Flavor;
 
 /// Splits bytes into complete SSE events (each ending with a blank line).
 #[derive(Default)]
