@@ -21,13 +21,23 @@ use thiserror::Error;
 
 use crate::gguf::{keys, GgufError, GgufHeader};
 use crate::tokenizer::Tokenizer;
+pub use crate::tools::{ToolCall, ToolSpec};
 
-/// One message of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One message of a conversation, with the fields tool-aware templates read (HF
+/// transformers' conventions): an assistant's `tool_calls`, and a `tool` message's
+/// `tool_call_id` and `name`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChatMessage {
-    /// "system", "user" or "assistant" (templates may accept others, e.g. "tool").
+    /// "system", "user", "assistant" or "tool".
     pub role: String,
     pub content: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// The tool's name, on a `tool` message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -35,6 +45,22 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        }
+    }
+
+    /// A tool's result, answering the call `call_id`.
+    pub fn tool_result(
+        call_id: impl Into<String>,
+        name: Option<String>,
+        content: impl Into<String>,
+    ) -> Self {
+        Self {
+            tool_call_id: Some(call_id.into()),
+            name,
+            ..Self::new("tool", content)
         }
     }
 }
@@ -128,6 +154,8 @@ const TEMPLATE_NAME: &str = "chat";
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: TemplateSource,
+    /// The template reads `tools` and `tool_calls` itself.
+    tools_aware: bool,
     bos_token: String,
     eos_token: String,
 }
@@ -170,6 +198,7 @@ impl ChatTemplate {
         bos_token: String,
         eos_token: String,
     ) -> Result<Self, ChatError> {
+        let tools_aware = template.contains("tools") && template.contains("tool_calls");
         let mut env = Environment::new();
         // HF transformers and llama.cpp both render with these on; templates are written
         // for them (a `{% if %}` line would otherwise leave its newline in the prompt).
@@ -187,6 +216,7 @@ impl ChatTemplate {
         Ok(Self {
             env,
             source,
+            tools_aware,
             bos_token,
             eos_token,
         })
@@ -196,11 +226,49 @@ impl ChatTemplate {
         &self.source
     }
 
+    /// Whether the template itself renders a `tools` list and assistants' `tool_calls`
+    /// (Qwen, Hermes, Llama 3.x, Mistral templates do; SmolLM2's and Gemma 3's do not). For
+    /// the others, `render_with_tools` describes the tools and lowers the tool turns itself.
+    pub fn handles_tools(&self) -> bool {
+        self.tools_aware
+    }
+
     /// Render the conversation exactly as the template says (BOS text included if the
     /// template writes `bos_token`).
     pub fn render(
         &self,
         messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
+        self.render_with_tools(messages, &[], add_generation_prompt)
+    }
+
+    /// Render with a list of tools the model may call. A template that handles tools gets
+    /// them as its `tools` variable and the tool turns as they are; for one that does not,
+    /// the tools are described in the system prompt in the generic call format
+    /// (`crate::tools`) and the tool turns are written as text in that format, so nothing in
+    /// the history is dropped.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[ToolSpec],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
+        let has_tool_turns = messages
+            .iter()
+            .any(|m| m.role == "tool" || !m.tool_calls.is_empty());
+        if !self.tools_aware && (has_tool_turns || !tools.is_empty()) {
+            let lowered = crate::tools::lower_for_plain_template(messages, tools);
+            return self.render_raw(&lowered, None, add_generation_prompt);
+        }
+        let tools = (!tools.is_empty()).then(|| crate::tools::template_tools(tools));
+        self.render_raw(messages, tools, add_generation_prompt)
+    }
+
+    fn render_raw(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<serde_json::Value>,
         add_generation_prompt: bool,
     ) -> Result<String, ChatError> {
         let render_err = |e: minijinja::Error| ChatError::Render {
@@ -213,7 +281,7 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),
-            tools => Value::from(()),
+            tools => tools.map_or(Value::from(()), |t| Value::from_serialize(&t)),
         };
         tmpl.render(ctx).map_err(render_err)
     }
@@ -223,10 +291,11 @@ impl ChatTemplate {
     pub fn render_prompt(
         &self,
         messages: &[ChatMessage],
+        tools: &[ToolSpec],
         add_generation_prompt: bool,
         tokenizer_adds_bos: bool,
     ) -> Result<String, ChatError> {
-        let text = self.render(messages, add_generation_prompt)?;
+        let text = self.render_with_tools(messages, tools, add_generation_prompt)?;
         if tokenizer_adds_bos && !self.bos_token.is_empty() {
             if let Some(rest) = text.strip_prefix(self.bos_token.as_str()) {
                 return Ok(rest.to_owned());

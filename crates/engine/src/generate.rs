@@ -12,6 +12,7 @@ pub use crate::backend::Session;
 use crate::backend::{BackendKind, DeviceSpec};
 use crate::chat::{ChatError, ChatTemplate};
 use crate::cpu::{KernelError, Kernels, Tier};
+use crate::grammar::{Constraint, Grammar, GrammarCompiler, GrammarError};
 use crate::models::{self, Decoder, ModelError};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{Tokenizer, TokenizerError};
@@ -28,6 +29,8 @@ pub enum EngineError {
     Kernel(#[from] KernelError),
     #[error(transparent)]
     Candle(#[from] CandleError),
+    #[error(transparent)]
+    Grammar(#[from] GrammarError),
     #[error("the native backend runs on the CPU only; use --backend candle for --device {0}")]
     NativeOnCpuOnly(DeviceSpec),
     #[error("prompt is {n_prompt} tokens but the context holds {n_ctx}; use a larger --ctx-size or a shorter prompt")]
@@ -69,6 +72,8 @@ pub struct Engine {
     pub template: Result<ChatTemplate, ChatError>,
     pub kernels: Kernels,
     pool: rayon::ThreadPool,
+    /// Built at the first constrained request (most never need it).
+    grammars: std::sync::OnceLock<Result<GrammarCompiler, GrammarError>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -98,6 +103,10 @@ pub enum StopReason {
     ContextFull,
     /// The text callback asked to stop (e.g. the client went away).
     Cancelled,
+    /// A constrained answer reached the last tokens of its budget and was closed at the
+    /// first place its grammar lets it end (complete and valid, but shorter than the model
+    /// would have written it).
+    Closed,
 }
 
 #[derive(Clone, Debug)]
@@ -165,7 +174,18 @@ impl Engine {
             template,
             kernels,
             pool,
+            grammars: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Compile a constraint for one generation (`generate_with`). A constraint that does not
+    /// compile is an error naming why, before any token is generated.
+    pub fn compile_constraint(&self, c: &Constraint) -> Result<Grammar, GrammarError> {
+        self.grammars
+            .get_or_init(|| GrammarCompiler::new(&self.tokenizer, self.n_vocab()))
+            .as_ref()
+            .map_err(Clone::clone)?
+            .compile(c)
     }
 
     /// Rows of the output layer: every token id the model can produce is below this.
@@ -244,6 +264,20 @@ impl Engine {
         params: &GenerateParams,
         on_text: &mut (dyn FnMut(&str) -> bool + Send),
     ) -> Result<Outcome, EngineError> {
+        self.generate_with(session, prompt, params, None, on_text)
+    }
+
+    /// `generate` under a grammar: before sampling, every token the grammar does not allow
+    /// is masked out, and when the grammar is complete the answer ends
+    /// (`StopReason::EndOfGeneration`).
+    pub fn generate_with(
+        &self,
+        session: &mut Session,
+        prompt: &[u32],
+        params: &GenerateParams,
+        mut grammar: Option<&mut Grammar>,
+        on_text: &mut (dyn FnMut(&str) -> bool + Send),
+    ) -> Result<Outcome, EngineError> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -275,11 +309,42 @@ impl Engine {
             let prompt_time = t0.elapsed();
             let t1 = Instant::now();
             let mut stop_reason = StopReason::MaxTokens;
+            // The last tokens of a constrained answer's budget go to closing it (see
+            // `Grammar::closing_choice`), so it ends well-formed (`StopReason::Closed`)
+            // instead of cut.
+            let reserve = (params.max_tokens / 4).min(64);
+            let mut closing = false;
             while tokens.len() < params.max_tokens {
-                let id = sampler.sample(session.logits_mut());
+                let mut forced = None;
+                if let Some(g) = grammar.as_deref_mut() {
+                    if g.is_done() {
+                        stop_reason = if closing {
+                            StopReason::Closed
+                        } else {
+                            StopReason::EndOfGeneration
+                        };
+                        break;
+                    }
+                    g.mask(session.logits_mut())?;
+                    closing |= params.max_tokens - tokens.len() <= reserve;
+                    if closing {
+                        forced = g.closing_choice(session.logits_mut());
+                    }
+                }
+                let id = match forced {
+                    Some(id) => id,
+                    None => sampler.sample(session.logits_mut()),
+                };
                 if self.tokenizer.is_eog(id) {
-                    stop_reason = StopReason::EndOfGeneration;
+                    stop_reason = if closing {
+                        StopReason::Closed
+                    } else {
+                        StopReason::EndOfGeneration
+                    };
                     break;
+                }
+                if let Some(g) = grammar.as_deref_mut() {
+                    g.accept(id)?;
                 }
                 tokens.push(id);
                 sampler.accept(id);
@@ -289,6 +354,14 @@ impl Engine {
                         stop_reason = s;
                         break;
                     }
+                }
+                if grammar.as_deref().is_some_and(Grammar::is_done) {
+                    stop_reason = if closing {
+                        StopReason::Closed
+                    } else {
+                        StopReason::EndOfGeneration
+                    };
+                    break;
                 }
                 if tokens.len() == params.max_tokens {
                     break;

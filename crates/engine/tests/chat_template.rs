@@ -64,7 +64,7 @@ fn renders_as_recorded(tmpl: &ChatTemplate, tk: &Tokenizer, refs: &str) {
             .collect();
         let add_gen = case["add_generation_prompt"].as_bool().unwrap();
         let got = tmpl
-            .render_prompt(&messages, add_gen, tk.add_bos())
+            .render_prompt(&messages, &[], add_gen, tk.add_bos())
             .expect("render");
         assert_eq!(
             got,
@@ -95,7 +95,7 @@ fn gemma3_renders_exactly_as_llama_cpp_gemma_template() {
 fn smollm2_prompt_tokenizes_with_single_special_tokens() {
     let (tmpl, tk) = template_of("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let prompt = tmpl
-        .render_prompt(&msgs(&[("user", "Hi")]), true, tk.add_bos())
+        .render_prompt(&msgs(&[("user", "Hi")]), &[], true, tk.add_bos())
         .unwrap();
     let ids = tk.encode(&prompt, true).unwrap();
     assert_eq!(ids[0], 1, "<|im_start|>");
@@ -125,7 +125,7 @@ fn gemma3_uses_the_built_in_gemma_template() {
     );
     // The tokenizer adds BOS itself, so the prompt to encode drops the template's.
     let prompt = tmpl
-        .render_prompt(&conversation, true, tk.add_bos())
+        .render_prompt(&conversation, &[], true, tk.add_bos())
         .unwrap();
     assert!(prompt.starts_with("<start_of_turn>user\n"));
     let ids = tk.encode(&prompt, true).unwrap();
@@ -202,4 +202,82 @@ fn template_errors_are_reported_not_swallowed() {
         matches!(e, ChatError::Render { .. }) && e.to_string().contains("no system role here"),
         "{e}"
     );
+}
+
+/// A Hermes/Qwen-style template reads `tools`, an assistant's `tool_calls` (arguments as an
+/// object) and `tool` turns itself.
+const TOOLS_TEMPLATE: &str = r#"{%- if tools %}<|im_start|>system
+Tools:{% for t in tools %} {{ t.function.name }}={{ t.function.parameters | tojson }}{% endfor %}<|im_end|>
+{% endif %}
+{%- for m in messages %}
+{%- if m.role == "assistant" and m.tool_calls %}<|im_start|>assistant
+{% for c in m.tool_calls %}<tool_call>{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}, "id": "{{ c.id }}"}</tool_call>{% endfor %}<|im_end|>
+{% elif m.role == "tool" %}<|im_start|>user
+<tool_response id="{{ m.tool_call_id }}">{{ m.content }}</tool_response><|im_end|>
+{% else %}<|im_start|>{{ m.role }}
+{{ m.content }}<|im_end|>
+{% endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"#;
+
+fn tool_conversation() -> (Vec<ChatMessage>, Vec<backstop_engine::chat::ToolSpec>) {
+    use backstop_engine::chat::{ToolCall, ToolSpec};
+    let mut call = ChatMessage::new("assistant", "");
+    call.tool_calls.push(ToolCall::new(
+        "call_1",
+        "read_file",
+        serde_json::json!({"path": "a.txt"}),
+    ));
+    let messages = vec![
+        ChatMessage::new("user", "What is in a.txt?"),
+        call,
+        ChatMessage::tool_result("call_1", Some("read_file".into()), "hello"),
+    ];
+    let tools = vec![ToolSpec {
+        name: "read_file".into(),
+        description: Some("Read a file".into()),
+        parameters: serde_json::json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+    }];
+    (messages, tools)
+}
+
+#[test]
+fn a_tool_aware_template_gets_tools_calls_and_results_as_variables() {
+    let t = custom(TOOLS_TEMPLATE).unwrap();
+    assert!(t.handles_tools());
+    let (messages, tools) = tool_conversation();
+    let out = t.render_with_tools(&messages, &tools, true).unwrap();
+    assert!(
+        out.contains("Tools: read_file={\"properties\": {\"path\": {\"type\": \"string\"}}, \"type\": \"object\"}"),
+        "{out}"
+    );
+    assert!(
+        out.contains("<tool_call>{\"name\": \"read_file\", \"arguments\": {\"path\": \"a.txt\"}, \"id\": \"call_1\"}</tool_call>"),
+        "{out}"
+    );
+    assert!(
+        out.contains("<tool_response id=\"call_1\">hello</tool_response>"),
+        "{out}"
+    );
+    assert!(out.ends_with("<|im_start|>assistant\n"));
+}
+
+#[test]
+fn templates_without_tools_get_the_generic_format_and_keep_every_turn() {
+    let (messages, tools) = tool_conversation();
+    for model in [
+        "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "models/gemma-3-270m-q4_k_m.gguf",
+    ] {
+        let (t, _) = template_of(model);
+        assert!(!t.handles_tools(), "{model}");
+        // Gemma's template insists on alternating roles; the lowered history must pass it.
+        let out = t.render_with_tools(&messages, &tools, true).unwrap();
+        assert!(out.contains("You can call these tools:"), "{model}: {out}");
+        assert!(out.contains("\"name\":\"read_file\""), "{model}: {out}");
+        assert!(out.contains("<tool_call>\n{\"name\":\"read_file\",\"arguments\":{\"path\":\"a.txt\"}}\n</tool_call>"), "{model}: {out}");
+        assert!(out.contains("hello"), "{model}: {out}");
+        assert!(out.contains("What is in a.txt?"), "{model}: {out}");
+    }
 }

@@ -4,16 +4,18 @@
 //! message_delta, message_stop).
 //!
 //! A trailing assistant message is a prefill: the answer continues it, as Claude does.
-//! Image, document and tool blocks are refused with a 400 naming the block, since this model
-//! reads text only; `tools` without a forced `tool_choice` are answered in text.
+//! Tools, `tool_use` and `tool_result` blocks reach the chat template; image and document
+//! blocks are refused with a 400 naming the block, since this model reads text only.
 
-use backstop_engine::chat::ChatMessage;
+use backstop_engine::chat::{ChatMessage, ToolCall, ToolSpec};
 use backstop_engine::generate::{GenerateParams, Outcome, StopReason};
 use backstop_engine::sampling::SamplingParams;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::core::{new_id, timings, Encoder, Frame, GenRequest, Input, Resume, Usage};
+use crate::core::{
+    new_id, timings, CallOut, Encoder, Frame, GenRequest, Input, Resume, ToolChoice, Usage,
+};
 use crate::error::ApiError;
 use crate::request::{in_range, max_tokens, parse_json, seed_or_random};
 use crate::wire::{Endpoint, Flavor};
@@ -29,6 +31,7 @@ struct MessagesRequest {
     top_p: Option<f64>,
     top_k: Option<u32>,
     stream: Option<bool>,
+    tools: Option<Vec<ToolIn>>,
     tool_choice: Option<Value>,
 }
 
@@ -37,6 +40,44 @@ struct CountRequest {
     model: Option<String>,
     messages: Option<Vec<MessageIn>>,
     system: Option<Value>,
+    tools: Option<Vec<ToolIn>>,
+}
+
+#[derive(Deserialize)]
+struct ToolIn {
+    name: String,
+    description: Option<String>,
+    input_schema: Option<Value>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// The request's custom tools; server tools (web search and the like) are Anthropic's own
+/// and cannot run here.
+fn tool_specs(tools: Option<Vec<ToolIn>>) -> Result<Vec<ToolSpec>, ApiError> {
+    let mut out = Vec::new();
+    for (i, t) in tools.into_iter().flatten().enumerate() {
+        if let Some(kind) = t.kind.as_deref().filter(|k| *k != "custom") {
+            return Err(ApiError::invalid(
+                Some("tools"),
+                format!(
+                    "tools.{i}: tools of type {kind:?} are not supported here (custom tools only)"
+                ),
+            ));
+        }
+        let Some(schema) = t.input_schema else {
+            return Err(ApiError::invalid(
+                Some("tools"),
+                format!("tools.{i}.input_schema: Field required"),
+            ));
+        };
+        out.push(ToolSpec {
+            name: t.name,
+            description: t.description,
+            parameters: schema,
+        });
+    }
+    Ok(out)
 }
 
 #[derive(Deserialize)]
@@ -45,32 +86,14 @@ struct MessageIn {
     content: Value,
 }
 
-/// Text of a `content` (or `system`) value: a string or an array of text blocks.
+/// Text of a `system` value: a string or an array of text blocks.
 fn blocks_text(param: &str, v: &Value) -> Result<String, ApiError> {
     match v {
         Value::String(s) => Ok(s.clone()),
         Value::Array(blocks) => {
             let mut out = Vec::with_capacity(blocks.len());
             for (j, b) in blocks.iter().enumerate() {
-                let ty = b.get("type").and_then(Value::as_str).unwrap_or("");
-                match (ty, b.get("text").and_then(Value::as_str)) {
-                    ("text", Some(t)) => out.push(t),
-                    ("text", None) => {
-                        return Err(ApiError::invalid(
-                            Some(param),
-                            format!("{param}.{j}: a text block needs a 'text' string"),
-                        ))
-                    }
-                    _ => {
-                        return Err(ApiError::invalid(
-                            Some(param),
-                            format!(
-                                "{param}.{j}: content blocks of type {ty:?} are not supported by \
-                                 this model (text only)"
-                            ),
-                        ))
-                    }
-                }
+                out.push(text_block(param, j, b)?);
             }
             Ok(out.join("\n"))
         }
@@ -81,10 +104,107 @@ fn blocks_text(param: &str, v: &Value) -> Result<String, ApiError> {
     }
 }
 
+/// A text block's text; any other block is refused, naming it.
+fn text_block<'a>(param: &str, j: usize, b: &'a Value) -> Result<&'a str, ApiError> {
+    let ty = b.get("type").and_then(Value::as_str).unwrap_or("");
+    match (ty, b.get("text").and_then(Value::as_str)) {
+        ("text", Some(t)) => Ok(t),
+        ("text", None) => Err(ApiError::invalid(
+            Some(param),
+            format!("{param}.{j}: a text block needs a 'text' string"),
+        )),
+        _ => Err(ApiError::invalid(
+            Some(param),
+            format!(
+                "{param}.{j}: content blocks of type {ty:?} are not supported by this model \
+                 (text, tool_use and tool_result only)"
+            ),
+        )),
+    }
+}
+
+/// A `tool_result`'s content: a string, or text blocks.
+fn tool_result_text(param: &str, b: &Value) -> Result<String, ApiError> {
+    let text = match b.get("content") {
+        None | Some(Value::Null) => String::new(),
+        Some(v) => blocks_text(&format!("{param}.content"), v)?,
+    };
+    Ok(
+        if b.get("is_error").and_then(Value::as_bool) == Some(true) {
+            format!("Error: {text}")
+        } else {
+            text
+        },
+    )
+}
+
+/// One message's turns: text, the assistant's tool calls, and tool results (each a `tool`
+/// turn, before the user's text, as the results answer the previous turn's calls).
+fn message_turns(i: usize, m: &MessageIn, out: &mut Vec<ChatMessage>) -> Result<(), ApiError> {
+    let param = format!("messages.{i}.content");
+    let blocks = match &m.content {
+        Value::String(s) => {
+            out.push(ChatMessage::new(m.role.as_str(), s.as_str()));
+            return Ok(());
+        }
+        Value::Array(b) => b,
+        _ => {
+            return Err(ApiError::invalid(
+                Some(&param),
+                format!("{param}: expected a string or an array of content blocks"),
+            ))
+        }
+    };
+    let mut text: Vec<&str> = Vec::new();
+    let mut calls = Vec::new();
+    for (j, b) in blocks.iter().enumerate() {
+        let ty = b.get("type").and_then(Value::as_str).unwrap_or("");
+        match (ty, m.role.as_str()) {
+            ("tool_use", "assistant") => {
+                let (Some(id), Some(name)) = (
+                    b.get("id").and_then(Value::as_str),
+                    b.get("name").and_then(Value::as_str),
+                ) else {
+                    return Err(ApiError::invalid(
+                        Some(&param),
+                        format!("{param}.{j}: a tool_use block needs 'id' and 'name'"),
+                    ));
+                };
+                let input = b.get("input").cloned().unwrap_or_else(|| json!({}));
+                calls.push(ToolCall::new(id, name, input));
+            }
+            ("tool_result", "user") => {
+                let Some(id) = b.get("tool_use_id").and_then(Value::as_str) else {
+                    return Err(ApiError::invalid(
+                        Some(&param),
+                        format!("{param}.{j}: a tool_result block needs 'tool_use_id'"),
+                    ));
+                };
+                let content = tool_result_text(&format!("{param}.{j}"), b)?;
+                out.push(ChatMessage::tool_result(id, None, content));
+            }
+            ("tool_use" | "tool_result", role) => {
+                return Err(ApiError::invalid(
+                    Some(&param),
+                    format!("{param}.{j}: a {ty} block cannot be in a {role} message"),
+                ))
+            }
+            _ => text.push(text_block(&param, j, b)?),
+        }
+    }
+    if !text.is_empty() || !calls.is_empty() || blocks.is_empty() {
+        let mut msg = ChatMessage::new(m.role.as_str(), text.join("\n"));
+        msg.tool_calls = calls;
+        out.push(msg);
+    }
+    Ok(())
+}
+
 /// The conversation for the template, and the assistant prefill if the last turn is one.
 fn conversation(
     system: Option<&Value>,
     messages: Option<Vec<MessageIn>>,
+    tools: Vec<ToolSpec>,
 ) -> Result<Input, ApiError> {
     let messages =
         messages.ok_or_else(|| ApiError::invalid(Some("messages"), "messages: Field required"))?;
@@ -114,24 +234,24 @@ fn conversation(
                 ),
             ));
         }
-        out.push(ChatMessage::new(
-            m.role.as_str(),
-            blocks_text(&format!("messages.{i}.content"), &m.content)?,
-        ));
+        message_turns(i, m, &mut out)?;
     }
+    // A trailing assistant text (no tool calls) is a prefill the answer continues.
     let prefill = match out.last() {
-        Some(m) if m.role == "assistant" => out.pop().map(|m| m.content),
+        Some(m) if m.role == "assistant" && m.tool_calls.is_empty() => out.pop().map(|m| m.content),
         _ => None,
     };
     Ok(Input::Chat {
         messages: out,
         prefill,
+        tools,
     })
 }
 
 pub fn stop_reason(r: &StopReason) -> (&'static str, Option<String>) {
     match r {
-        StopReason::EndOfGeneration => ("end_turn", None),
+        // A constrained answer closed early is complete and valid.
+        StopReason::EndOfGeneration | StopReason::Closed => ("end_turn", None),
         StopReason::StopString(s) => ("stop_sequence", Some(s.clone())),
         StopReason::MaxTokens | StopReason::ContextFull | StopReason::Cancelled => {
             ("max_tokens", None)
@@ -181,21 +301,45 @@ fn params(r: &MessagesRequest) -> Result<GenerateParams, ApiError> {
     })
 }
 
-fn check_tool_choice(v: &Option<Value>) -> Result<(), ApiError> {
+/// `tool_choice`: auto, none, any, or a named tool; and whether parallel calls are off.
+fn tool_choice(v: &Option<Value>, tools: &[ToolSpec]) -> Result<(ToolChoice, bool), ApiError> {
+    let single = v
+        .as_ref()
+        .and_then(|v| v.get("disable_parallel_tool_use"))
+        .and_then(Value::as_bool)
+        == Some(true);
     let ty = v
         .as_ref()
         .and_then(|v| v.get("type"))
         .and_then(Value::as_str);
-    match ty {
-        None | Some("auto") | Some("none") => Ok(()),
-        Some(t) => Err(ApiError::invalid(
-            Some("tool_choice"),
-            format!(
-                "tool_choice: type {t:?} requires a tool call, which this server does not make \
-                 (use \"auto\" or \"none\")"
-            ),
-        )),
-    }
+    let bad = |msg: String| ApiError::invalid(Some("tool_choice"), msg);
+    let choice = match ty {
+        None | Some("auto") => ToolChoice::Auto,
+        Some("none") => ToolChoice::None,
+        Some("any") if tools.is_empty() => {
+            return Err(bad(
+                "tool_choice: type \"any\" needs at least one tool".into()
+            ))
+        }
+        Some("any") => ToolChoice::Required,
+        Some("tool") => {
+            let name = v
+                .as_ref()
+                .and_then(|v| v.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("tool_choice.name: Field required".into()))?;
+            if !tools.iter().any(|t| t.name == name) {
+                return Err(bad(format!("tool_choice: tool {name:?} is not in 'tools'")));
+            }
+            ToolChoice::Named(name.to_owned())
+        }
+        Some(t) => {
+            return Err(bad(format!(
+                "tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none', got {t:?}"
+            )))
+        }
+    };
+    Ok((choice, single))
 }
 
 /// Parse a `/v1/messages` body.
@@ -204,12 +348,16 @@ pub fn parse_messages(bytes: &[u8]) -> Result<GenRequest, ApiError> {
     if req.model.is_none() {
         return Err(ApiError::invalid(Some("model"), "model: Field required"));
     }
-    check_tool_choice(&req.tool_choice)?;
     let params = params(&req)?;
-    let input = conversation(req.system.as_ref(), req.messages)?;
+    let tools = tool_specs(req.tools)?;
+    let (tool_choice, single_call) = tool_choice(&req.tool_choice, &tools)?;
+    let input = conversation(req.system.as_ref(), req.messages, tools)?;
     Ok(GenRequest {
         endpoint: Endpoint::Messages,
         model: req.model,
+        tool_choice,
+        single_call,
+        constraint: None,
         input,
         params,
         stream: req.stream == Some(true),
@@ -220,7 +368,8 @@ pub fn parse_messages(bytes: &[u8]) -> Result<GenRequest, ApiError> {
 /// Parse a `/v1/messages/count_tokens` body: the model name and what would be read.
 pub fn parse_count(bytes: &[u8]) -> Result<(Option<String>, Input), ApiError> {
     let req: CountRequest = parse_json(bytes)?;
-    let input = conversation(req.system.as_ref(), req.messages)?;
+    let tools = tool_specs(req.tools)?;
+    let input = conversation(req.system.as_ref(), req.messages, tools)?;
     Ok((req.model, input))
 }
 
@@ -248,6 +397,8 @@ pub struct AnthropicEncoder {
     open: Option<u64>,
     /// Continuing a cloud stream: what it left open, and the marker for `message_delta`.
     resume: Option<Resume>,
+    /// The answer called tools: its stop reason is "tool_use".
+    called: bool,
 }
 
 impl AnthropicEncoder {
@@ -267,6 +418,7 @@ impl AnthropicEncoder {
             block,
             open: resume.and_then(|r| r.open_block),
             resume: resume.cloned(),
+            called: false,
         }
     }
 }
@@ -319,13 +471,51 @@ impl Encoder for AnthropicEncoder {
         ));
     }
 
+    fn tool_calls(&mut self, calls: &[CallOut], out: &mut Vec<Frame>) {
+        if calls.is_empty() {
+            return;
+        }
+        self.called = true;
+        if let Some(i) = self.open.take() {
+            out.push(event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": i}),
+            ));
+        }
+        for c in calls {
+            self.block += 1;
+            let i = self.block;
+            out.push(event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": i,
+                       "content_block": {"type": "tool_use", "id": c.id, "name": c.name,
+                                         "input": {}}}),
+            ));
+            out.push(event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": i,
+                       "delta": {"type": "input_json_delta",
+                                 "partial_json": c.arguments.to_string()}}),
+            ));
+            out.push(event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": i}),
+            ));
+        }
+    }
+
     fn finish(&mut self, u: &Usage, o: &Outcome, out: &mut Vec<Frame>) {
-        let (reason, seq) = stop_reason(&o.stop_reason);
-        out.push(event(
-            "content_block_stop",
-            json!({"type": "content_block_stop", "index": self.block}),
-        ));
-        self.open = None;
+        let (reason, seq) = if self.called {
+            ("tool_use", None)
+        } else {
+            stop_reason(&o.stop_reason)
+        };
+        if let Some(i) = self.open.take() {
+            out.push(event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": i}),
+            ));
+        }
         let mut delta = json!({"type": "message_delta",
                                "delta": {"stop_reason": reason, "stop_sequence": seq},
                                "usage": usage(u), "timings": timings(o)});
@@ -351,14 +541,26 @@ impl Encoder for AnthropicEncoder {
         out.push(event("error", body));
     }
 
-    fn whole(&self, text: &str, u: &Usage, o: &Outcome) -> Value {
-        let (reason, seq) = stop_reason(&o.stop_reason);
+    fn whole(&self, text: &str, calls: &[CallOut], u: &Usage, o: &Outcome) -> Value {
+        let (reason, seq) = if calls.is_empty() {
+            stop_reason(&o.stop_reason)
+        } else {
+            ("tool_use", None)
+        };
+        let mut content = Vec::new();
+        if !text.is_empty() || calls.is_empty() {
+            content.push(json!({"type": "text", "text": text}));
+        }
+        for c in calls {
+            content.push(json!({"type": "tool_use", "id": c.id, "name": c.name,
+                                "input": c.arguments}));
+        }
         json!({
             "id": self.id,
             "type": "message",
             "role": "assistant",
             "model": self.model,
-            "content": [{"type": "text", "text": text}],
+            "content": content,
             "stop_reason": reason,
             "stop_sequence": seq,
             "usage": usage(u),

@@ -6,8 +6,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use backstop_engine::chat::ChatMessage;
+use backstop_engine::chat::{ChatMessage, ToolSpec};
 use backstop_engine::generate::{GenerateParams, Outcome};
+use backstop_engine::grammar::Constraint;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -21,6 +22,8 @@ pub enum Input {
     Chat {
         messages: Vec<ChatMessage>,
         prefill: Option<String>,
+        /// Tools the model may call (described to it by the template or the generic preamble).
+        tools: Vec<ToolSpec>,
     },
     /// A raw completion prompt.
     Text(String),
@@ -40,6 +43,47 @@ pub struct GenRequest {
     pub stream: bool,
     /// OpenAI's `stream_options.include_usage` (Anthropic streams always carry usage).
     pub include_usage: bool,
+    pub tool_choice: ToolChoice,
+    /// At most one tool call (OpenAI `parallel_tool_calls: false`, Anthropic
+    /// `disable_parallel_tool_use`).
+    pub single_call: bool,
+    /// What the output must be (OpenAI `response_format` json_object / json_schema).
+    pub constraint: Option<Constraint>,
+}
+
+/// Whether the model may call the request's tools.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// It decides (OpenAI and Anthropic `auto`; the default when tools are given).
+    #[default]
+    Auto,
+    /// It may not: the tools are not shown to it.
+    None,
+    /// It must call at least one (OpenAI `required`, Anthropic `any`).
+    Required,
+    /// It must call this one (OpenAI `{"type": "function", ...}`, Anthropic `tool`).
+    Named(String),
+}
+
+impl ToolChoice {
+    /// Whether the model sees the tools at all.
+    pub fn shows_tools(&self) -> bool {
+        *self != ToolChoice::None
+    }
+
+    /// Whether the answer must be tool calls (constrained to the call format).
+    pub fn forces_call(&self) -> bool {
+        matches!(self, ToolChoice::Required | ToolChoice::Named(_))
+    }
+}
+
+/// A tool call in an answer; its id matches `^[A-Za-z0-9_-]+$` as both APIs' ids do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallOut {
+    pub id: String,
+    pub name: String,
+    /// A JSON object.
+    pub arguments: Value,
 }
 
 /// Where an answer resumes: a cloud stream that broke after sending part of a message, which
@@ -163,11 +207,14 @@ pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 pub trait Encoder: Send {
     fn start(&mut self, n_prompt: usize, out: &mut Vec<Frame>);
     fn text(&mut self, text: &str, out: &mut Vec<Frame>);
+    /// The answer's tool calls, after its text and before `finish` (whose reason becomes
+    /// the provider's "called a tool").
+    fn tool_calls(&mut self, calls: &[CallOut], out: &mut Vec<Frame>);
     fn finish(&mut self, usage: &Usage, o: &Outcome, out: &mut Vec<Frame>);
     /// The stream cannot go on: end it well-formed with an error event.
     fn error(&mut self, e: &ApiError, out: &mut Vec<Frame>);
     /// A non-streamed answer's body.
-    fn whole(&self, text: &str, usage: &Usage, o: &Outcome) -> Value;
+    fn whole(&self, text: &str, calls: &[CallOut], usage: &Usage, o: &Outcome) -> Value;
 }
 
 #[cfg(test)]

@@ -10,12 +10,12 @@ use tokio::sync::mpsc;
 
 use crate::anthropic::AnthropicEncoder;
 use crate::core::{Encoder, Resume, Usage};
-use crate::local::drive;
+use crate::local::{drive, CallWatch};
 use crate::log::RequestLog;
 use crate::openai::OpenAiEncoder;
 use crate::scheduler::Event;
 use crate::state::Admitted;
-use crate::wire::Endpoint;
+use crate::wire::{Endpoint, Flavor};
 
 fn outcome(stop: StopReason, completion: usize, cached: usize) -> Outcome {
     Outcome {
@@ -30,6 +30,14 @@ fn outcome(stop: StopReason, completion: usize, cached: usize) -> Outcome {
 
 /// Run `events` through the driver; the frames as (event name, data) pairs.
 fn stream(enc: Box<dyn Encoder>, events: Vec<Event>) -> Vec<(Option<String>, String)> {
+    stream_with(enc, events, CallWatch::new(Flavor::OpenAi, Vec::new()))
+}
+
+fn stream_with(
+    enc: Box<dyn Encoder>,
+    events: Vec<Event>,
+    calls: CallWatch,
+) -> Vec<(Option<String>, String)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -45,7 +53,7 @@ fn stream(enc: Box<dyn Encoder>, events: Vec<Event>) -> Vec<(Option<String>, Str
             events: erx,
             n_prompt: 10,
         };
-        drive(enc, job, tx, RequestLog::new("POST", "test", true)).await;
+        drive(enc, job, calls, tx, RequestLog::new("POST", "test", true)).await;
         let mut out = Vec::new();
         while let Some(Ok(b)) = rx.recv().await {
             out.extend_from_slice(&b);
@@ -248,7 +256,8 @@ fn openai_error_mid_stream_is_an_error_chunk_then_done() {
 fn openai_whole_answers() {
     let o = outcome(StopReason::EndOfGeneration, 5, 2);
     let u = Usage::of(10, &o);
-    let chat = OpenAiEncoder::new(Endpoint::Chat, "gpt".into(), false, None).whole("Hi", &u, &o);
+    let chat =
+        OpenAiEncoder::new(Endpoint::Chat, "gpt".into(), false, None).whole("Hi", &[], &u, &o);
     assert!(chat["id"].as_str().unwrap().starts_with("chatcmpl-"));
     assert_eq!(chat["object"], "chat.completion");
     assert_eq!(chat["model"], "gpt");
@@ -259,8 +268,12 @@ fn openai_whole_answers() {
     assert_eq!(chat["choices"][0]["finish_reason"], "stop");
     assert_eq!(chat["usage"]["total_tokens"], 15);
     assert_eq!(chat["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
-    let text =
-        OpenAiEncoder::new(Endpoint::Completions, "gpt".into(), false, None).whole("Hi", &u, &o);
+    let text = OpenAiEncoder::new(Endpoint::Completions, "gpt".into(), false, None).whole(
+        "Hi",
+        &[],
+        &u,
+        &o,
+    );
     assert!(text["id"].as_str().unwrap().starts_with("cmpl-"));
     assert_eq!(text["object"], "text_completion");
     assert_eq!(text["choices"][0]["text"], "Hi");
@@ -396,7 +409,7 @@ fn anthropic_error_mid_stream_closes_the_block_then_errors() {
 #[test]
 fn anthropic_whole_answer() {
     let o = outcome(StopReason::MaxTokens, 4, 1);
-    let m = AnthropicEncoder::new("claude".into(), None).whole("Hi", &Usage::of(10, &o), &o);
+    let m = AnthropicEncoder::new("claude".into(), None).whole("Hi", &[], &Usage::of(10, &o), &o);
     assert!(m["id"].as_str().unwrap().starts_with("msg_"));
     assert_eq!(m["type"], "message");
     assert_eq!(m["role"], "assistant");
@@ -418,4 +431,154 @@ fn a_stream_whose_job_vanishes_ends_with_an_error_not_silence() {
         let last = d.last().unwrap();
         assert!(last.get("error").is_some(), "{frames:?}");
     }
+}
+
+fn read_file() -> Vec<backstop_engine::chat::ToolSpec> {
+    vec![backstop_engine::chat::ToolSpec {
+        name: "read_file".into(),
+        description: None,
+        parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+    }]
+}
+
+/// A model answering with some text, then a call in the generic format split across pieces.
+fn call_events() -> Vec<Event> {
+    vec![
+        Event::Text("Let me look.\n".into()),
+        Event::Text("<tool_".into()),
+        Event::Text("call>\n{\"name\": \"read_file\", ".into()),
+        Event::Text("\"arguments\": {\"path\": \"a.txt\"}}\n</tool_call>".into()),
+        Event::Done(outcome(StopReason::EndOfGeneration, 20, 0)),
+    ]
+}
+
+#[test]
+fn openai_stream_turns_a_generic_call_into_tool_call_deltas() {
+    let enc = OpenAiEncoder::new(Endpoint::Chat, "m".into(), false, None);
+    let frames = stream_with(
+        Box::new(enc),
+        call_events(),
+        CallWatch::new(Flavor::OpenAi, read_file()),
+    );
+    let d = data(&frames);
+    assert_eq!(d.len(), 5, "{frames:?}");
+    assert_eq!(d[1]["choices"][0]["delta"]["content"], "Let me look.\n");
+    let head = &d[2]["choices"][0]["delta"]["tool_calls"][0];
+    assert_eq!(head["index"], 0);
+    assert_eq!(head["type"], "function");
+    assert_eq!(head["function"]["name"], "read_file");
+    let id = head["id"].as_str().unwrap();
+    assert!(
+        id.starts_with("call_")
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    );
+    let args = d[3]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(args).unwrap(),
+        json!({"path": "a.txt"})
+    );
+    assert_eq!(d[4]["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(frames.last().unwrap().1, "[DONE]");
+}
+
+#[test]
+fn anthropic_stream_turns_a_generic_call_into_a_tool_use_block() {
+    let enc = AnthropicEncoder::new("m".into(), None);
+    let frames = stream_with(
+        Box::new(enc),
+        call_events(),
+        CallWatch::new(Flavor::Anthropic, read_file()),
+    );
+    assert_eq!(
+        names(&frames),
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    let d = data(&frames);
+    assert_eq!(d[4]["index"], 0);
+    let block = &d[5]["content_block"];
+    assert_eq!(d[5]["index"], 1);
+    assert_eq!(block["type"], "tool_use");
+    assert_eq!(block["name"], "read_file");
+    assert!(block["id"].as_str().unwrap().starts_with("toolu_"));
+    assert_eq!(d[6]["delta"]["type"], "input_json_delta");
+    let partial = d[6]["delta"]["partial_json"].as_str().unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(partial).unwrap(),
+        json!({"path": "a.txt"})
+    );
+    assert_eq!(d[7]["index"], 1);
+    assert_eq!(d[8]["delta"]["stop_reason"], "tool_use");
+}
+
+#[test]
+fn text_that_is_not_a_whole_known_call_stays_text() {
+    for text in [
+        "Use {\"name\": \"read_file\"} like this.",
+        "<tool_call>{\"name\": \"delete_all\", \"arguments\": {}}</tool_call>",
+        "<tool_call>{\"name\": \"read_file\", \"argu",
+    ] {
+        let enc = OpenAiEncoder::new(Endpoint::Chat, "m".into(), false, None);
+        let events = vec![
+            Event::Text(text.into()),
+            Event::Done(outcome(StopReason::MaxTokens, 9, 0)),
+        ];
+        let frames = stream_with(
+            Box::new(enc),
+            events,
+            CallWatch::new(Flavor::OpenAi, read_file()),
+        );
+        let d = data(&frames);
+        let got: String = d
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(got, text);
+        assert!(d
+            .iter()
+            .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
+        assert_eq!(d.last().unwrap()["choices"][0]["finish_reason"], "length");
+    }
+}
+
+#[test]
+fn whole_answers_with_tool_calls() {
+    let o = outcome(StopReason::EndOfGeneration, 5, 0);
+    let u = Usage::of(10, &o);
+    let calls = [crate::core::CallOut {
+        id: "call_abc".into(),
+        name: "read_file".into(),
+        arguments: json!({"path": "a.txt"}),
+    }];
+    let chat =
+        OpenAiEncoder::new(Endpoint::Chat, "m".into(), false, None).whole("", &calls, &u, &o);
+    let msg = &chat["choices"][0]["message"];
+    assert_eq!(msg["content"], Value::Null);
+    assert_eq!(msg["tool_calls"][0]["id"], "call_abc");
+    assert_eq!(
+        msg["tool_calls"][0]["function"]["arguments"],
+        "{\"path\":\"a.txt\"}"
+    );
+    assert_eq!(chat["choices"][0]["finish_reason"], "tool_calls");
+    let m = AnthropicEncoder::new("m".into(), None).whole("", &calls, &u, &o);
+    assert_eq!(
+        m["content"],
+        json!([{"type": "tool_use", "id": "call_abc", "name": "read_file",
+                "input": {"path": "a.txt"}}])
+    );
+    assert_eq!(m["stop_reason"], "tool_use");
 }

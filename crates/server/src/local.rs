@@ -11,12 +11,18 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use backstop_engine::chat::ToolSpec;
 use backstop_engine::generate::{GenerateParams, StopReason};
+use backstop_engine::grammar::{Constraint, Grammar};
+use backstop_engine::tools::{call_grammar, parse_calls, CALL_OPEN, MAX_CALLS};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::anthropic::{self, AnthropicEncoder};
-use crate::core::{unix_now, Encoder, Frame, GenRequest, Input, Resume, Usage, KEEP_ALIVE};
+use crate::core::{
+    new_id, unix_now, CallOut, Encoder, Frame, GenRequest, Input, Resume, ToolChoice, Usage,
+    KEEP_ALIVE,
+};
 use crate::error::ApiError;
 use crate::log::RequestLog;
 use crate::openai::{self, OpenAiEncoder};
@@ -56,15 +62,16 @@ pub async fn answer(
     };
     log.stream(req.stream);
     let (stream, include_usage) = (req.stream, req.include_usage);
-    let (model, prompt, params) = prepare(st, req, None, log).await?;
-    let job = st.admit(prompt, params)?;
-    let enc = encoder(ep, model, include_usage, None);
+    let p = prepare(st, req, None, log).await?;
+    let job = st.admit(p.prompt, p.params, p.grammar)?;
+    let enc = encoder(ep, p.model, include_usage, p.named_choice, None);
+    let calls = CallWatch::new(ep.flavor(), p.tools).forced(p.forced);
     if stream {
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(drive(enc, job, tx, log.clone()));
+        tokio::spawn(drive(enc, job, calls, tx, log.clone()));
         return Ok(sse_response(rx));
     }
-    whole(enc, job, log).await
+    whole(enc, job, calls, log).await
 }
 
 /// Continue a cloud stream that broke: the local model goes on from `resume.text` in the same
@@ -87,18 +94,23 @@ pub async fn continue_stream(
     let include_usage = parsed.as_ref().is_ok_and(|r| r.include_usage);
     let admitted = match parsed {
         Ok(req) => match prepare(st, req, Some(&resume), log).await {
-            Ok((model, prompt, params)) => st.admit(prompt, params).map(|job| (model, job)),
+            Ok(p) => {
+                let named = p.named_choice;
+                let calls = CallWatch::new(ep.flavor(), p.tools).forced(p.forced);
+                st.admit(p.prompt, p.params, p.grammar)
+                    .map(|job| (p.model, calls, named, job))
+            }
             Err(e) => Err(e),
         },
         Err(e) => Err(e),
     };
     match admitted {
-        Ok((model, job)) => {
-            let enc = encoder(ep, model, include_usage, Some(&resume));
-            drive(enc, job, tx.clone(), log.clone()).await;
+        Ok((model, calls, named, job)) => {
+            let enc = encoder(ep, model, include_usage, named, Some(&resume));
+            drive(enc, job, calls, tx.clone(), log.clone()).await;
         }
         Err(e) => {
-            let mut enc = encoder(ep, String::new(), include_usage, Some(&resume));
+            let mut enc = encoder(ep, String::new(), include_usage, false, Some(&resume));
             let mut frames = Vec::new();
             enc.error(&e, &mut frames);
             log.finish("error");
@@ -120,12 +132,31 @@ fn encoder(
     ep: Endpoint,
     model: String,
     include_usage: bool,
+    named_choice: bool,
     resume: Option<&Resume>,
 ) -> Box<dyn Encoder> {
     match ep.flavor() {
-        Flavor::OpenAi => Box::new(OpenAiEncoder::new(ep, model, include_usage, resume)),
+        Flavor::OpenAi => Box::new(
+            OpenAiEncoder::new(ep, model, include_usage, resume).named_choice(named_choice),
+        ),
         Flavor::Anthropic => Box::new(AnthropicEncoder::new(model, resume)),
     }
+}
+
+/// A request ready to admit.
+struct Prepared {
+    model: String,
+    prompt: Vec<u32>,
+    params: GenerateParams,
+    /// The tools the model was shown (none unless it may call them).
+    tools: Vec<ToolSpec>,
+    /// What the output must be: the call format when a call is forced, or the request's
+    /// `response_format`.
+    grammar: Option<Grammar>,
+    /// The request named the tool to call.
+    named_choice: bool,
+    /// The answer must be tool calls.
+    forced: bool,
 }
 
 /// Check the model name and the sampling settings against the model, and tokenize; a
@@ -135,7 +166,7 @@ async fn prepare(
     req: GenRequest,
     resume: Option<&Resume>,
     log: &RequestLog,
-) -> Result<(String, Vec<u32>, GenerateParams), ApiError> {
+) -> Result<Prepared, ApiError> {
     if let Some(m) = &req.model {
         log.model(m);
     }
@@ -146,13 +177,21 @@ async fn prepare(
         .validate(n_vocab)
         .map_err(|e| ApiError::invalid(Some(e.field.api_name()), e.to_string()))?;
     let sent = resume.map(|r| r.text.clone()).filter(|t| !t.is_empty());
+    let mut shown = Vec::new();
     let prompt = match req.input {
-        Input::Chat { messages, prefill } => {
+        Input::Chat {
+            messages,
+            prefill,
+            tools,
+        } => {
             let prefill = match (prefill, sent) {
                 (Some(p), Some(s)) => Some(p + &s),
                 (p, s) => p.or(s),
             };
-            st.chat_prompt(messages, prefill).await?
+            if req.tool_choice.shows_tools() {
+                shown = tools;
+            }
+            st.chat_prompt(messages, shown.clone(), prefill).await?
         }
         Input::Text(text) => st.raw_prompt(text + sent.as_deref().unwrap_or("")).await?,
         Input::Tokens(mut ids) => {
@@ -168,7 +207,121 @@ async fn prepare(
             ids
         }
     };
-    Ok((model, prompt, req.params))
+    let grammar = if req.tool_choice.forces_call() {
+        let only = match &req.tool_choice {
+            ToolChoice::Named(n) => Some(n.as_str()),
+            _ => None,
+        };
+        let max = if req.single_call { 1 } else { MAX_CALLS };
+        let lark = call_grammar(&shown, only, max);
+        Some(st.compile(Constraint::Lark(lark), "tools").await?)
+    } else if let Some(c) = req.constraint {
+        Some(st.compile(c, "response_format").await?)
+    } else {
+        None
+    };
+    Ok(Prepared {
+        model,
+        prompt,
+        params: req.params,
+        tools: shown,
+        grammar,
+        named_choice: matches!(req.tool_choice, ToolChoice::Named(_)),
+        forced: req.tool_choice.forces_call(),
+    })
+}
+
+/// Watches generated text for tool calls in the generic format: text before a call goes
+/// out as it comes (less a tail that could begin the call tag), a call is held until the
+/// answer ends, then parsed whole. Text that does not parse as calls naming the request's
+/// tools goes out as text.
+pub(crate) struct CallWatch {
+    flavor: Flavor,
+    tools: Vec<ToolSpec>,
+    held: String,
+    in_call: bool,
+    /// The answer had to be calls: a call cut short by the budget is dropped, not shown as
+    /// text (the answer then ends with `length` and no call).
+    forced: bool,
+}
+
+impl CallWatch {
+    pub(crate) fn new(flavor: Flavor, tools: Vec<ToolSpec>) -> Self {
+        Self {
+            flavor,
+            tools,
+            held: String::new(),
+            in_call: false,
+            forced: false,
+        }
+    }
+
+    pub(crate) fn forced(mut self, forced: bool) -> Self {
+        self.forced = forced;
+        self
+    }
+
+    /// The part of `piece` (with what was held) that can go out now.
+    fn push(&mut self, piece: &str) -> String {
+        if self.tools.is_empty() {
+            return piece.to_owned();
+        }
+        self.held.push_str(piece);
+        if self.in_call {
+            return String::new();
+        }
+        if let Some(at) = self.held.find(CALL_OPEN) {
+            self.in_call = true;
+            let rest = self.held.split_off(at);
+            return std::mem::replace(&mut self.held, rest);
+        }
+        let keep = (1..CALL_OPEN.len())
+            .rev()
+            .find(|&k| self.held.ends_with(&CALL_OPEN[..k]))
+            .unwrap_or(0);
+        let rest = self.held.split_off(self.held.len() - keep);
+        std::mem::replace(&mut self.held, rest)
+    }
+
+    /// At the end: text still to send, and the calls.
+    fn end(&mut self) -> (String, Vec<CallOut>) {
+        let held = std::mem::take(&mut self.held);
+        if !self.in_call {
+            return (held, Vec::new());
+        }
+        match parse_calls(&held, &self.tools) {
+            Some((_, calls)) => (String::new(), self.calls_out(calls)),
+            None if self.forced => (String::new(), Vec::new()),
+            None => (held, Vec::new()),
+        }
+    }
+
+    /// A whole answer's text split into prose and calls.
+    fn split(&self, text: String) -> (String, Vec<CallOut>) {
+        if self.tools.is_empty() {
+            return (text, Vec::new());
+        }
+        match parse_calls(&text, &self.tools) {
+            Some((prose, calls)) => (prose, self.calls_out(calls)),
+            None if self.forced => (String::new(), Vec::new()),
+            None => (text, Vec::new()),
+        }
+    }
+
+    fn calls_out(&self, calls: Vec<backstop_engine::tools::ParsedCall>) -> Vec<CallOut> {
+        let prefix = match self.flavor {
+            Flavor::OpenAi => "call_",
+            Flavor::Anthropic => "toolu_",
+        };
+        calls
+            .into_iter()
+            .map(|c| CallOut {
+                id: new_id(prefix),
+                name: c.name,
+                arguments: c.arguments,
+            })
+            .collect()
+    }
 }
 
 async fn count_tokens(
@@ -181,12 +334,17 @@ async fn count_tokens(
         log.model(m);
     }
     st.checked_model(model)?;
-    let Input::Chat { messages, prefill } = input else {
+    let Input::Chat {
+        messages,
+        prefill,
+        tools,
+    } = input
+    else {
         return Err(ApiError::internal(
             "count_tokens parsed to a non-chat input",
         ));
     };
-    let prompt = st.chat_prompt(messages, prefill).await?;
+    let prompt = st.chat_prompt(messages, tools, prefill).await?;
     Ok(Json(anthropic::count_body(prompt.len())).into_response())
 }
 
@@ -208,6 +366,7 @@ fn finish_name(r: &StopReason) -> &'static str {
         StopReason::EndOfGeneration | StopReason::StopString(_) => "stop",
         StopReason::MaxTokens | StopReason::ContextFull => "length",
         StopReason::Cancelled => "cancelled",
+        StopReason::Closed => "closed",
     }
 }
 
@@ -216,6 +375,7 @@ fn finish_name(r: &StopReason) -> &'static str {
 async fn whole(
     enc: Box<dyn Encoder>,
     mut job: Admitted,
+    calls: CallWatch,
     log: &RequestLog,
 ) -> Result<Response, ApiError> {
     let mut text = String::new();
@@ -228,8 +388,13 @@ async fn whole(
             Some(Event::Done(o)) => {
                 let u = Usage::of(job.n_prompt, &o);
                 log.tokens(u.prompt, u.cached, u.completion);
-                log.finish(finish_name(&o.stop_reason));
-                return Ok(Json(enc.whole(&text, &u, &o)).into_response());
+                let (text, called) = calls.split(text);
+                log.finish(if called.is_empty() {
+                    finish_name(&o.stop_reason)
+                } else {
+                    "tool_calls"
+                });
+                return Ok(Json(enc.whole(&text, &called, &u, &o)).into_response());
             }
             other => {
                 log.finish("error");
@@ -254,6 +419,7 @@ async fn send(tx: &StreamTx, frames: &mut Vec<Frame>) -> bool {
 pub(crate) async fn drive(
     mut enc: Box<dyn Encoder>,
     mut job: Admitted,
+    mut calls: CallWatch,
     tx: StreamTx,
     log: RequestLog,
 ) {
@@ -277,12 +443,24 @@ pub(crate) async fn drive(
         match ev {
             Some(Event::Text(t)) => {
                 log.first_token();
-                enc.text(&t, &mut frames);
+                let now = calls.push(&t);
+                if !now.is_empty() {
+                    enc.text(&now, &mut frames);
+                }
             }
             Some(Event::Done(o)) => {
                 let u = Usage::of(job.n_prompt, &o);
                 log.tokens(u.prompt, u.cached, u.completion);
-                log.finish(finish_name(&o.stop_reason));
+                let (rest, called) = calls.end();
+                if !rest.is_empty() {
+                    enc.text(&rest, &mut frames);
+                }
+                enc.tool_calls(&called, &mut frames);
+                log.finish(if called.is_empty() {
+                    finish_name(&o.stop_reason)
+                } else {
+                    "tool_calls"
+                });
                 enc.finish(&u, &o, &mut frames);
                 send(&tx, &mut frames).await;
                 return;

@@ -8,13 +8,17 @@
 
 use std::collections::HashMap;
 
-use backstop_engine::chat::ChatMessage;
+use backstop_engine::chat::{ChatMessage, ToolCall, ToolSpec};
 use backstop_engine::generate::{GenerateParams, Outcome, StopReason};
+use backstop_engine::grammar::Constraint;
 use backstop_engine::sampling::SamplingParams;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::core::{new_id, timings, unix_now, Encoder, Frame, GenRequest, Input, Resume, Usage};
+use crate::core::{
+    new_id, timings, unix_now, CallOut, Encoder, Frame, GenRequest, Input, Resume, ToolChoice,
+    Usage,
+};
 use crate::error::ApiError;
 use crate::request::{in_range, max_tokens, parse_json, seed_or_random};
 use crate::wire::{Endpoint, Flavor};
@@ -60,7 +64,9 @@ struct ChatRequest {
     logprobs: Option<bool>,
     top_logprobs: Option<i64>,
     response_format: Option<Value>,
+    tools: Option<Vec<ToolIn>>,
     tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
     function_call: Option<Value>,
 }
 
@@ -68,6 +74,36 @@ struct ChatRequest {
 struct ChatMessageIn {
     role: String,
     content: Option<Value>,
+    tool_calls: Option<Vec<ToolCallIn>>,
+    tool_call_id: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ToolIn {
+    #[serde(rename = "type")]
+    kind: String,
+    function: Option<FunctionIn>,
+}
+
+#[derive(Deserialize)]
+struct FunctionIn {
+    name: String,
+    description: Option<String>,
+    parameters: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallIn {
+    id: Option<String>,
+    function: FunctionCallIn,
+}
+
+#[derive(Deserialize)]
+struct FunctionCallIn {
+    name: String,
+    /// A JSON text, as the API sends it.
+    arguments: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -153,7 +189,8 @@ fn generate_params(s: SamplingFields, budget: Option<usize>) -> Result<GenerateP
 
 pub fn finish_reason(r: &StopReason) -> &'static str {
     match r {
-        StopReason::EndOfGeneration | StopReason::StopString(_) => "stop",
+        // A constrained answer closed early is complete and valid.
+        StopReason::EndOfGeneration | StopReason::StopString(_) | StopReason::Closed => "stop",
         // Cut short (context full, or the server shutting down): the text is incomplete.
         StopReason::MaxTokens | StopReason::ContextFull | StopReason::Cancelled => "length",
     }
@@ -172,7 +209,7 @@ pub fn usage(u: &Usage) -> Value {
 fn content_text(i: usize, m: &ChatMessageIn) -> Result<String, ApiError> {
     let param = format!("messages[{i}].content");
     match &m.content {
-        None | Some(Value::Null) if m.role == "assistant" => Ok(String::new()),
+        None | Some(Value::Null) if m.role == "assistant" || m.role == "tool" => Ok(String::new()),
         None | Some(Value::Null) => Err(ApiError::invalid(
             Some(&param),
             format!("'{param}' is missing"),
@@ -225,17 +262,75 @@ fn chat_messages(messages: Option<Vec<ChatMessageIn>>) -> Result<Vec<ChatMessage
             "system" | "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
+            "tool" => {
+                let id = m.tool_call_id.as_deref().ok_or_else(|| {
+                    ApiError::invalid(
+                        Some(&format!("messages[{i}].tool_call_id")),
+                        format!("'messages[{i}].tool_call_id' is required for a tool message"),
+                    )
+                })?;
+                out.push(ChatMessage::tool_result(
+                    id,
+                    m.name.clone(),
+                    content_text(i, m)?,
+                ));
+                continue;
+            }
             other => {
                 return Err(ApiError::invalid(
                     Some(&format!("messages[{i}].role")),
                     format!(
                         "'messages[{i}].role' is {other:?}; supported roles are system, developer, \
-                         user and assistant"
+                         user, assistant and tool"
                     ),
                 ))
             }
         };
-        out.push(ChatMessage::new(role, content_text(i, m)?));
+        let mut msg = ChatMessage::new(role, content_text(i, m)?);
+        if role == "assistant" {
+            for (j, c) in m.tool_calls.iter().flatten().enumerate() {
+                let text = c.function.arguments.as_deref().unwrap_or("{}");
+                // Templates read arguments as an object; a call whose arguments are not JSON
+                // is kept as the string it was, never dropped.
+                let args = serde_json::from_str::<Value>(text)
+                    .unwrap_or_else(|_| Value::String(text.to_owned()));
+                let id = c.id.clone().unwrap_or_else(|| format!("call_{i}_{j}"));
+                msg.tool_calls
+                    .push(ToolCall::new(id, c.function.name.as_str(), args));
+            }
+        }
+        out.push(msg);
+    }
+    Ok(out)
+}
+
+/// The request's function tools.
+fn tool_specs(tools: Option<Vec<ToolIn>>) -> Result<Vec<ToolSpec>, ApiError> {
+    let mut out = Vec::new();
+    for (i, t) in tools.into_iter().flatten().enumerate() {
+        let param = format!("tools[{i}]");
+        let f = match (t.kind.as_str(), t.function) {
+            ("function", Some(f)) => f,
+            (kind, _) => {
+                return Err(ApiError::invalid(
+                    Some(&param),
+                    format!("'{param}' has type {kind:?}; only \"function\" tools are supported"),
+                ))
+            }
+        };
+        if f.name.is_empty() {
+            return Err(ApiError::invalid(
+                Some(&param),
+                format!("'{param}.function.name' must not be empty"),
+            ));
+        }
+        out.push(ToolSpec {
+            name: f.name,
+            description: f.description,
+            parameters: f
+                .parameters
+                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+        });
     }
     Ok(out)
 }
@@ -252,29 +347,82 @@ fn check_chat_unsupported(r: &ChatRequest) -> Result<(), ApiError> {
     if r.top_logprobs.is_some_and(|n| n > 0) {
         return Err(refuse("top_logprobs", "is not supported by this server"));
     }
-    if let Some(rf) = &r.response_format {
-        let ty = rf.get("type").and_then(Value::as_str).unwrap_or("");
-        if ty != "text" {
-            return Err(refuse(
-                "response_format",
-                &format!("of type {ty:?} is not supported (only \"text\")"),
-            ));
-        }
-    }
-    for (param, choice) in [
-        ("tool_choice", &r.tool_choice),
-        ("function_call", &r.function_call),
-    ] {
-        match choice {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if s == "auto" || s == "none" => {}
-            Some(_) => return Err(refuse(
-                param,
-                "requires a tool call, which this server does not make (use \"auto\" or \"none\")",
-            )),
-        }
+    if r.function_call.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(refuse(
+            "function_call",
+            "(the deprecated functions API) is not supported; use 'tools' and 'tool_choice'",
+        ));
     }
     Ok(())
+}
+
+/// `response_format`: text, any JSON object, or JSON valid against a schema.
+fn constraint(rf: Option<&Value>) -> Result<Option<Constraint>, ApiError> {
+    let Some(rf) = rf.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    match rf.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Constraint::JsonObject)),
+        Some("json_schema") => {
+            let schema = rf
+                .pointer("/json_schema/schema")
+                .filter(|s| s.is_object() || s.is_boolean())
+                .ok_or_else(|| {
+                    refuse(
+                        "response_format",
+                        "of type \"json_schema\" needs 'json_schema.schema', a JSON Schema object",
+                    )
+                })?;
+            Ok(Some(Constraint::JsonSchema(schema.clone())))
+        }
+        other => Err(refuse(
+            "response_format",
+            &format!(
+                "of type {:?} is not supported (text, json_object or json_schema)",
+                other.unwrap_or("")
+            ),
+        )),
+    }
+}
+
+/// `tool_choice`: "auto", "none", "required", or `{"type": "function", "function": {"name"}}`.
+fn tool_choice(v: Option<&Value>, tools: &[ToolSpec]) -> Result<ToolChoice, ApiError> {
+    let choice =
+        match v {
+            None | Some(Value::Null) => ToolChoice::Auto,
+            Some(Value::String(s)) => match s.as_str() {
+                "auto" => ToolChoice::Auto,
+                "none" => ToolChoice::None,
+                "required" => ToolChoice::Required,
+                other => {
+                    return Err(refuse(
+                        "tool_choice",
+                        &format!(
+                            "is {other:?}; expected \"auto\", \"none\", \"required\" or a function"
+                        ),
+                    ))
+                }
+            },
+            Some(obj) => match obj.pointer("/function/name").and_then(Value::as_str) {
+                Some(name) => ToolChoice::Named(name.to_owned()),
+                None => return Err(refuse(
+                    "tool_choice",
+                    "must name a function: {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                )),
+            },
+        };
+    match &choice {
+        ToolChoice::Required if tools.is_empty() => Err(refuse(
+            "tool_choice",
+            "is \"required\" but the request has no 'tools'",
+        )),
+        ToolChoice::Named(n) if !tools.iter().any(|t| &t.name == n) => Err(refuse(
+            "tool_choice",
+            &format!("names the function {n:?}, which is not in 'tools'"),
+        )),
+        _ => Ok(choice),
+    }
 }
 
 /// Parse a `/v1/chat/completions` body.
@@ -286,13 +434,20 @@ pub fn parse_chat(bytes: &[u8]) -> Result<GenRequest, ApiError> {
         None => max_tokens("max_tokens", req.max_tokens)?,
     };
     let messages = chat_messages(req.messages)?;
+    let tools = tool_specs(req.tools)?;
+    let tool_choice = tool_choice(req.tool_choice.as_ref(), &tools)?;
+    let constraint = constraint(req.response_format.as_ref())?;
     let params = generate_params(req.sampling, budget)?;
     Ok(GenRequest {
         endpoint: Endpoint::Chat,
         model: req.model,
+        tool_choice,
+        single_call: req.parallel_tool_calls == Some(false),
+        constraint,
         input: Input::Chat {
             messages,
             prefill: None,
+            tools,
         },
         params,
         stream: req.stream == Some(true),
@@ -371,6 +526,9 @@ pub fn parse_completion(bytes: &[u8]) -> Result<GenRequest, ApiError> {
     Ok(GenRequest {
         endpoint: Endpoint::Completions,
         model: req.model,
+        tool_choice: ToolChoice::None,
+        single_call: false,
+        constraint: None,
         input,
         params,
         stream: req.stream == Some(true),
@@ -413,6 +571,16 @@ pub struct OpenAiEncoder {
     include_usage: bool,
     /// Continuing a cloud stream: no opening chunk, and the marker on the last one.
     resumed: Option<Value>,
+    /// The answer called tools: its finish reason is "tool_calls" ("stop" when the request
+    /// named the function, as OpenAI answers).
+    called: bool,
+    named_choice: bool,
+}
+
+/// A tool call as OpenAI writes it (`arguments` a JSON text).
+fn call_json(c: &CallOut) -> Value {
+    json!({"id": c.id, "type": "function",
+           "function": {"name": c.name, "arguments": c.arguments.to_string()}})
 }
 
 impl OpenAiEncoder {
@@ -440,6 +608,22 @@ impl OpenAiEncoder {
             created: unix_now(),
             include_usage,
             resumed: resume.map(|r| r.marker.clone()),
+            called: false,
+            named_choice: false,
+        }
+    }
+
+    /// The request named the function to call (`tool_choice: {"type": "function", ...}`).
+    pub fn named_choice(mut self, named: bool) -> Self {
+        self.named_choice = named;
+        self
+    }
+
+    fn tool_finish(&self) -> &'static str {
+        if self.named_choice {
+            "stop"
+        } else {
+            "tool_calls"
         }
     }
 
@@ -491,9 +675,33 @@ impl Encoder for OpenAiEncoder {
         out.push(Frame::json(None, &self.chunk(Some(text), false, None)));
     }
 
+    fn tool_calls(&mut self, calls: &[CallOut], out: &mut Vec<Frame>) {
+        if self.kind != Kind::Chat || calls.is_empty() {
+            return;
+        }
+        self.called = true;
+        for (i, c) in calls.iter().enumerate() {
+            // The id, type and name once, then the arguments (here in one fragment).
+            let mut head = self.chunk(None, false, None);
+            head["choices"][0]["delta"] = json!({"tool_calls": [{
+                "index": i, "id": c.id, "type": "function",
+                "function": {"name": c.name, "arguments": ""}}]});
+            out.push(Frame::json(None, &head));
+            let mut args = self.chunk(None, false, None);
+            args["choices"][0]["delta"] = json!({"tool_calls": [{
+                "index": i, "function": {"arguments": c.arguments.to_string()}}]});
+            out.push(Frame::json(None, &args));
+        }
+    }
+
     fn finish(&mut self, u: &Usage, o: &Outcome, out: &mut Vec<Frame>) {
         let text = (self.kind == Kind::Text).then_some("");
-        let mut last = self.chunk(text, false, Some(finish_reason(&o.stop_reason)));
+        let reason = if self.called {
+            self.tool_finish()
+        } else {
+            finish_reason(&o.stop_reason)
+        };
+        let mut last = self.chunk(text, false, Some(reason));
         // llama-server puts its timings on the last chunk; clients read them there.
         last["timings"] = timings(o);
         if let Some(marker) = &self.resumed {
@@ -520,8 +728,19 @@ impl Encoder for OpenAiEncoder {
         out.push(Frame::done());
     }
 
-    fn whole(&self, text: &str, u: &Usage, o: &Outcome) -> Value {
+    fn whole(&self, text: &str, calls: &[CallOut], u: &Usage, o: &Outcome) -> Value {
         let choice = match self.kind {
+            Kind::Chat if !calls.is_empty() => json!({
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": if text.is_empty() { Value::Null } else { Value::from(text) },
+                    "refusal": null,
+                    "tool_calls": calls.iter().map(call_json).collect::<Vec<_>>(),
+                },
+                "logprobs": null,
+                "finish_reason": self.tool_finish(),
+            }),
             Kind::Chat => json!({
                 "index": 0,
                 "message": {"role": "assistant", "content": text, "refusal": null},

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use backstop_engine::generate::Session;
 use backstop_engine::generate::{Engine, GenerateParams, Outcome, StopReason};
+use backstop_engine::grammar::Grammar;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -32,6 +33,8 @@ pub enum Event {
 pub struct Job {
     pub prompt: Vec<u32>,
     pub params: GenerateParams,
+    /// What the output must be, compiled for this job.
+    pub grammar: Option<Grammar>,
     pub events: mpsc::Sender<Event>,
     pub admitted_at: Instant,
 }
@@ -163,7 +166,7 @@ impl Scheduler {
         }
     }
 
-    fn run_job(&self, engine: &Engine, session: &mut Session, job: Job) {
+    fn run_job(&self, engine: &Engine, session: &mut Session, mut job: Job) {
         // The client left while the job waited: nothing to do.
         if job.events.is_closed() {
             self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
@@ -195,7 +198,13 @@ impl Scheduler {
             }
             !self.cancel_all.load(Ordering::Relaxed)
         };
-        let result = engine.generate(session, &job.prompt, &job.params, &mut on_text);
+        let result = engine.generate_with(
+            session,
+            &job.prompt,
+            &job.params,
+            job.grammar.as_mut(),
+            &mut on_text,
+        );
         match result {
             Ok(outcome) => {
                 self.metrics.prompt_tokens.fetch_add(

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use backstop_engine::chat::ChatMessage;
+use backstop_engine::chat::{ChatMessage, ToolSpec};
 use backstop_engine::generate::{Engine, EngineError, GenerateParams};
+use backstop_engine::grammar::{Constraint, Grammar};
 use tokio::sync::mpsc;
 
 use crate::config::ServeConfig;
@@ -125,10 +126,12 @@ impl AppState {
     }
 
     /// Tokenize a conversation with the model's chat template, off the async workers.
-    /// `prefill` is text the assistant's answer must start with.
+    /// `tools` are shown to the model; `prefill` is text the assistant's answer must start
+    /// with.
     pub async fn chat_prompt(
         self: &Arc<Self>,
         messages: Vec<ChatMessage>,
+        tools: Vec<ToolSpec>,
         prefill: Option<String>,
     ) -> Result<Vec<u32>, ApiError> {
         let me = Arc::clone(self);
@@ -141,7 +144,7 @@ impl AppState {
                 )
             })?;
             let mut text = template
-                .render_prompt(&messages, true, engine.tokenizer.add_bos())
+                .render_prompt(&messages, &tools, true, engine.tokenizer.add_bos())
                 .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
             if let Some(p) = prefill {
                 text.push_str(&p);
@@ -167,6 +170,23 @@ impl AppState {
         .await
     }
 
+    /// Compile an output constraint for one request, off the async workers; one that does
+    /// not compile is a 400 naming `param` and why.
+    pub async fn compile(
+        self: &Arc<Self>,
+        constraint: Constraint,
+        param: &'static str,
+    ) -> Result<Grammar, ApiError> {
+        let me = Arc::clone(self);
+        blocking(move || {
+            me.model()?
+                .engine
+                .compile_constraint(&constraint)
+                .map_err(|e| ApiError::invalid(Some(param), format!("'{param}': {e}")))
+        })
+        .await
+    }
+
     /// Tokens of text that continues a prompt (no BOS, special tokens not parsed).
     pub async fn continuation_tokens(self: &Arc<Self>, text: String) -> Result<Vec<u32>, ApiError> {
         let me = Arc::clone(self);
@@ -186,6 +206,7 @@ impl AppState {
         &self,
         prompt: Vec<u32>,
         mut params: GenerateParams,
+        grammar: Option<Grammar>,
     ) -> Result<Admitted, ApiError> {
         let loaded = self.model()?;
         let n_prompt = prompt.len();
@@ -201,6 +222,7 @@ impl AppState {
         let job = Job {
             prompt,
             params,
+            grammar,
             events: tx,
             admitted_at: Instant::now(),
         };
