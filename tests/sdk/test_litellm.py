@@ -130,3 +130,44 @@ def test_router_async_stream_fallback(server, reference, cloud):
 
     assert asyncio.run(main()) == reference
     assert stub.hits
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("via", ["openai", "anthropic"])
+@pytest.mark.parametrize("cloud", ["anthropic_529"], indirect=True)
+def test_router_falls_back_with_tools(server, cloud, via):
+    """An agent's request with tools, forced to call one, fails over to backstop and comes back
+    as a well-formed tool call, through either of LiteLLM's providers."""
+    import json
+
+    cloud_params, stub = cloud
+    local = local_openai(server) if via == "openai" else {
+        "model": "anthropic/claude-backstop", "api_base": server.url, "api_key": API_KEY, "max_retries": 0}
+    router = make_router(cloud_params, local)
+    r = router.completion(
+        model="cloud-model",
+        messages=[{"role": "user", "content": "What's the weather in Paris?"}],
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        max_tokens=60,
+        temperature=0,
+    )
+    assert stub.hits
+    calls = r.choices[0].message.tool_calls
+    assert calls and calls[0].function.name == "get_weather", r
+    args = json.loads(calls[0].function.arguments)
+    assert set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit"), args

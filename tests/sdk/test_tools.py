@@ -326,3 +326,21 @@ def test_anthropic_tool_result_blocks_and_errors_accepted(ant):
     m = ant.messages.create(model=CLAUDE, max_tokens=16, messages=messages, tools=ANT_TOOLS,
                             extra_body={"temperature": 0})
     assert m.content
+
+
+@pytest.mark.parametrize("i", range(0, SWEEP, 2))
+def test_openai_auto_answers_text_or_a_valid_call(oai, i):
+    """auto: the model decides; whatever it decides comes back well-formed."""
+    r = oai.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPTS[i]}], tools=OAI_TOOLS,
+        temperature=0, max_tokens=120,
+    )
+    c = r.choices[0]
+    if c.message.tool_calls:
+        assert c.finish_reason == "tool_calls"
+        for call in c.message.tool_calls:
+            validate_call(call.function.name, json.loads(call.function.arguments))
+    else:
+        # Text; a call shows as text only when the budget cut it ("length").
+        assert c.message.content, c.message
+        assert "<tool_call>" not in c.message.content or c.finish_reason == "length", c

@@ -156,6 +156,8 @@ pub struct ChatTemplate {
     source: TemplateSource,
     /// The template reads `tools` and `tool_calls` itself.
     tools_aware: bool,
+    /// How the model writes calls (for templates that handle tools; else the generic one).
+    call_format: crate::tools::CallFormat,
     bos_token: String,
     eos_token: String,
 }
@@ -199,6 +201,11 @@ impl ChatTemplate {
         eos_token: String,
     ) -> Result<Self, ChatError> {
         let tools_aware = template.contains("tools") && template.contains("tool_calls");
+        let call_format = if tools_aware {
+            crate::tools::CallFormat::detect(&template)
+        } else {
+            crate::tools::CallFormat::Hermes
+        };
         let mut env = Environment::new();
         // HF transformers and llama.cpp both render with these on; templates are written
         // for them (a `{% if %}` line would otherwise leave its newline in the prompt).
@@ -217,6 +224,7 @@ impl ChatTemplate {
             env,
             source,
             tools_aware,
+            call_format,
             bos_token,
             eos_token,
         })
@@ -231,6 +239,12 @@ impl ChatTemplate {
     /// the others, `render_with_tools` describes the tools and lowers the tool turns itself.
     pub fn handles_tools(&self) -> bool {
         self.tools_aware
+    }
+
+    /// How the model writes tool calls: its family's format when the template handles tools,
+    /// the generic `<tool_call>` format (the one `render_with_tools` describes) otherwise.
+    pub fn call_format(&self) -> crate::tools::CallFormat {
+        self.call_format
     }
 
     /// Render the conversation exactly as the template says (BOS text included if the

@@ -326,7 +326,7 @@ impl Engine {
                         break;
                     }
                     g.mask(session.logits_mut())?;
-                    closing |= params.max_tokens - tokens.len() <= reserve;
+                    closing |= g.closes_early() && params.max_tokens - tokens.len() <= reserve;
                     if closing {
                         forced = g.closing_choice(session.logits_mut());
                     }

@@ -183,6 +183,7 @@ impl GrammarCompiler {
             matcher,
             n_vocab: self.n_vocab,
             closers: Arc::clone(&self.closers),
+            close_early: true,
         })
     }
 }
@@ -196,6 +197,8 @@ pub struct Grammar {
     matcher: Matcher,
     n_vocab: usize,
     closers: Arc<[TokenId]>,
+    /// Whether the budget's last tokens close the value (see `closing_choice`).
+    close_early: bool,
 }
 
 impl std::fmt::Debug for Grammar {
@@ -207,6 +210,18 @@ impl std::fmt::Debug for Grammar {
 }
 
 impl Grammar {
+    /// Never close early: for grammars whose free text may end anywhere (tool choice `auto`),
+    /// where closing would cut prose short and call it finished.
+    pub fn without_early_close(mut self) -> Self {
+        self.close_early = false;
+        self
+    }
+
+    /// Whether the budget's last tokens go to closing the value.
+    pub fn closes_early(&self) -> bool {
+        self.close_early
+    }
+
     /// The grammar is complete and allows nothing more: generation ends here.
     pub fn is_done(&self) -> bool {
         self.matcher.is_stopped()

@@ -171,6 +171,152 @@ pub fn call_grammar(tools: &[ToolSpec], only: Option<&str>, max_calls: usize) ->
     format!("start: {}\n{block}{rules}", starts.join(" | "))
 }
 
+/// A Lark grammar for `tool_choice: auto` in the generic format: free text (never holding
+/// the call tag), or free text up to the tag followed by 1 to `max_calls` calls under
+/// `call_grammar`'s rules. The model is free until it writes the tag; from there on the call
+/// is forced to be well-formed, and nothing but further calls may follow it.
+pub fn auto_grammar(tools: &[ToolSpec], max_calls: usize) -> String {
+    let calls = call_grammar(tools, None, max_calls);
+    let open = serde_json::to_string(CALL_OPEN).unwrap_or_default();
+    let (_, rules) = calls.split_once('\n').unwrap_or_default();
+    // The first block's tag is the end of `head`, a lazy lexeme: the shortest text that
+    // ends with the tag. PROSE is any text in which the tag does not occur.
+    let first = rules
+        .lines()
+        .find(|l| l.starts_with("block:"))
+        .map(|l| {
+            let tag_nl = serde_json::to_string(&format!("{CALL_OPEN}\n")).unwrap_or_default();
+            l.replacen("block:", "first:", 1)
+                .replacen(&tag_nl, "\"\\n\"", 1)
+        })
+        .unwrap_or_default();
+    let starts: Vec<String> = (1..=max_calls.max(1))
+        .map(|n| {
+            let mut parts = vec!["head first".to_owned()];
+            parts.extend(std::iter::repeat_n("block".to_owned(), n - 1));
+            parts.join(" \"\\n\" ")
+        })
+        .collect();
+    format!(
+        "start: PROSE | {}\nhead[lazy]: ANY {open}\nANY: /(.|\\n)*/\n\
+         PROSE: /(.|\\n)*/ & ~/(.|\\n)*{}(.|\\n)*/\n{first}\n{rules}",
+        starts.join(" | "),
+        regex_escape(&open[1..open.len() - 1])
+    )
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$/".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// How a model family writes its tool calls, detected from its chat template. Control tokens
+/// (`<|python_tag|>`, `[TOOL_CALLS]`) do not reach the text, so the JSON after them is what
+/// is parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallFormat {
+    /// `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`: Hermes, Qwen 2.5/3, and
+    /// the generic format of templates without tool support.
+    Hermes,
+    /// Llama 3.1+: the answer is `{"name": ..., "parameters": {...}}` (after
+    /// `<|python_tag|>`), several separated by `;`.
+    Llama3,
+    /// Mistral: after `[TOOL_CALLS]`, a JSON array of `{"name": ..., "arguments": {...}}`.
+    Mistral,
+}
+
+impl CallFormat {
+    /// The family a tool-aware template writes calls in.
+    pub fn detect(template: &str) -> Self {
+        if template.contains("[TOOL_CALLS]") {
+            CallFormat::Mistral
+        } else if template.contains("<|python_tag|>") || template.contains("ipython") {
+            CallFormat::Llama3
+        } else {
+            CallFormat::Hermes
+        }
+    }
+
+    /// For formats whose calls are the whole answer: the character a call answer starts
+    /// with (after whitespace). Hermes calls start at a tag anywhere (`CALL_OPEN`).
+    pub fn leading(self) -> Option<char> {
+        match self {
+            CallFormat::Hermes => None,
+            CallFormat::Llama3 => Some('{'),
+            CallFormat::Mistral => Some('['),
+        }
+    }
+
+    /// The prose before the calls, and the calls, when `text` holds whole, well-formed calls
+    /// naming `tools`; `None` otherwise (then the text is an ordinary answer).
+    pub fn parse(self, text: &str, tools: &[ToolSpec]) -> Option<(String, Vec<ParsedCall>)> {
+        match self {
+            CallFormat::Hermes => parse_calls(text, tools),
+            CallFormat::Llama3 => {
+                let body = text.trim().trim_start_matches("<|python_tag|>");
+                let mut calls = Vec::new();
+                for v in json_sequence(body, ';')? {
+                    let args = v.get("parameters").or_else(|| v.get("arguments"));
+                    calls.push(known_call(v.get("name"), args, tools)?);
+                }
+                (!calls.is_empty()).then(|| (String::new(), calls))
+            }
+            CallFormat::Mistral => {
+                let body = text.trim().trim_start_matches("[TOOL_CALLS]");
+                let list: Value = serde_json::from_str(body).ok()?;
+                let mut calls = Vec::new();
+                for v in list.as_array()? {
+                    calls.push(known_call(v.get("name"), v.get("arguments"), tools)?);
+                }
+                (!calls.is_empty()).then(|| (String::new(), calls))
+            }
+        }
+    }
+}
+
+/// JSON values one after another, separated by whitespace and `sep`; `None` unless the whole
+/// text is such a sequence.
+fn json_sequence(text: &str, sep: char) -> Option<Vec<Value>> {
+    let mut out = Vec::new();
+    let mut rest = text.trim_start();
+    while !rest.is_empty() {
+        let mut it = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+        let v = it.next()?.ok()?;
+        rest = rest[it.byte_offset()..].trim_start();
+        rest = rest.strip_prefix(sep).unwrap_or(rest).trim_start();
+        out.push(v);
+    }
+    Some(out)
+}
+
+/// A call naming one of `tools`, its arguments an object (or a string holding one, as some
+/// models write them).
+fn known_call(
+    name: Option<&Value>,
+    args: Option<&Value>,
+    tools: &[ToolSpec],
+) -> Option<ParsedCall> {
+    let name = name?.as_str()?;
+    if !tools.iter().any(|t| t.name == name) {
+        return None;
+    }
+    let arguments = match args {
+        None => json!({}),
+        Some(Value::String(s)) => serde_json::from_str(s).ok()?,
+        Some(v) => v.clone(),
+    };
+    arguments.is_object().then(|| ParsedCall {
+        name: name.to_owned(),
+        arguments,
+    })
+}
+
 /// A call found in generated text: the tool's name and its arguments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedCall {
@@ -276,6 +422,55 @@ mod tests {
         assert!(g.contains("args_1: %json {"), "{g}");
         let one = call_grammar(&t, Some("shell"), 1);
         assert!(one.contains("(call_1)") && !one.contains("call_0"), "{one}");
+    }
+
+    #[test]
+    fn golden_transcripts_of_each_family_parse_into_calls() {
+        let t = tools();
+        let want = ParsedCall {
+            name: "read_file".into(),
+            arguments: json!({"path": "a.txt"}),
+        };
+        // Qwen 2.5 / Hermes 2 Pro.
+        let qwen = "<tool_call>\n{\"name\": \"read_file\", \"arguments\": {\"path\": \"a.txt\"}}\n</tool_call>";
+        assert_eq!(
+            CallFormat::Hermes.parse(qwen, &t).unwrap().1,
+            vec![want.clone()]
+        );
+        // Llama 3.1 (the <|python_tag|> control token does not reach the text), two calls.
+        let llama = "{\"name\": \"read_file\", \"parameters\": {\"path\": \"a.txt\"}}; {\"name\": \"read_file\", \"parameters\": {\"path\": \"a.txt\"}}";
+        assert_eq!(
+            CallFormat::Llama3.parse(llama, &t).unwrap().1,
+            vec![want.clone(), want.clone()]
+        );
+        // Mistral v0.3, arguments as an object or as a JSON string.
+        let mistral = "[{\"name\": \"read_file\", \"arguments\": {\"path\": \"a.txt\"}}, {\"name\": \"read_file\", \"arguments\": \"{\\\"path\\\": \\\"a.txt\\\"}\"}]";
+        assert_eq!(
+            CallFormat::Mistral.parse(mistral, &t).unwrap().1,
+            vec![want.clone(), want]
+        );
+        // Ordinary answers are not calls.
+        for f in [CallFormat::Hermes, CallFormat::Llama3, CallFormat::Mistral] {
+            assert!(f.parse("The answer is {x} [y].", &t).is_none(), "{f:?}");
+            assert!(
+                f.parse("{\"name\": \"Paris\", \"population\": 2}", &t)
+                    .is_none(),
+                "{f:?}"
+            );
+            assert!(f.parse("[1, 2, 3]", &t).is_none(), "{f:?}");
+        }
+        assert_eq!(
+            CallFormat::detect("{% if tools %}<tool_call>{% endif %}"),
+            CallFormat::Hermes
+        );
+        assert_eq!(
+            CallFormat::detect("<|python_tag|>{{ tool_call }}"),
+            CallFormat::Llama3
+        );
+        assert_eq!(
+            CallFormat::detect("[TOOL_CALLS] [{...}]"),
+            CallFormat::Mistral
+        );
     }
 
     #[test]

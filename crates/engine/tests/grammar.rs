@@ -265,3 +265,46 @@ fn constraints_that_do_not_compile_say_why() {
         }
     }
 }
+
+#[test]
+fn auto_mode_grammar_is_free_until_the_tag_then_forces_a_call() {
+    use backstop_engine::chat::ToolSpec;
+    use backstop_engine::tools::auto_grammar;
+    let engine = load(common::SMOLLM2);
+    let tools = vec![ToolSpec {
+        name: "read_file".into(),
+        description: None,
+        parameters: json!({"type": "object", "properties": {"path": {"type": "string"}},
+                           "required": ["path"], "additionalProperties": false}),
+    }];
+    let lark = auto_grammar(&tools, 2);
+    let accepts = |text: &str| {
+        let mut g = engine
+            .compile_constraint(&Constraint::Lark(lark.clone()))
+            .expect("compiles");
+        let ids = engine.tokenizer.encode_with(text, false, false).unwrap();
+        let mut logits = vec![0.0f32; engine.n_vocab()];
+        for &id in &ids {
+            logits.iter_mut().for_each(|l| *l = 0.0);
+            g.mask(&mut logits).unwrap();
+            if !logits[id as usize].is_finite() {
+                return false;
+            }
+            g.accept(id).unwrap();
+        }
+        true
+    };
+    assert!(accepts("Plain prose, with {braces} and <tags>."));
+    assert!(accepts(
+        "<tool_call>\n{\"name\": \"read_file\", \"arguments\": {\"path\": \"a\"}}\n</tool_call>"
+    ));
+    assert!(accepts("Let me look.\n<tool_call>\n{\"name\": \"read_file\", \"arguments\": {\"path\": \"a\"}}\n</tool_call>"));
+    assert!(
+        !accepts("<tool_call>\n{\"name\": \"rm_rf\""),
+        "an unknown tool after the tag"
+    );
+    assert!(!accepts(
+        "<tool_call>\n{\"name\": \"read_file\", \"arguments\": {\"nope\""
+    ));
+    assert!(!accepts("<tool_call>\n{\"name\": \"read_file\", \"arguments\": {\"path\": \"a\"}}\n</tool_call> and more prose"));
+}

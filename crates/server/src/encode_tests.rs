@@ -5,12 +5,14 @@
 use std::time::Duration;
 
 use backstop_engine::generate::{Outcome, StopReason};
+use backstop_engine::tools::CallFormat;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::anthropic::AnthropicEncoder;
+use crate::calls::CallWatch;
 use crate::core::{Encoder, Resume, Usage};
-use crate::local::{drive, CallWatch};
+use crate::local::drive;
 use crate::log::RequestLog;
 use crate::openai::OpenAiEncoder;
 use crate::scheduler::Event;
@@ -30,7 +32,11 @@ fn outcome(stop: StopReason, completion: usize, cached: usize) -> Outcome {
 
 /// Run `events` through the driver; the frames as (event name, data) pairs.
 fn stream(enc: Box<dyn Encoder>, events: Vec<Event>) -> Vec<(Option<String>, String)> {
-    stream_with(enc, events, CallWatch::new(Flavor::OpenAi, Vec::new()))
+    stream_with(
+        enc,
+        events,
+        CallWatch::new(Flavor::OpenAi, Vec::new(), CallFormat::Hermes),
+    )
 }
 
 fn stream_with(
@@ -458,7 +464,7 @@ fn openai_stream_turns_a_generic_call_into_tool_call_deltas() {
     let frames = stream_with(
         Box::new(enc),
         call_events(),
-        CallWatch::new(Flavor::OpenAi, read_file()),
+        CallWatch::new(Flavor::OpenAi, read_file(), CallFormat::Hermes),
     );
     let d = data(&frames);
     assert_eq!(d.len(), 5, "{frames:?}");
@@ -491,7 +497,7 @@ fn anthropic_stream_turns_a_generic_call_into_a_tool_use_block() {
     let frames = stream_with(
         Box::new(enc),
         call_events(),
-        CallWatch::new(Flavor::Anthropic, read_file()),
+        CallWatch::new(Flavor::Anthropic, read_file(), CallFormat::Hermes),
     );
     assert_eq!(
         names(&frames),
@@ -540,7 +546,7 @@ fn text_that_is_not_a_whole_known_call_stays_text() {
         let frames = stream_with(
             Box::new(enc),
             events,
-            CallWatch::new(Flavor::OpenAi, read_file()),
+            CallWatch::new(Flavor::OpenAi, read_file(), CallFormat::Hermes),
         );
         let d = data(&frames);
         let got: String = d
@@ -581,4 +587,42 @@ fn whole_answers_with_tool_calls() {
                 "input": {"path": "a.txt"}}])
     );
     assert_eq!(m["stop_reason"], "tool_use");
+}
+
+#[test]
+fn whole_answer_formats_hold_a_call_and_pass_prose_at_once() {
+    // Llama 3.x: an answer that starts with `{` is held and parsed as calls at the end.
+    let llama = "{\"name\": \"read_file\", \"parameters\": {\"path\": \"a.txt\"}}";
+    let frames = stream_with(
+        Box::new(OpenAiEncoder::new(Endpoint::Chat, "m".into(), false, None)),
+        vec![
+            Event::Text(llama[..9].into()),
+            Event::Text(llama[9..].into()),
+            Event::Done(outcome(StopReason::EndOfGeneration, 20, 0)),
+        ],
+        CallWatch::new(Flavor::OpenAi, read_file(), CallFormat::Llama3),
+    );
+    let d = data(&frames);
+    assert!(d
+        .iter()
+        .all(|c| c["choices"][0]["delta"].get("content").is_none()
+            || c["choices"][0]["delta"]["content"] == ""));
+    assert_eq!(
+        d[1]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"],
+        "read_file"
+    );
+    // Mistral prose streams as it comes, and `[` later in the text is not a call.
+    let frames = stream_with(
+        Box::new(OpenAiEncoder::new(Endpoint::Chat, "m".into(), false, None)),
+        vec![
+            Event::Text("Sure".into()),
+            Event::Text(" [1, 2]".into()),
+            Event::Done(outcome(StopReason::EndOfGeneration, 3, 0)),
+        ],
+        CallWatch::new(Flavor::OpenAi, read_file(), CallFormat::Mistral),
+    );
+    let d = data(&frames);
+    assert_eq!(d[1]["choices"][0]["delta"]["content"], "Sure");
+    assert_eq!(d[2]["choices"][0]["delta"]["content"], " [1, 2]");
+    assert_eq!(d[3]["choices"][0]["finish_reason"], "stop");
 }

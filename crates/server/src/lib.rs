@@ -15,6 +15,7 @@
 //! 6. `routes`: the handlers and middleware.
 
 pub mod anthropic;
+mod calls;
 pub mod config;
 pub mod core;
 pub mod error;

@@ -14,14 +14,14 @@ use axum::Json;
 use backstop_engine::chat::ToolSpec;
 use backstop_engine::generate::{GenerateParams, StopReason};
 use backstop_engine::grammar::{Constraint, Grammar};
-use backstop_engine::tools::{call_grammar, parse_calls, CALL_OPEN, MAX_CALLS};
+use backstop_engine::tools::{auto_grammar, call_grammar, CallFormat, MAX_CALLS};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::anthropic::{self, AnthropicEncoder};
+use crate::calls::CallWatch;
 use crate::core::{
-    new_id, unix_now, CallOut, Encoder, Frame, GenRequest, Input, Resume, ToolChoice, Usage,
-    KEEP_ALIVE,
+    unix_now, Encoder, Frame, GenRequest, Input, Resume, ToolChoice, Usage, KEEP_ALIVE,
 };
 use crate::error::ApiError;
 use crate::log::RequestLog;
@@ -65,7 +65,7 @@ pub async fn answer(
     let p = prepare(st, req, None, log).await?;
     let job = st.admit(p.prompt, p.params, p.grammar)?;
     let enc = encoder(ep, p.model, include_usage, p.named_choice, None);
-    let calls = CallWatch::new(ep.flavor(), p.tools).forced(p.forced);
+    let calls = CallWatch::new(ep.flavor(), p.tools, p.call_format).forced(p.forced);
     if stream {
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(drive(enc, job, calls, tx, log.clone()));
@@ -96,7 +96,7 @@ pub async fn continue_stream(
         Ok(req) => match prepare(st, req, Some(&resume), log).await {
             Ok(p) => {
                 let named = p.named_choice;
-                let calls = CallWatch::new(ep.flavor(), p.tools).forced(p.forced);
+                let calls = CallWatch::new(ep.flavor(), p.tools, p.call_format).forced(p.forced);
                 st.admit(p.prompt, p.params, p.grammar)
                     .map(|job| (p.model, calls, named, job))
             }
@@ -157,6 +157,8 @@ struct Prepared {
     named_choice: bool,
     /// The answer must be tool calls.
     forced: bool,
+    /// How calls are written: the forced grammar's (generic) format, else the model's.
+    call_format: CallFormat,
 }
 
 /// Check the model name and the sampling settings against the model, and tokenize; a
@@ -207,6 +209,15 @@ async fn prepare(
             ids
         }
     };
+    let call_format = if req.tool_choice.forces_call() {
+        CallFormat::Hermes
+    } else {
+        st.model()?
+            .engine
+            .template
+            .as_ref()
+            .map_or(CallFormat::Hermes, |t| t.call_format())
+    };
     let grammar = if req.tool_choice.forces_call() {
         let only = match &req.tool_choice {
             ToolChoice::Named(n) => Some(n.as_str()),
@@ -217,6 +228,16 @@ async fn prepare(
         Some(st.compile(Constraint::Lark(lark), "tools").await?)
     } else if let Some(c) = req.constraint {
         Some(st.compile(c, "response_format").await?)
+    } else if !shown.is_empty() && call_format == CallFormat::Hermes {
+        // `auto` in the generic format: free until the model writes the call tag, then the
+        // call is forced to be well-formed.
+        let max = if req.single_call { 1 } else { MAX_CALLS };
+        let lark = auto_grammar(&shown, max);
+        Some(
+            st.compile(Constraint::Lark(lark), "tools")
+                .await?
+                .without_early_close(),
+        )
     } else {
         None
     };
@@ -228,100 +249,8 @@ async fn prepare(
         grammar,
         named_choice: matches!(req.tool_choice, ToolChoice::Named(_)),
         forced: req.tool_choice.forces_call(),
+        call_format,
     })
-}
-
-/// Watches generated text for tool calls in the generic format: text before a call goes
-/// out as it comes (less a tail that could begin the call tag), a call is held until the
-/// answer ends, then parsed whole. Text that does not parse as calls naming the request's
-/// tools goes out as text.
-pub(crate) struct CallWatch {
-    flavor: Flavor,
-    tools: Vec<ToolSpec>,
-    held: String,
-    in_call: bool,
-    /// The answer had to be calls: a call cut short by the budget is dropped, not shown as
-    /// text (the answer then ends with `length` and no call).
-    forced: bool,
-}
-
-impl CallWatch {
-    pub(crate) fn new(flavor: Flavor, tools: Vec<ToolSpec>) -> Self {
-        Self {
-            flavor,
-            tools,
-            held: String::new(),
-            in_call: false,
-            forced: false,
-        }
-    }
-
-    pub(crate) fn forced(mut self, forced: bool) -> Self {
-        self.forced = forced;
-        self
-    }
-
-    /// The part of `piece` (with what was held) that can go out now.
-    fn push(&mut self, piece: &str) -> String {
-        if self.tools.is_empty() {
-            return piece.to_owned();
-        }
-        self.held.push_str(piece);
-        if self.in_call {
-            return String::new();
-        }
-        if let Some(at) = self.held.find(CALL_OPEN) {
-            self.in_call = true;
-            let rest = self.held.split_off(at);
-            return std::mem::replace(&mut self.held, rest);
-        }
-        let keep = (1..CALL_OPEN.len())
-            .rev()
-            .find(|&k| self.held.ends_with(&CALL_OPEN[..k]))
-            .unwrap_or(0);
-        let rest = self.held.split_off(self.held.len() - keep);
-        std::mem::replace(&mut self.held, rest)
-    }
-
-    /// At the end: text still to send, and the calls.
-    fn end(&mut self) -> (String, Vec<CallOut>) {
-        let held = std::mem::take(&mut self.held);
-        if !self.in_call {
-            return (held, Vec::new());
-        }
-        match parse_calls(&held, &self.tools) {
-            Some((_, calls)) => (String::new(), self.calls_out(calls)),
-            None if self.forced => (String::new(), Vec::new()),
-            None => (held, Vec::new()),
-        }
-    }
-
-    /// A whole answer's text split into prose and calls.
-    fn split(&self, text: String) -> (String, Vec<CallOut>) {
-        if self.tools.is_empty() {
-            return (text, Vec::new());
-        }
-        match parse_calls(&text, &self.tools) {
-            Some((prose, calls)) => (prose, self.calls_out(calls)),
-            None if self.forced => (String::new(), Vec::new()),
-            None => (text, Vec::new()),
-        }
-    }
-
-    fn calls_out(&self, calls: Vec<backstop_engine::tools::ParsedCall>) -> Vec<CallOut> {
-        let prefix = match self.flavor {
-            Flavor::OpenAi => "call_",
-            Flavor::Anthropic => "toolu_",
-        };
-        calls
-            .into_iter()
-            .map(|c| CallOut {
-                id: new_id(prefix),
-                name: c.name,
-                arguments: c.arguments,
-            })
-            .collect()
-    }
 }
 
 async fn count_tokens(
