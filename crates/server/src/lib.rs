@@ -9,7 +9,8 @@
 //! 1. `wire` (flavour, endpoint), `error`, `config`, `names`, `metrics`, `log`, `request`;
 //! 2. `core` (the generation request, usage, frames, the encoder interface), `scheduler`,
 //!    `state` (the loaded model, tokenizing, admission);
-//! 3. `openai`, `anthropic`: one wire format each, parse and encode;
+//! 3. `openai`, `anthropic`: one wire format each, parse and encode; `calls`: tool calls in
+//!    generated text;
 //! 4. `local`: answers a request with the local model through an encoder;
 //! 5. `upstream`: the failover front, which falls back to `local`;
 //! 6. `routes`: the handlers and middleware.
