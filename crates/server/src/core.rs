@@ -191,11 +191,6 @@ impl Frame {
         s.push('\n');
         Bytes::from(s)
     }
-
-    /// The data as JSON (tests and the upstream front's bookkeeping).
-    pub fn value(&self) -> Option<Value> {
-        serde_json::from_str(&self.data).ok()
-    }
 }
 
 /// An SSE comment that keeps idle proxies from closing a slow stream.

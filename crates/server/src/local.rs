@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::anthropic::{self, AnthropicEncoder};
 use crate::calls::CallWatch;
 use crate::core::{
-    unix_now, Encoder, Frame, GenRequest, Input, Resume, ToolChoice, Usage, KEEP_ALIVE,
+    unix_now, CallOut, Encoder, Frame, GenRequest, Input, Resume, ToolChoice, Usage, KEEP_ALIVE,
 };
 use crate::error::ApiError;
 use crate::log::RequestLog;
@@ -290,7 +290,10 @@ fn event_error(ev: Option<Event>) -> ApiError {
 }
 
 /// The wire-neutral finish for the log line.
-fn finish_name(r: &StopReason) -> &'static str {
+fn finish_name(r: &StopReason, calls: &[CallOut]) -> &'static str {
+    if !calls.is_empty() {
+        return "tool_calls";
+    }
     match r {
         StopReason::EndOfGeneration | StopReason::StopString(_) => "stop",
         StopReason::MaxTokens | StopReason::ContextFull => "length",
@@ -318,11 +321,7 @@ async fn whole(
                 let u = Usage::of(job.n_prompt, &o);
                 log.tokens(u.prompt, u.cached, u.completion);
                 let (text, called) = calls.split(text);
-                log.finish(if called.is_empty() {
-                    finish_name(&o.stop_reason)
-                } else {
-                    "tool_calls"
-                });
+                log.finish(finish_name(&o.stop_reason, &called));
                 return Ok(Json(enc.whole(&text, &called, &u, &o)).into_response());
             }
             other => {
@@ -385,11 +384,7 @@ pub(crate) async fn drive(
                     enc.text(&rest, &mut frames);
                 }
                 enc.tool_calls(&called, &mut frames);
-                log.finish(if called.is_empty() {
-                    finish_name(&o.stop_reason)
-                } else {
-                    "tool_calls"
-                });
+                log.finish(finish_name(&o.stop_reason, &called));
                 enc.finish(&u, &o, &mut frames);
                 send(&tx, &mut frames).await;
                 return;
