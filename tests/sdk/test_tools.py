@@ -257,6 +257,57 @@ def test_bad_schema_and_unknown_tool_are_400(oai, http):
         oai_forced(oai, "hi", {"type": "function", "function": {"name": "no_such_tool"}})
 
 
+def test_bad_tool_histories_are_400_naming_the_field(oai, ant):
+    """A history the model cannot be shown as it was is refused, naming the field, and the
+    server goes on serving."""
+    import anthropic
+    import openai
+
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "read_file", "arguments": '{"path": "a.txt"}'}}
+    unknown_id = [
+        {"role": "user", "content": "Read a.txt"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_9", "content": "hello"},
+    ]
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.chat.completions.create(model=MODEL, messages=unknown_id, tools=OAI_TOOLS, max_tokens=4)
+    assert e.value.body["param"] == "messages[2].tool_call_id", e.value.body
+    for args, why in (('{"path": ', "not valid JSON"), ("[1, 2]", "JSON object")):
+        bad = {**call, "function": {"name": "read_file", "arguments": args}}
+        history = [unknown_id[0], {"role": "assistant", "content": None, "tool_calls": [bad]},
+                   {**unknown_id[2], "tool_call_id": "call_1"}]
+        with pytest.raises(openai.BadRequestError) as e:
+            oai.chat.completions.create(model=MODEL, messages=history, tools=OAI_TOOLS, max_tokens=4)
+        assert e.value.body["param"] == "messages[1].tool_calls[0].function.arguments"
+        assert why in e.value.body["message"]
+
+    use = {"type": "tool_use", "id": "toolu_1", "name": "read_file", "input": {"path": "a.txt"}}
+    for history, needle in (
+        ([{"type": "tool_result", "tool_use_id": "toolu_2", "content": "hello"}], "toolu_2"),
+        ([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "hello"}], None),
+    ):
+        messages = [{"role": "user", "content": "Read a.txt"},
+                    {"role": "assistant", "content": [use]},
+                    {"role": "user", "content": history}]
+        if needle is None:
+            assert ant.messages.create(model=CLAUDE, max_tokens=4, messages=messages, tools=ANT_TOOLS).content
+            continue
+        with pytest.raises(anthropic.BadRequestError) as e:
+            ant.messages.create(model=CLAUDE, max_tokens=4, messages=messages, tools=ANT_TOOLS)
+        assert e.value.body["error"]["type"] == "invalid_request_error"
+        assert "messages.2.content.0" in e.value.body["error"]["message"]
+        assert needle in e.value.body["error"]["message"]
+    bad_input = [{"role": "user", "content": "Read a.txt"},
+                 {"role": "assistant", "content": [{**use, "input": "a.txt"}]}]
+    with pytest.raises(anthropic.BadRequestError) as e:
+        ant.messages.create(model=CLAUDE, max_tokens=4, messages=bad_input, tools=ANT_TOOLS)
+    assert "input" in e.value.body["error"]["message"]
+    # Still serving.
+    assert oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=2).choices
+
+
 def ant_forced(ant, prompt, tool_choice, max_tokens=200, **kw):
     return ant.messages.create(
         model=CLAUDE, max_tokens=max_tokens, messages=[{"role": "user", "content": prompt}],

@@ -140,7 +140,14 @@ fn tool_result_text(param: &str, b: &Value) -> Result<String, ApiError> {
 
 /// One message's turns: text, the assistant's tool calls, and tool results (each a `tool`
 /// turn, before the user's text, as the results answer the previous turn's calls).
-fn message_turns(i: usize, m: &MessageIn, out: &mut Vec<ChatMessage>) -> Result<(), ApiError> {
+/// `open_calls` holds the ids of the previous assistant turn's `tool_use` blocks, the only
+/// ones a `tool_result` may answer; an assistant turn replaces them.
+fn message_turns(
+    i: usize,
+    m: &MessageIn,
+    open_calls: &mut Vec<String>,
+    out: &mut Vec<ChatMessage>,
+) -> Result<(), ApiError> {
     let param = format!("messages.{i}.content");
     let blocks = match &m.content {
         Value::String(s) => {
@@ -157,6 +164,7 @@ fn message_turns(i: usize, m: &MessageIn, out: &mut Vec<ChatMessage>) -> Result<
     };
     let mut text: Vec<&str> = Vec::new();
     let mut calls = Vec::new();
+    let answerable = std::mem::take(open_calls);
     for (j, b) in blocks.iter().enumerate() {
         let ty = b.get("type").and_then(Value::as_str).unwrap_or("");
         match (ty, m.role.as_str()) {
@@ -170,7 +178,17 @@ fn message_turns(i: usize, m: &MessageIn, out: &mut Vec<ChatMessage>) -> Result<
                         format!("{param}.{j}: a tool_use block needs 'id' and 'name'"),
                     ));
                 };
-                let input = b.get("input").cloned().unwrap_or_else(|| json!({}));
+                let input = match b.get("input") {
+                    None => json!({}),
+                    Some(v) if v.is_object() => v.clone(),
+                    Some(_) => {
+                        return Err(ApiError::invalid(
+                            Some(&param),
+                            format!("{param}.{j}.input: Input should be a valid dictionary"),
+                        ))
+                    }
+                };
+                open_calls.push(id.to_owned());
                 calls.push(ToolCall::new(id, name, input));
             }
             ("tool_result", "user") => {
@@ -180,6 +198,16 @@ fn message_turns(i: usize, m: &MessageIn, out: &mut Vec<ChatMessage>) -> Result<
                         format!("{param}.{j}: a tool_result block needs 'tool_use_id'"),
                     ));
                 };
+                if !answerable.iter().any(|c| c == id) {
+                    return Err(ApiError::invalid(
+                        Some(&param),
+                        format!(
+                            "{param}.{j}: unexpected `tool_use_id` found in `tool_result` \
+                             blocks: {id}. Each `tool_result` block must have a corresponding \
+                             `tool_use` block in the previous message."
+                        ),
+                    ));
+                }
                 let content = tool_result_text(&format!("{param}.{j}"), b)?;
                 out.push(ChatMessage::tool_result(id, None, content));
             }
@@ -224,6 +252,7 @@ fn conversation(
             }
         }
     }
+    let mut open_calls = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         if m.role != "user" && m.role != "assistant" {
             return Err(ApiError::invalid(
@@ -234,7 +263,7 @@ fn conversation(
                 ),
             ));
         }
-        message_turns(i, m, &mut out)?;
+        message_turns(i, m, &mut open_calls, &mut out)?;
     }
     // A trailing assistant text (no tool calls) is a prefill the answer continues.
     let prefill = match out.last() {

@@ -256,6 +256,8 @@ fn chat_messages(messages: Option<Vec<ChatMessageIn>>) -> Result<Vec<ChatMessage
         ));
     }
     let mut out = Vec::with_capacity(messages.len());
+    // The ids of the calls the latest assistant turn made: a tool message answers one of them.
+    let mut open_calls: Vec<String> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let role = match m.role.as_str() {
             // OpenAI's newer name for the system role.
@@ -269,6 +271,15 @@ fn chat_messages(messages: Option<Vec<ChatMessageIn>>) -> Result<Vec<ChatMessage
                         format!("'messages[{i}].tool_call_id' is required for a tool message"),
                     )
                 })?;
+                if !open_calls.iter().any(|c| c == id) {
+                    return Err(ApiError::invalid(
+                        Some(&format!("messages[{i}].tool_call_id")),
+                        format!(
+                            "'messages[{i}]' with role 'tool' must answer a preceding message \
+                             with 'tool_calls', and none has the id {id:?}"
+                        ),
+                    ));
+                }
                 out.push(ChatMessage::tool_result(
                     id,
                     m.name.clone(),
@@ -288,13 +299,19 @@ fn chat_messages(messages: Option<Vec<ChatMessageIn>>) -> Result<Vec<ChatMessage
         };
         let mut msg = ChatMessage::new(role, content_text(i, m)?);
         if role == "assistant" {
+            open_calls.clear();
             for (j, c) in m.tool_calls.iter().flatten().enumerate() {
                 let text = c.function.arguments.as_deref().unwrap_or("{}");
-                // Templates read arguments as an object; a call whose arguments are not JSON
-                // is kept as the string it was, never dropped.
-                let args = serde_json::from_str::<Value>(text)
-                    .unwrap_or_else(|_| Value::String(text.to_owned()));
+                // Templates read arguments as an object, so a history whose arguments are
+                // not one cannot be shown to the model as it was: refused, never altered.
+                let param = format!("messages[{i}].tool_calls[{j}].function.arguments");
+                let args = match serde_json::from_str::<Value>(text) {
+                    Ok(v) if v.is_object() => v,
+                    Ok(_) => return Err(refuse(&param, "must be a JSON object")),
+                    Err(e) => return Err(refuse(&param, &format!("is not valid JSON: {e}"))),
+                };
                 let id = c.id.clone().unwrap_or_else(|| format!("call_{i}_{j}"));
+                open_calls.push(id.clone());
                 msg.tool_calls
                     .push(ToolCall::new(id, c.function.name.as_str(), args));
             }
