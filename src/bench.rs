@@ -172,6 +172,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                     kernels: None,
                     backend: kind,
                     device: a.device,
+                    ..Default::default()
                 },
             )?;
             let desc = describe(&engine, path);

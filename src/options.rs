@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use backstop_engine::backend::{BackendKind, DeviceSpec};
+use backstop_engine::chat::{ChatTemplate, TemplateSource};
 use backstop_engine::cpu::Tier;
 use backstop_engine::generate::{Engine, EngineOptions, GenerateParams, Outcome};
 use backstop_engine::sampling::{SamplingField, SamplingParams};
@@ -34,6 +35,9 @@ pub struct ModelArgs {
     /// cpu, cuda, cuda:N or metal (GPUs need a build with --features cuda or metal).
     #[arg(long, value_name = "DEVICE", default_value_t = DeviceSpec::Cpu)]
     pub device: DeviceSpec,
+    /// A Jinja chat template to use instead of the file's (as llama.cpp's option).
+    #[arg(long, value_name = "FILE")]
+    pub chat_template_file: Option<PathBuf>,
 }
 
 /// The backend a `--backend` flag (or its absence) means on `device`.
@@ -54,19 +58,36 @@ pub enum KernelTier {
 }
 
 impl ModelArgs {
-    pub fn engine_options(&self) -> EngineOptions {
+    pub fn engine_options(&self) -> Result<EngineOptions> {
         let kernels = self.kernels.map(|k| match k {
             KernelTier::Ref => Tier::Ref,
             KernelTier::Avx2 => Tier::Avx2,
             KernelTier::Avx512 => Tier::Avx512,
             KernelTier::Neon => Tier::Neon,
         });
-        EngineOptions {
+        let chat_template = match &self.chat_template_file {
+            Some(p) => {
+                let src = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the chat template {}", p.display()))?;
+                // A template that does not compile is an error now, not at the first chat.
+                ChatTemplate::new(
+                    src.clone(),
+                    TemplateSource::Custom,
+                    String::new(),
+                    String::new(),
+                )
+                .with_context(|| format!("in {}", p.display()))?;
+                Some(src)
+            }
+            None => None,
+        };
+        Ok(EngineOptions {
             threads: self.threads,
             kernels,
             backend: backend_for(self.backend, self.device),
             device: self.device,
-        }
+            chat_template,
+        })
     }
 
     /// The model file the argument names (local files only).
@@ -79,7 +100,7 @@ impl ModelArgs {
 
     pub fn load(&self) -> Result<Engine> {
         let path = self.path()?;
-        Engine::load(&path, &self.engine_options())
+        Engine::load(&path, &self.engine_options()?)
             .with_context(|| format!("cannot load {}", path.display()))
     }
 
@@ -89,7 +110,7 @@ impl ModelArgs {
         let path = self.path()?;
         let t0 = Instant::now();
         let size = read_in(&path);
-        let engine = Engine::load(&path, &self.engine_options())
+        let engine = Engine::load(&path, &self.engine_options()?)
             .with_context(|| format!("cannot load {}", path.display()))?;
         eprintln!(
             "loaded {} ({}) in {:.2} s",

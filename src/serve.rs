@@ -195,7 +195,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             crate::options::read_in(&model_path);
             model_path.clone()
         },
-        engine: a.model.engine_options(),
+        engine: a.model.engine_options()?,
         n_ctx: a.model.ctx_size,
         host: a.host,
         port: a.port,

@@ -312,6 +312,68 @@ fn a_stream_that_breaks_half_way_is_finished_locally_in_the_same_stream() {
     );
 }
 
+/// A cloud stream that breaks inside a `tool_use` block is finished by the local model under
+/// that tool's schema: the block's input JSON closes valid, in the same block, and the
+/// message ends as a tool call.
+#[test]
+fn a_stream_that_breaks_inside_a_tool_call_is_finished_under_its_schema() {
+    let cloud = FakeCloud::start();
+    let s = front(&cloud, &[]);
+    let body = json!({
+        "model": "claude-x", "max_tokens": 64, "stream": true, "temperature": 0,
+        "messages": [{"role": "user", "content": "What does notes.txt say?"}],
+        "tools": [{"name": "read_file", "description": "Read a file",
+                   "input_schema": {"type": "object", "properties": {"path": {"type": "string"}},
+                                    "required": ["path"], "additionalProperties": false}}],
+    })
+    .to_string();
+    // 0 message_start, 1 block 0 start, 2 ping, 3-4 text, 5 stop, 6 tool_use start,
+    // 7.. input pieces: break after none, one, two and three of the four.
+    for cut in [7, 8, 9, 10] {
+        cloud.scenario(&format!("break:{cut}"));
+        let r = post_with_key(&s, "/v1/messages", &body);
+        assert_eq!(r.status, 200);
+        let events = sse_events(&r.body);
+        let mut input = String::new();
+        let mut stops = Vec::new();
+        let mut delta = Value::Null;
+        for (name, data) in &events {
+            let d: Value = serde_json::from_str(data).expect("every event is whole JSON");
+            match name.as_str() {
+                "content_block_delta" if d["index"] == 1 => {
+                    assert_eq!(d["delta"]["type"], "input_json_delta", "{d}");
+                    input.push_str(d["delta"]["partial_json"].as_str().unwrap());
+                }
+                "content_block_start" => assert_ne!(d["index"], 2, "no new block: {d}"),
+                "content_block_stop" => stops.push(d["index"].as_u64().unwrap()),
+                "message_delta" => delta = d,
+                "error" => panic!("cut {cut}: {d}"),
+                _ => {}
+            }
+        }
+        assert_eq!(stops, [0, 1], "cut {cut}: each block closed once");
+        let args: Value = serde_json::from_str(&input)
+            .unwrap_or_else(|e| panic!("cut {cut}: {input:?} is not JSON: {e}"));
+        let sent: String = ["{\"pa", "th\": \"no", "tes.t"][..cut - 7].concat();
+        assert!(input.starts_with(&sent), "cut {cut}: {input:?}");
+        assert!(args["path"].is_string(), "cut {cut}: {args}");
+        assert_eq!(args.as_object().unwrap().len(), 1, "cut {cut}: {args}");
+        assert_eq!(
+            delta["delta"]["stop_reason"], "tool_use",
+            "cut {cut}: {delta}"
+        );
+        assert_eq!(delta["backstop"]["continued_locally"], true);
+        assert_eq!(names_end(&events), ["message_delta", "message_stop"]);
+    }
+}
+
+fn names_end(events: &[(String, String)]) -> Vec<&str> {
+    events[events.len() - 2..]
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect()
+}
+
 #[test]
 fn without_an_upstream_nothing_is_forwarded() {
     let cloud = FakeCloud::start();

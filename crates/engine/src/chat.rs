@@ -173,14 +173,25 @@ impl fmt::Debug for ChatTemplate {
 }
 
 impl ChatTemplate {
-    /// The file's template, or the built-in one for its architecture when it has none.
-    pub fn from_gguf(header: &GgufHeader, tokenizer: &Tokenizer) -> Result<Self, ChatError> {
+    /// The model's BOS and EOS texts, as templates read them.
+    fn bos_eos(tokenizer: &Tokenizer) -> (String, String) {
         let text = |id: Option<u32>| {
             id.and_then(|i| tokenizer.token_text(i))
                 .unwrap_or("")
                 .to_owned()
         };
-        let (bos, eos) = (text(tokenizer.bos_id()), text(tokenizer.eos_id()));
+        (text(tokenizer.bos_id()), text(tokenizer.eos_id()))
+    }
+
+    /// A template the caller supplies in place of the file's.
+    pub fn custom(template: String, tokenizer: &Tokenizer) -> Result<Self, ChatError> {
+        let (bos, eos) = Self::bos_eos(tokenizer);
+        Self::new(template, TemplateSource::Custom, bos, eos)
+    }
+
+    /// The file's template, or the built-in one for its architecture when it has none.
+    pub fn from_gguf(header: &GgufHeader, tokenizer: &Tokenizer) -> Result<Self, ChatError> {
+        let (bos, eos) = Self::bos_eos(tokenizer);
         if header.get(keys::TOKENIZER_CHAT_TEMPLATE).is_some() {
             let src = header.get_str(keys::TOKENIZER_CHAT_TEMPLATE)?;
             return Self::new(src.to_owned(), TemplateSource::File, bos, eos);

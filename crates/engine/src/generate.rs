@@ -52,6 +52,8 @@ pub struct EngineOptions {
     pub kernels: Option<Tier>,
     pub backend: BackendKind,
     pub device: DeviceSpec,
+    /// A chat template to use instead of the file's (llama.cpp's `--chat-template-file`).
+    pub chat_template: Option<String>,
 }
 
 /// Which implementation runs the forward pass.
@@ -150,7 +152,10 @@ impl Engine {
             }
         };
         let tokenizer = Tokenizer::from_gguf(&model.file)?;
-        let template = ChatTemplate::from_gguf(&model.file, &tokenizer);
+        let template = match &opts.chat_template {
+            Some(src) => ChatTemplate::custom(src.clone(), &tokenizer),
+            None => ChatTemplate::from_gguf(&model.file, &tokenizer),
+        };
         let threads = if opts.threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {

@@ -255,6 +255,23 @@ impl Grammar {
         })
     }
 
+    /// Advance past text already written (tokens of it, in any split): a value someone else
+    /// began, which the model is to finish. `false`, with the grammar unchanged, when the
+    /// text is not a prefix of any sentence of the grammar.
+    pub fn accept_prefix(&mut self, ids: &[u32]) -> Result<bool, GrammarError> {
+        let n = self
+            .matcher
+            .validate_tokens(ids)
+            .map_err(|e| GrammarError::Runtime(first_line(&e.to_string())))?;
+        if n < ids.len() {
+            return Ok(false);
+        }
+        self.matcher
+            .consume_tokens(ids)
+            .map_err(|e| GrammarError::Runtime(first_line(&e.to_string())))?;
+        Ok(true)
+    }
+
     /// Advance past the token chosen.
     pub fn accept(&mut self, id: u32) -> Result<(), GrammarError> {
         self.matcher

@@ -139,19 +139,70 @@ pub fn lower_for_plain_template(messages: &[ChatMessage], tools: &[ToolSpec]) ->
 /// The most calls one forced answer may hold.
 pub const MAX_CALLS: usize = 8;
 
-/// A Lark grammar (for `grammar::Constraint::Lark`) whose sentences are 1 to `max_calls`
-/// calls in the generic format, each naming one of `tools` (or only `only`) with arguments
-/// valid against that tool's schema. The name is fixed text, so the model writes it without
-/// a chance to misspell it; the arguments are compact JSON, so it cannot pad them.
-pub fn call_grammar(tools: &[ToolSpec], only: Option<&str>, max_calls: usize) -> String {
-    let lit = |s: &str| serde_json::to_string(s).unwrap_or_default();
+/// How a format lays out a list of calls: around the list, around each call, between two
+/// calls, and the key that holds a call's arguments.
+struct Layout {
+    list_open: &'static str,
+    list_close: &'static str,
+    call_open: &'static str,
+    call_close: &'static str,
+    sep: &'static str,
+    args_key: &'static str,
+}
+
+impl CallFormat {
+    fn layout(self) -> Layout {
+        match self {
+            CallFormat::Hermes => Layout {
+                list_open: "",
+                list_close: "",
+                call_open: "<tool_call>\n",
+                call_close: "\n</tool_call>",
+                sep: "\n",
+                args_key: "arguments",
+            },
+            CallFormat::Llama3 => Layout {
+                list_open: "",
+                list_close: "",
+                call_open: "",
+                call_close: "",
+                sep: "; ",
+                args_key: "parameters",
+            },
+            CallFormat::Mistral => Layout {
+                list_open: "[",
+                list_close: "]",
+                call_open: "",
+                call_close: "",
+                sep: ", ",
+                args_key: "arguments",
+            },
+        }
+    }
+}
+
+fn lit(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// The Lark rules of a forced answer: `calls` is 1 to `max_calls` calls in `format`, each
+/// naming one of `tools` (or only `only`) with arguments valid against that tool's schema.
+/// The name is fixed text, so the model writes it without a chance to misspell it; the
+/// arguments are compact JSON, so it cannot pad them.
+fn call_rules(
+    format: CallFormat,
+    tools: &[ToolSpec],
+    only: Option<&str>,
+    max_calls: usize,
+) -> String {
+    let l = format.layout();
     let mut rules = String::new();
     let mut alts = Vec::new();
     for (i, t) in tools.iter().enumerate() {
         if only.is_some_and(|n| n != t.name) {
             continue;
         }
-        let head = format!("{{\"name\": {}, \"arguments\": ", lit(&t.name));
+        let head = format!("{{\"name\": {}, \"{}\": ", lit(&t.name), l.args_key);
         let schema = crate::grammar::schema_with_layout(t.parameters.clone());
         rules.push_str(&format!(
             "call_{i}: {} args_{i} \"}}\"\nargs_{i}: %json {schema}\n",
@@ -159,50 +210,98 @@ pub fn call_grammar(tools: &[ToolSpec], only: Option<&str>, max_calls: usize) ->
         ));
         alts.push(format!("call_{i}"));
     }
+    let wrap = |s: &str| if s.is_empty() { String::new() } else { lit(s) };
     let block = format!(
         "block: {} ({}) {}\n",
-        lit(&format!("{CALL_OPEN}\n")),
+        wrap(l.call_open),
         alts.join(" | "),
-        lit(&format!("\n{CALL_CLOSE}"))
+        wrap(l.call_close)
     );
-    let starts: Vec<String> = (1..=max_calls.max(1))
-        .map(|n| vec!["block"; n].join(" \"\\n\" "))
-        .collect();
-    format!("start: {}\n{block}{rules}", starts.join(" | "))
-}
-
-/// A Lark grammar for `tool_choice: auto` in the generic format: free text (never holding
-/// the call tag), or free text up to the tag followed by 1 to `max_calls` calls under
-/// `call_grammar`'s rules. The model is free until it writes the tag; from there on the call
-/// is forced to be well-formed, and nothing but further calls may follow it.
-pub fn auto_grammar(tools: &[ToolSpec], max_calls: usize) -> String {
-    let calls = call_grammar(tools, None, max_calls);
-    let open = serde_json::to_string(CALL_OPEN).unwrap_or_default();
-    let (_, rules) = calls.split_once('\n').unwrap_or_default();
-    // The first block's tag is the end of `head`, a lazy lexeme: the shortest text that
-    // ends with the tag. PROSE is any text in which the tag does not occur.
-    let first = rules
-        .lines()
-        .find(|l| l.starts_with("block:"))
-        .map(|l| {
-            let tag_nl = serde_json::to_string(&format!("{CALL_OPEN}\n")).unwrap_or_default();
-            l.replacen("block:", "first:", 1)
-                .replacen(&tag_nl, "\"\\n\"", 1)
-        })
-        .unwrap_or_default();
-    let starts: Vec<String> = (1..=max_calls.max(1))
-        .map(|n| {
-            let mut parts = vec!["head first".to_owned()];
-            parts.extend(std::iter::repeat_n("block".to_owned(), n - 1));
-            parts.join(" \"\\n\" ")
-        })
+    let lists: Vec<String> = (1..=max_calls.max(1))
+        .map(|n| vec!["block"; n].join(&format!(" {} ", lit(l.sep))))
         .collect();
     format!(
-        "start: PROSE | {}\nhead[lazy]: ANY {open}\nANY: /(.|\\n)*/\n\
-         PROSE: /(.|\\n)*/ & ~/(.|\\n)*{}(.|\\n)*/\n{first}\n{rules}",
-        starts.join(" | "),
-        regex_escape(&open[1..open.len() - 1])
+        "calls: {} ({}) {}\n{block}{rules}",
+        wrap(l.list_open),
+        lists.join(" | "),
+        wrap(l.list_close)
     )
+}
+
+/// A Lark grammar (for `grammar::Constraint::Lark`) whose sentences are 1 to `max_calls`
+/// calls written in `format` (see `call_rules`). `trigger` is the control token the family
+/// writes before its calls (Mistral's `[TOOL_CALLS]`), when the vocabulary has it: forced
+/// first, so the model sees its calls begin as it was trained to.
+pub fn call_grammar(
+    format: CallFormat,
+    tools: &[ToolSpec],
+    only: Option<&str>,
+    max_calls: usize,
+    trigger: Option<u32>,
+) -> String {
+    let lead = trigger.map(|id| format!("<[{id}]> ")).unwrap_or_default();
+    format!(
+        "start: {lead}calls\n{}",
+        call_rules(format, tools, only, max_calls)
+    )
+}
+
+/// A Lark grammar for `tool_choice: auto`: the model is free to answer in prose, and once it
+/// starts a call the call is forced to be well-formed, with nothing but further calls after
+/// it. `None` when `format` has no way to tell the start of a call here (Mistral without its
+/// `[TOOL_CALLS]` token in the vocabulary): then the answer runs free and is parsed after.
+/// - Hermes/generic: free text up to the `<tool_call>` tag (a lazy lexeme: the shortest text
+///   that ends with the tag), then calls; prose never holds the tag.
+/// - Llama 3.x: the calls are the whole answer, so an answer starting with `{` is calls and
+///   any other is prose.
+/// - Mistral: prose, or the `[TOOL_CALLS]` token then the calls.
+pub fn auto_grammar(
+    format: CallFormat,
+    tools: &[ToolSpec],
+    max_calls: usize,
+    trigger: Option<u32>,
+) -> Option<String> {
+    let rules = call_rules(format, tools, None, max_calls);
+    let any = "/(.|\\n)*/";
+    match format {
+        CallFormat::Hermes => {
+            // The first call's tag ends `head`; later calls keep theirs.
+            let tag = lit(CALL_OPEN);
+            let first = rules
+                .lines()
+                .find(|l| l.starts_with("block:"))
+                .map(|l| {
+                    l.replacen("block:", "first:", 1).replacen(
+                        &lit(&format!("{CALL_OPEN}\n")),
+                        "\"\\n\"",
+                        1,
+                    )
+                })
+                .unwrap_or_default();
+            let starts: Vec<String> = (1..=max_calls.max(1))
+                .map(|n| {
+                    let mut parts = vec!["head first".to_owned()];
+                    parts.extend(std::iter::repeat_n("block".to_owned(), n - 1));
+                    parts.join(" \"\\n\" ")
+                })
+                .collect();
+            Some(format!(
+                "start: PROSE | {}\nhead[lazy]: ANY {tag}\nANY: {any}\n\
+                 PROSE: {any} & ~/(.|\\n)*{}(.|\\n)*/\n{first}\n{rules}",
+                starts.join(" | "),
+                regex_escape(CALL_OPEN)
+            ))
+        }
+        CallFormat::Llama3 => Some(format!(
+            "start: PROSE | calls\nPROSE: /\\s*([^{{\\s](.|\\n)*)?/\n{rules}"
+        )),
+        CallFormat::Mistral => {
+            let id = trigger?;
+            Some(format!(
+                "start: PROSE | <[{id}]> calls\nPROSE: {any}\n{rules}"
+            ))
+        }
+    }
 }
 
 fn regex_escape(s: &str) -> String {
@@ -277,6 +376,32 @@ impl CallFormat {
                 (!calls.is_empty()).then(|| (String::new(), calls))
             }
         }
+    }
+}
+
+impl CallFormat {
+    /// The answer so far, in this format, of a model that made the calls `done` (name and
+    /// argument JSON) and is writing a call of `open` whose argument JSON begins `partial`:
+    /// what a model is shown to finish a call someone else began.
+    pub fn partial_answer(self, done: &[(&str, &str)], open: &str, partial: &str) -> String {
+        let l = self.layout();
+        let call = |name: &str, args: &str| {
+            format!(
+                "{}{{\"name\": {}, \"{}\": {args}",
+                l.call_open,
+                lit(name),
+                l.args_key
+            )
+        };
+        let mut out = String::from(l.list_open);
+        for (name, args) in done {
+            out.push_str(&call(name, args));
+            out.push('}');
+            out.push_str(l.call_close);
+            out.push_str(l.sep);
+        }
+        out.push_str(&call(open, partial));
+        out
     }
 }
 
@@ -407,8 +532,11 @@ mod tests {
             description: None,
             parameters: json!({"type": "object"}),
         });
-        let g = call_grammar(&t, None, 2);
-        assert!(g.starts_with("start: block | block \"\\n\" block\n"), "{g}");
+        let g = call_grammar(CallFormat::Hermes, &t, None, 2, None);
+        assert!(
+            g.starts_with("start: calls\ncalls:  (block | block \"\\n\" block) \n"),
+            "{g}"
+        );
         assert!(
             g.contains("block: \"<tool_call>\\n\" (call_0 | call_1) \"\\n</tool_call>\""),
             "{g}"
@@ -420,8 +548,38 @@ mod tests {
             "{g}"
         );
         assert!(g.contains("args_1: %json {"), "{g}");
-        let one = call_grammar(&t, Some("shell"), 1);
+        let one = call_grammar(CallFormat::Hermes, &t, Some("shell"), 1, None);
         assert!(one.contains("(call_1)") && !one.contains("call_0"), "{one}");
+        // Llama 3.x: bare objects with "parameters", separated by "; ".
+        let llama = call_grammar(CallFormat::Llama3, &t, None, 2, None);
+        assert!(llama.contains("(block | block \"; \" block)"), "{llama}");
+        assert!(llama.contains("\\\"parameters\\\": "), "{llama}");
+        // Mistral: a JSON array after the [TOOL_CALLS] control token.
+        let mistral = call_grammar(CallFormat::Mistral, &t, None, 2, Some(5));
+        assert!(
+            mistral
+                .starts_with("start: <[5]> calls\ncalls: \"[\" (block | block \", \" block) \"]\""),
+            "{mistral}"
+        );
+        assert!(auto_grammar(CallFormat::Mistral, &t, 2, None).is_none());
+    }
+
+    #[test]
+    fn a_partial_answer_is_the_format_up_to_the_open_arguments() {
+        let done = [("read_file", "{\"path\": \"a\"}")];
+        assert_eq!(
+            CallFormat::Hermes.partial_answer(&done, "shell", "{\"cmd"),
+            "<tool_call>\n{\"name\": \"read_file\", \"arguments\": {\"path\": \"a\"}}\n</tool_call>\n\
+             <tool_call>\n{\"name\": \"shell\", \"arguments\": {\"cmd"
+        );
+        assert_eq!(
+            CallFormat::Llama3.partial_answer(&[], "shell", "{"),
+            "{\"name\": \"shell\", \"parameters\": {"
+        );
+        assert_eq!(
+            CallFormat::Mistral.partial_answer(&done, "shell", ""),
+            "[{\"name\": \"read_file\", \"arguments\": {\"path\": \"a\"}}, {\"name\": \"shell\", \"arguments\": "
+        );
     }
 
     #[test]

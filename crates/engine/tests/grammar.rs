@@ -266,34 +266,40 @@ fn constraints_that_do_not_compile_say_why() {
     }
 }
 
-#[test]
-fn auto_mode_grammar_is_free_until_the_tag_then_forces_a_call() {
-    use backstop_engine::chat::ToolSpec;
-    use backstop_engine::tools::auto_grammar;
-    let engine = load(common::SMOLLM2);
-    let tools = vec![ToolSpec {
+/// Whether `lark` lets the model write `lead` tokens then `text`, token by token.
+fn accepts(engine: &Engine, lark: &str, lead: &[u32], text: &str) -> bool {
+    let mut g = engine
+        .compile_constraint(&Constraint::Lark(lark.to_owned()))
+        .expect("compiles");
+    let mut ids = lead.to_vec();
+    ids.extend(engine.tokenizer.encode_with(text, false, false).unwrap());
+    let mut logits = vec![0.0f32; engine.n_vocab()];
+    for &id in &ids {
+        logits.iter_mut().for_each(|l| *l = 0.0);
+        g.mask(&mut logits).unwrap();
+        if !logits[id as usize].is_finite() {
+            return false;
+        }
+        g.accept(id).unwrap();
+    }
+    true
+}
+
+fn read_file_tool() -> Vec<backstop_engine::chat::ToolSpec> {
+    vec![backstop_engine::chat::ToolSpec {
         name: "read_file".into(),
         description: None,
         parameters: json!({"type": "object", "properties": {"path": {"type": "string"}},
                            "required": ["path"], "additionalProperties": false}),
-    }];
-    let lark = auto_grammar(&tools, 2);
-    let accepts = |text: &str| {
-        let mut g = engine
-            .compile_constraint(&Constraint::Lark(lark.clone()))
-            .expect("compiles");
-        let ids = engine.tokenizer.encode_with(text, false, false).unwrap();
-        let mut logits = vec![0.0f32; engine.n_vocab()];
-        for &id in &ids {
-            logits.iter_mut().for_each(|l| *l = 0.0);
-            g.mask(&mut logits).unwrap();
-            if !logits[id as usize].is_finite() {
-                return false;
-            }
-            g.accept(id).unwrap();
-        }
-        true
-    };
+    }]
+}
+
+#[test]
+fn auto_mode_grammar_is_free_until_the_tag_then_forces_a_call() {
+    use backstop_engine::tools::{auto_grammar, CallFormat};
+    let engine = load(common::SMOLLM2);
+    let lark = auto_grammar(CallFormat::Hermes, &read_file_tool(), 2, None).unwrap();
+    let accepts = |text: &str| accepts(&engine, &lark, &[], text);
     assert!(accepts("Plain prose, with {braces} and <tags>."));
     assert!(accepts(
         "<tool_call>\n{\"name\": \"read_file\", \"arguments\": {\"path\": \"a\"}}\n</tool_call>"
@@ -307,4 +313,63 @@ fn auto_mode_grammar_is_free_until_the_tag_then_forces_a_call() {
         "<tool_call>\n{\"name\": \"read_file\", \"arguments\": {\"nope\""
     ));
     assert!(!accepts("<tool_call>\n{\"name\": \"read_file\", \"arguments\": {\"path\": \"a\"}}\n</tool_call> and more prose"));
+}
+
+#[test]
+fn each_family_writes_forced_and_auto_calls_in_its_own_format() {
+    use backstop_engine::tools::{auto_grammar, call_grammar, CallFormat};
+    let engine = load(common::SMOLLM2);
+    let tools = read_file_tool();
+    // Llama 3.x: the answer is the call, `{"name": ..., "parameters": ...}`.
+    let llama_call = "{\"name\": \"read_file\", \"parameters\": {\"path\": \"a\"}}";
+    let forced = call_grammar(CallFormat::Llama3, &tools, None, 2, None);
+    assert!(accepts(&engine, &forced, &[], llama_call));
+    assert!(accepts(
+        &engine,
+        &forced,
+        &[],
+        &format!("{llama_call}; {llama_call}")
+    ));
+    assert!(!accepts(
+        &engine,
+        &forced,
+        &[],
+        "{\"name\": \"read_file\", \"arguments\""
+    ));
+    assert!(!accepts(&engine, &forced, &[], "<tool_call>"));
+    let auto = auto_grammar(CallFormat::Llama3, &tools, 2, None).unwrap();
+    assert!(accepts(&engine, &auto, &[], "It is sunny, {probably}."));
+    assert!(accepts(&engine, &auto, &[], llama_call));
+    assert!(!accepts(&engine, &auto, &[], "{\"name\": \"rm_rf\""));
+    assert!(!accepts(
+        &engine,
+        &auto,
+        &[],
+        &format!("{llama_call} and prose")
+    ));
+
+    // Mistral: the control token, then a JSON array of calls. SmolLM2 has no [TOOL_CALLS],
+    // so another control token stands in for it.
+    let trigger = engine.tokenizer.token_id("<|im_start|>").unwrap();
+    let mistral_call = "[{\"name\": \"read_file\", \"arguments\": {\"path\": \"a\"}}]";
+    let forced = call_grammar(CallFormat::Mistral, &tools, None, 2, Some(trigger));
+    assert!(accepts(&engine, &forced, &[trigger], mistral_call));
+    assert!(
+        !accepts(&engine, &forced, &[], mistral_call),
+        "the token comes first"
+    );
+    let auto = auto_grammar(CallFormat::Mistral, &tools, 2, Some(trigger)).unwrap();
+    assert!(accepts(
+        &engine,
+        &auto,
+        &[],
+        "Plain prose [with] {brackets}."
+    ));
+    assert!(accepts(&engine, &auto, &[trigger], mistral_call));
+    assert!(!accepts(
+        &engine,
+        &auto,
+        &[trigger],
+        "[{\"name\": \"rm_rf\""
+    ));
 }

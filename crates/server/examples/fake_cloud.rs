@@ -5,7 +5,9 @@
 //! `POST /_control?scenario=NAME`; `GET /_control` reports the request count and what the last
 //! request carried (auth headers, body) so tests can check pass-through. Scenarios:
 //! `healthy`, `500`, `529`, `429`, `401`, `hang` (accept, never answer), `slow:SECS` (answer
-//! after a delay), `break:N` (a stream that dies after N events).
+//! after a delay), `break:N` (a stream that dies after N events). A streamed Messages request
+//! with tools is answered with a little text and a `tool_use` block calling its first tool
+//! with `{"path": "notes.txt"}`, sent in pieces, so a break can fall inside the call.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +32,19 @@ struct Cloud {
 const WORDS: [&str; 8] = [
     "Hello", " from", " the", " cloud", ",", " all", " is", " well.",
 ];
+
+/// A streamed answer to a request with tools: this text, then a call of its first tool.
+const TOOL_WORDS: [&str; 2] = ["Let me", " look."];
+const TOOL_INPUT: [&str; 4] = ["{\"pa", "th\": \"no", "tes.t", "xt\"}"];
+
+/// The name of the request's first tool, if it has any.
+fn first_tool(body: &Bytes) -> Option<String> {
+    serde_json::from_slice::<Value>(body)
+        .ok()?
+        .pointer("/tools/0/name")?
+        .as_str()
+        .map(str::to_owned)
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -199,7 +214,9 @@ async fn messages(State(c): State<Arc<Cloud>>, uri: Uri, h: HeaderMap, body: Byt
         ),
         ev("ping", json!({"type": "ping"})),
     ];
-    for w in WORDS {
+    let tool = first_tool(&body);
+    let words: &[&str] = if tool.is_some() { &TOOL_WORDS } else { &WORDS };
+    for w in words {
         events.push(ev(
             "content_block_delta",
             json!({"type": "content_block_delta", "index": 0,
@@ -210,9 +227,34 @@ async fn messages(State(c): State<Arc<Cloud>>, uri: Uri, h: HeaderMap, body: Byt
         "content_block_stop",
         json!({"type": "content_block_stop", "index": 0}),
     ));
+    // With tools, the answer calls the first one: {"path": "notes.txt"} in four pieces.
+    if let Some(name) = &tool {
+        events.push(ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 1,
+                   "content_block": {"type": "tool_use", "id": "toolu_cloud1", "name": name,
+                                     "input": {}}}),
+        ));
+        for piece in TOOL_INPUT {
+            events.push(ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1,
+                       "delta": {"type": "input_json_delta", "partial_json": piece}}),
+            ));
+        }
+        events.push(ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 1}),
+        ));
+    }
+    let stop = if tool.is_some() {
+        "tool_use"
+    } else {
+        "end_turn"
+    };
     events.push(ev(
         "message_delta",
-        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+        json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
                "usage": {"output_tokens": 8}}),
     ));
     events.push(ev("message_stop", json!({"type": "message_stop"})));

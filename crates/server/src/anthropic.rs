@@ -428,12 +428,16 @@ pub struct AnthropicEncoder {
     resume: Option<Resume>,
     /// The answer called tools: its stop reason is "tool_use".
     called: bool,
+    /// Continuing inside the cloud's `tool_use` block: the text is the rest of its input
+    /// JSON, written as `input_json_delta`s into that block.
+    in_tool: bool,
 }
 
 impl AnthropicEncoder {
     pub fn new(model: String, resume: Option<&Resume>) -> Self {
+        let in_tool = resume.is_some_and(|r| r.open_tool.is_some() && r.open_block.is_some());
         let block = match resume {
-            Some(r) if r.open_block_is_text && r.open_block.is_some() => {
+            Some(r) if (r.open_block_is_text || in_tool) && r.open_block.is_some() => {
                 r.open_block.unwrap_or_default()
             }
             Some(r) => r.next_block,
@@ -448,6 +452,7 @@ impl AnthropicEncoder {
             open: resume.and_then(|r| r.open_block),
             resume: resume.cloned(),
             called: false,
+            in_tool,
         }
     }
 }
@@ -475,8 +480,9 @@ impl Encoder for AnthropicEncoder {
                 out.push(event("ping", json!({"type": "ping"})));
                 self.open = Some(self.block);
             }
-            // The cloud's text block is still open: write on into it.
+            // The cloud's text or tool_use block is still open: write on into it.
             Some(r) if r.open_block_is_text && r.open_block.is_some() => {}
+            Some(_) if self.in_tool => {}
             Some(r) => {
                 // Close what the cloud left open (a tool_use or thinking block), then open
                 // a text block for the continuation.
@@ -493,6 +499,14 @@ impl Encoder for AnthropicEncoder {
     }
 
     fn text(&mut self, text: &str, out: &mut Vec<Frame>) {
+        if self.in_tool {
+            out.push(event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": self.block,
+                       "delta": {"type": "input_json_delta", "partial_json": text}}),
+            ));
+            return;
+        }
         out.push(event(
             "content_block_delta",
             json!({"type": "content_block_delta", "index": self.block,
@@ -534,7 +548,14 @@ impl Encoder for AnthropicEncoder {
     }
 
     fn finish(&mut self, u: &Usage, o: &Outcome, out: &mut Vec<Frame>) {
-        let (reason, seq) = if self.called {
+        // A continued tool_use block whose input the grammar completed is a call; one cut
+        // by the budget is not.
+        let tool_done = self.in_tool
+            && matches!(
+                o.stop_reason,
+                StopReason::EndOfGeneration | StopReason::Closed
+            );
+        let (reason, seq) = if self.called || tool_done {
             ("tool_use", None)
         } else {
             stop_reason(&o.stop_reason)

@@ -99,8 +99,21 @@ pub struct Resume {
     pub open_block: Option<u64>,
     pub open_block_is_text: bool,
     pub next_block: u64,
+    /// Anthropic: the `tool_use` block the cloud broke inside, continued under its tool's
+    /// schema; and the calls it completed before, which the local model is shown.
+    pub open_tool: Option<OpenTool>,
+    pub done_tools: Vec<OpenTool>,
     /// The `backstop` field of the final event: where and why the answer was continued.
     pub marker: Value,
+}
+
+/// A tool call a cloud stream sent: its id, the tool's name, and the argument JSON as sent
+/// (a prefix of it while the call is open).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OpenTool {
+    pub id: String,
+    pub name: String,
+    pub json: String,
 }
 
 /// Token counts of one answer.

@@ -117,6 +117,8 @@ fn resume(marker_chars: usize) -> Resume {
         open_block: None,
         open_block_is_text: false,
         next_block: 0,
+        open_tool: None,
+        done_tools: Vec::new(),
         marker: json!({"continued_locally": true, "continued_after_chars": marker_chars}),
     }
 }

@@ -157,7 +157,7 @@ struct Prepared {
     named_choice: bool,
     /// The answer must be tool calls.
     forced: bool,
-    /// How calls are written: the forced grammar's (generic) format, else the model's.
+    /// How the model writes calls: its family's format, or the generic one.
     call_format: CallFormat,
 }
 
@@ -178,7 +178,23 @@ async fn prepare(
         .sampling
         .validate(n_vocab)
         .map_err(|e| ApiError::invalid(Some(e.field.api_name()), e.to_string()))?;
+    let (call_format, trigger) = {
+        let model = st.model()?;
+        let format = model
+            .engine
+            .template
+            .as_ref()
+            .map_or(CallFormat::Hermes, |t| t.call_format());
+        // The control token Mistral writes before its calls, where the vocabulary has it.
+        let trigger = (format == CallFormat::Mistral)
+            .then(|| model.engine.tokenizer.token_id("[TOOL_CALLS]"))
+            .flatten();
+        (format, trigger)
+    };
     let sent = resume.map(|r| r.text.clone()).filter(|t| !t.is_empty());
+    // The cloud broke inside a tool call: the model finishes that call's arguments.
+    let open_tool = resume.and_then(|r| r.open_tool.as_ref().map(|t| (t, &r.done_tools)));
+    let mut tool_args: Option<Grammar> = None;
     let mut shown = Vec::new();
     let prompt = match req.input {
         Input::Chat {
@@ -186,11 +202,31 @@ async fn prepare(
             prefill,
             tools,
         } => {
-            let prefill = match (prefill, sent) {
+            let mut prefill = match (prefill, sent) {
                 (Some(p), Some(s)) => Some(p + &s),
                 (p, s) => p.or(s),
             };
-            if req.tool_choice.shows_tools() {
+            if let Some((open, done)) = open_tool {
+                let spec = tools.iter().find(|t| t.name == open.name).ok_or_else(|| {
+                    ApiError::internal(format!(
+                        "the upstream broke inside a call of tool {:?}, which the request \
+                         does not define",
+                        open.name
+                    ))
+                })?;
+                tool_args = Some(tool_arguments(st, spec, &open.json).await?);
+                let done: Vec<(&str, &str)> = done
+                    .iter()
+                    .map(|t| (t.name.as_str(), t.json.as_str()))
+                    .collect();
+                let mut text = prefill.unwrap_or_default();
+                if !text.is_empty() && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text.push_str(&call_format.partial_answer(&done, &open.name, &open.json));
+                prefill = Some(text);
+                shown = tools;
+            } else if req.tool_choice.shows_tools() {
                 shown = tools;
             }
             st.chat_prompt(messages, shown.clone(), prefill).await?
@@ -209,30 +245,23 @@ async fn prepare(
             ids
         }
     };
-    let call_format = if req.tool_choice.forces_call() {
-        CallFormat::Hermes
-    } else {
-        st.model()?
-            .engine
-            .template
-            .as_ref()
-            .map_or(CallFormat::Hermes, |t| t.call_format())
-    };
-    let grammar = if req.tool_choice.forces_call() {
+    let max_calls = if req.single_call { 1 } else { MAX_CALLS };
+    let grammar = if let Some(g) = tool_args {
+        Some(g)
+    } else if req.tool_choice.forces_call() {
         let only = match &req.tool_choice {
             ToolChoice::Named(n) => Some(n.as_str()),
             _ => None,
         };
-        let max = if req.single_call { 1 } else { MAX_CALLS };
-        let lark = call_grammar(&shown, only, max);
+        let lark = call_grammar(call_format, &shown, only, max_calls, trigger);
         Some(st.compile(Constraint::Lark(lark), "tools").await?)
     } else if let Some(c) = req.constraint {
         Some(st.compile(c, "response_format").await?)
-    } else if !shown.is_empty() && call_format == CallFormat::Hermes {
-        // `auto` in the generic format: free until the model writes the call tag, then the
-        // call is forced to be well-formed.
-        let max = if req.single_call { 1 } else { MAX_CALLS };
-        let lark = auto_grammar(&shown, max);
+    } else if let Some(lark) = (!shown.is_empty())
+        .then(|| auto_grammar(call_format, &shown, max_calls, trigger))
+        .flatten()
+    {
+        // `auto`: free until the model starts a call, then the call is forced well-formed.
         Some(
             st.compile(Constraint::Lark(lark), "tools")
                 .await?
@@ -241,6 +270,10 @@ async fn prepare(
     } else {
         None
     };
+    // A finished call's arguments go out as they come, not parsed as a call of their own.
+    if open_tool.is_some() {
+        shown.clear();
+    }
     Ok(Prepared {
         model,
         prompt,
@@ -251,6 +284,35 @@ async fn prepare(
         forced: req.tool_choice.forces_call(),
         call_format,
     })
+}
+
+/// The grammar of `spec`'s arguments, advanced past `partial`, the argument JSON a cloud
+/// sent before it broke. Compact JSON first (as Claude writes it), then JSON with free
+/// whitespace; a prefix neither accepts (it breaks the schema) cannot be finished.
+async fn tool_arguments(
+    st: &Arc<AppState>,
+    spec: &ToolSpec,
+    partial: &str,
+) -> Result<Grammar, ApiError> {
+    let ids = st.continuation_tokens(partial.to_owned()).await?;
+    let mut flexible = spec.parameters.clone();
+    if let Some(obj) = flexible.as_object_mut() {
+        obj.entry("x-guidance")
+            .or_insert_with(|| serde_json::json!({"whitespace_flexible": true}));
+    }
+    for schema in [spec.parameters.clone(), flexible] {
+        let mut g = st.compile(Constraint::JsonSchema(schema), "tools").await?;
+        if g.accept_prefix(&ids)
+            .map_err(|e| ApiError::internal(e.to_string()))?
+        {
+            return Ok(g);
+        }
+    }
+    Err(ApiError::internal(format!(
+        "the arguments of the {:?} call the upstream began do not fit the tool's schema, so \
+         the call cannot be finished locally",
+        spec.name
+    )))
 }
 
 async fn count_tokens(

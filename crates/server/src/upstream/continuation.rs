@@ -41,6 +41,8 @@ pub async fn continue_locally(
         open_block: progress.open_block,
         open_block_is_text: progress.open_block_is_text,
         next_block: progress.next_block,
+        open_tool: progress.open_tool.clone(),
+        done_tools: progress.done_tools.clone(),
         marker: json!({
             "continued_locally": true,
             "continued_after_chars": progress.text.chars().count(),

@@ -5,6 +5,7 @@
 
 use serde_json::Value;
 
+use crate::core::OpenTool;
 use crate::wire::Flavor;
 
 /// Splits bytes into complete SSE events (each ending with a blank line).
@@ -98,6 +99,10 @@ pub struct Progress {
     pub model: Option<String>,
     /// OpenAI: a chunk with a finish_reason was sent.
     pub finish_sent: bool,
+    /// Anthropic: the `tool_use` block open now, with the argument JSON received so far.
+    pub open_tool: Option<OpenTool>,
+    /// Anthropic: the `tool_use` blocks this message completed, in order.
+    pub done_tools: Vec<OpenTool>,
 }
 
 impl Progress {
@@ -154,9 +159,24 @@ impl Progress {
             "content_block_start" => {
                 let i = v.get("index").and_then(Value::as_u64).unwrap_or(0);
                 self.open_block = Some(i);
-                self.open_block_is_text =
-                    v.pointer("/content_block/type").and_then(Value::as_str) == Some("text");
+                let block_type = v.pointer("/content_block/type").and_then(Value::as_str);
+                self.open_block_is_text = block_type == Some("text");
                 self.next_block = i + 1;
+                if block_type == Some("tool_use") {
+                    self.open_tool = Some(OpenTool {
+                        id: v
+                            .pointer("/content_block/id")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        name: v
+                            .pointer("/content_block/name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        json: String::new(),
+                    });
+                }
                 if let Some(t) = v.pointer("/content_block/text").and_then(Value::as_str) {
                     self.text.push_str(t);
                 }
@@ -168,7 +188,20 @@ impl Progress {
                     self.text.push_str(t);
                 }
             }
-            "content_block_stop" => self.open_block = None,
+            "content_block_delta"
+                if v.pointer("/delta/type").and_then(Value::as_str) == Some("input_json_delta") =>
+            {
+                let piece = v.pointer("/delta/partial_json").and_then(Value::as_str);
+                if let (Some(t), Some(piece)) = (self.open_tool.as_mut(), piece) {
+                    t.json.push_str(piece);
+                }
+            }
+            "content_block_stop" => {
+                self.open_block = None;
+                if let Some(t) = self.open_tool.take() {
+                    self.done_tools.push(t);
+                }
+            }
             "message_delta" => self.message_delta_sent = true,
             "message_stop" => self.finished = true,
             _ => {}
@@ -214,6 +247,29 @@ mod tests {
             b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
         );
         assert!(p.finished);
+    }
+
+    #[test]
+    fn anthropic_progress_tracks_tool_use_blocks_and_their_partial_json() {
+        let mut p = Progress::default();
+        let evs = [
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"read_file\",\"input\":{}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"pa\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"th\\\": \"}}\n\n",
+        ];
+        for e in evs {
+            p.observe(Flavor::Anthropic, e.as_bytes());
+        }
+        let t = p.open_tool.as_ref().expect("a tool block is open");
+        assert_eq!((t.id.as_str(), t.name.as_str()), ("toolu_1", "read_file"));
+        assert_eq!(t.json, "{\"path\": ");
+        assert!(!p.open_block_is_text);
+        p.observe(
+            Flavor::Anthropic,
+            b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+        );
+        assert!(p.open_tool.is_none());
+        assert_eq!(p.done_tools.len(), 1);
     }
 
     #[test]
