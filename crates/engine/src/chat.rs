@@ -5,9 +5,8 @@
 //! and `lstrip_blocks` on, Python string/dict methods (`.strip()`, `.startswith()`,
 //! `.split()`, `.items()` via minijinja-contrib's pycompat), `raise_exception`, `strftime_now`,
 //! and a `tojson` that writes JSON as Python's `json.dumps` does (", " and ": " separators,
-//! no HTML escaping). One known difference: map keys come out in minijinja's map order, which
-//! is sorted unless minijinja's `preserve_order` feature is on (it is not in this workspace),
-//! where Python keeps insertion order; it only shows in templates that dump tool schemas.
+//! no HTML escaping), keys in insertion order as Python keeps them (minijinja's
+//! `preserve_order`), so tool schemas dumped by a template read as the client wrote them.
 //! A template that fails to compile or raises is an error naming where the template came
 //! from; there is never a silent fallback.
 

@@ -255,6 +255,17 @@ impl Grammar {
         })
     }
 
+    /// A copy in the same state, for another sequence under the same constraint (cheaper
+    /// than compiling again).
+    pub fn clone_state(&self) -> Self {
+        Self {
+            matcher: self.matcher.deep_clone(),
+            n_vocab: self.n_vocab,
+            closers: Arc::clone(&self.closers),
+            close_early: self.close_early,
+        }
+    }
+
     /// Advance past text already written (tokens of it, in any split): a value someone else
     /// began, which the model is to finish. `false`, with the grammar unchanged, when the
     /// text is not a prefix of any sentence of the grammar.

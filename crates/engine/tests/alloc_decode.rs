@@ -38,7 +38,7 @@ static GLOBAL: Counting = Counting;
 fn decode_steps_allocate_nothing() {
     let opts = EngineOptions {
         threads: 2,
-        ..EngineOptions::default()..Default::default()
+        ..EngineOptions::default()
     };
     let engine = Engine::load(&common::model_path(common::SMOLLM2), &opts).unwrap();
     let prompt = engine.tokenizer.encode("1, 2, 3, 4, 5,", true).unwrap();

@@ -42,7 +42,7 @@ fn load(file: &str, backend: BackendKind) -> Engine {
         threads: 2,
         backend,
         device: DeviceSpec::Cpu,
-        ..EngineOptions::default()..Default::default()
+        ..EngineOptions::default()
     };
     Engine::load(&common::model_path(file), &opts).expect("the model loads")
 }

@@ -249,7 +249,7 @@ fn a_tool_aware_template_gets_tools_calls_and_results_as_variables() {
     let (messages, tools) = tool_conversation();
     let out = t.render_with_tools(&messages, &tools, true).unwrap();
     assert!(
-        out.contains("Tools: read_file={\"properties\": {\"path\": {\"type\": \"string\"}}, \"type\": \"object\"}"),
+        out.contains("Tools: read_file={\"type\": \"object\", \"properties\": {\"path\": {\"type\": \"string\"}}}"),
         "{out}"
     );
     assert!(
@@ -279,5 +279,106 @@ fn templates_without_tools_get_the_generic_format_and_keep_every_turn() {
         assert!(out.contains("<tool_call>\n{\"name\":\"read_file\",\"arguments\":{\"path\":\"a.txt\"}}\n</tool_call>"), "{model}: {out}");
         assert!(out.contains("hello"), "{model}: {out}");
         assert!(out.contains("What is in a.txt?"), "{model}: {out}");
+    }
+}
+
+/// A recorded message (OpenAI's shape, arguments as a JSON string) as templates read it.
+fn recorded_message(m: &Value) -> ChatMessage {
+    use backstop_engine::chat::ToolCall;
+    let role = m["role"].as_str().unwrap();
+    let content = m["content"].as_str().unwrap_or("");
+    if role == "tool" {
+        return ChatMessage::tool_result(m["tool_call_id"].as_str().unwrap(), None, content);
+    }
+    let mut msg = ChatMessage::new(role, content);
+    for c in m["tool_calls"].as_array().into_iter().flatten() {
+        let args: Value =
+            serde_json::from_str(c["function"]["arguments"].as_str().unwrap()).unwrap();
+        msg.tool_calls.push(ToolCall::new(
+            c["id"].as_str().unwrap(),
+            c["function"]["name"].as_str().unwrap(),
+            args,
+        ));
+    }
+    msg
+}
+
+/// Real tool-calling templates of three families (tests/data/templates, sources in its
+/// README), given tools, assistant tool calls and tool results, must render as llama.cpp's
+/// `llama-server --jinja --chat-template-file` does (recorded over SmolLM2's vocabulary by
+/// tests/data/record_chat_refs.py qwen25|llama32|mistral_nemo).
+#[test]
+fn tool_templates_of_qwen_llama_and_mistral_render_as_llama_cpp() {
+    use backstop_engine::chat::ToolSpec;
+    use backstop_engine::tools::CallFormat;
+    let file = open("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let tk = Tokenizer::from_gguf(&file).unwrap();
+    let today = custom(r#"{{ strftime_now("%d %b %Y") }}"#)
+        .unwrap()
+        .render(&[], false)
+        .unwrap();
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    for (name, template, format) in [
+        (
+            "qwen25",
+            "Qwen-Qwen2.5-7B-Instruct.jinja",
+            CallFormat::Hermes,
+        ),
+        (
+            "llama32",
+            "meta-llama-Llama-3.2-3B-Instruct.jinja",
+            CallFormat::Llama3,
+        ),
+        (
+            "mistral_nemo",
+            "mistralai-Mistral-Nemo-Instruct-2407.jinja",
+            CallFormat::Mistral,
+        ),
+    ] {
+        let src = std::fs::read_to_string(data.join("templates").join(template)).unwrap();
+        let tmpl = ChatTemplate::custom(src, &tk).unwrap();
+        assert!(tmpl.handles_tools(), "{name}");
+        assert_eq!(tmpl.call_format(), format, "{name}");
+        let refs = data.join(format!("chat_refs_{name}.json"));
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(refs).unwrap()).unwrap();
+        let cases = doc["cases"].as_array().unwrap();
+        assert!(cases.len() >= 8, "{name}");
+        for case in cases {
+            let messages: Vec<ChatMessage> = case["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(recorded_message)
+                .collect();
+            let tools: Vec<ToolSpec> = case["tools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| ToolSpec {
+                    name: t["function"]["name"].as_str().unwrap().to_owned(),
+                    description: t["function"]["description"].as_str().map(str::to_owned),
+                    parameters: t["function"]["parameters"].clone(),
+                })
+                .collect();
+            let add_gen = case["add_generation_prompt"].as_bool().unwrap();
+            let rendered = tmpl.render_prompt(&messages, &tools, add_gen, tk.add_bos());
+            if let Some(why) = case["error"].as_str() {
+                // The template refuses the conversation (Llama 3.2: one call per turn).
+                let e = rendered.expect_err(name).to_string();
+                let said = why.rsplit("Jinja Exception: ").next().unwrap().trim();
+                assert!(e.contains(said), "{name}: {e} / {said}");
+                continue;
+            }
+            let got = rendered.unwrap_or_else(|e| panic!("{name}: {e}"));
+            // Templates that print today's date print the day they run.
+            let want = case["prompt"]
+                .as_str()
+                .unwrap()
+                .replace(doc["date"].as_str().unwrap(), &today);
+            assert_eq!(
+                got, want,
+                "{name}: {messages:?}, add_generation_prompt {add_gen}"
+            );
+        }
     }
 }

@@ -326,7 +326,7 @@ fn compare_backend_with_candle(
     let path = write_model(arch, ty, seed, Edit::None);
     let opts = EngineOptions {
         backend,
-        ..EngineOptions::default()..Default::default()
+        ..EngineOptions::default()
     };
     let engine = Engine::load(&path, &opts).expect("our engine loads it");
     assert_eq!(engine.model.cfg.arch, arch.name());
@@ -451,7 +451,7 @@ fn llama_rope_frequency_factors_are_applied_checked_or_refused() {
         let path = write_model(Arch::Llama, GgmlType::F32, 9, edit);
         let opts = EngineOptions {
             backend,
-            ..EngineOptions::default()..Default::default()
+            ..EngineOptions::default()
         };
         let err = match Engine::load(&path, &opts) {
             Ok(_) => panic!("{path:?} loaded on {backend}"),
