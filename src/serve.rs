@@ -20,7 +20,8 @@ pub struct ServeArgs {
     /// Port to listen on (0 = any free port; the chosen one is printed).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Sequences generated at once (each holds a full --ctx-size KV cache).
+    /// Sequences generated at once, all in one forward pass per step (each holds a full
+    /// --ctx-size KV cache, kept after it ends as a prompt-prefix cache).
     #[arg(long = "parallel", visible_alias = "np", default_value_t = 1)]
     pub parallel: usize,
     /// Requests that may wait for a free sequence; beyond that, 503 (OpenAI) or 529 (Anthropic).
@@ -139,8 +140,11 @@ fn parse_upstream(s: &str) -> Result<UpstreamSpec> {
 pub fn serve(a: ServeArgs) -> Result<()> {
     init_logging(a.log_format)?;
     let model_path = a.model.path()?;
-    if a.parallel == 0 {
-        bail!("--parallel must be at least 1");
+    if a.parallel == 0 || a.parallel > backstop_server::MAX_PARALLEL {
+        bail!(
+            "--parallel must be between 1 and {}",
+            backstop_server::MAX_PARALLEL
+        );
     }
     let shutdown_grace = seconds("--shutdown-grace", a.shutdown_grace)?;
     let mut upstreams: Vec<UpstreamSpec> = Vec::new();

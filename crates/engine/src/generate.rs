@@ -13,7 +13,7 @@ use crate::backend::{BackendKind, DeviceSpec};
 use crate::chat::{ChatError, ChatTemplate};
 use crate::cpu::{KernelError, Kernels, Tier};
 use crate::grammar::{Constraint, Grammar, GrammarCompiler, GrammarError};
-use crate::models::{self, Decoder, ModelError};
+use crate::models::{self, Decoder, ModelError, Precision, Rows};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
@@ -232,9 +232,19 @@ impl Engine {
 
     /// One forward pass over `tokens` on the session's backend. Must run inside the pool.
     fn forward(&self, session: &mut Session, tokens: &[u32]) -> Result<(), EngineError> {
+        self.forward_with(session, tokens, Precision::PerPass)
+    }
+
+    fn forward_with(
+        &self,
+        session: &mut Session,
+        tokens: &[u32],
+        precision: Precision,
+    ) -> Result<(), EngineError> {
         match (&self.backend, session) {
             (Backend::Native, Session::Native(s)) => {
-                self.model.forward(&self.kernels, s, tokens)?;
+                self.model
+                    .forward_with(&self.kernels, s, tokens, precision)?;
             }
             (Backend::Candle(m), Session::Candle(s)) => {
                 self.model
@@ -249,6 +259,55 @@ impl Engine {
     /// Run the forward pass over `tokens` on this engine's thread pool.
     pub fn eval(&self, session: &mut Session, tokens: &[u32]) -> Result<(), EngineError> {
         self.pool.install(|| self.forward(session, tokens))
+    }
+
+    /// Run `tokens`, the rest of a prompt of `prompt_len` tokens, each row in the precision
+    /// of a cold read of the whole prompt ([`Precision::Prompt`]), however the prompt is
+    /// split and whatever prefix was cached.
+    pub fn eval_prompt(
+        &self,
+        session: &mut Session,
+        tokens: &[u32],
+        prompt_len: usize,
+    ) -> Result<(), EngineError> {
+        let precision = Precision::Prompt { len: prompt_len };
+        self.pool
+            .install(|| self.forward_with(session, tokens, precision))
+    }
+
+    /// Scratch for `eval_batch` over up to `max_seqs` sequences.
+    pub fn new_batch(&self, max_seqs: usize) -> crate::models::Batch {
+        self.model.new_batch(max_seqs)
+    }
+
+    /// One step for several sequences: `rows[i]` appended to `seqs[i]`, each left with the
+    /// logits of its last token. On the native backend the weights are read once for all of
+    /// them (`Decoder::forward_batch`), with each sequence's results the same bits as alone;
+    /// candle sessions run one after another.
+    pub fn eval_batch(
+        &self,
+        batch: &mut crate::models::Batch,
+        seqs: &mut [&mut Session],
+        rows: &[Rows<'_>],
+    ) -> Result<(), EngineError> {
+        self.pool.install(|| {
+            if !matches!(self.backend, Backend::Native) {
+                for (s, r) in seqs.iter_mut().zip(rows) {
+                    self.forward_with(s, r.tokens, r.precision)?;
+                }
+                return Ok(());
+            }
+            let mut native = Vec::with_capacity(seqs.len());
+            for s in seqs.iter_mut() {
+                match &mut **s {
+                    Session::Native(s) => native.push(s),
+                    Session::Candle(_) => return Err(EngineError::ForeignSession),
+                }
+            }
+            self.model
+                .forward_batch(&self.kernels, batch, &mut native, rows)?;
+            Ok(())
+        })
     }
 
     /// Run `tokens` one at a time, as decode steps do (benchmarks: llama-bench's tg test).
@@ -280,9 +339,42 @@ impl Engine {
         session: &mut Session,
         prompt: &[u32],
         params: &GenerateParams,
-        mut grammar: Option<&mut Grammar>,
+        grammar: Option<&mut Grammar>,
         on_text: &mut (dyn FnMut(&str) -> bool + Send),
     ) -> Result<Outcome, EngineError> {
+        let (mut gen, todo) = self.start(session, prompt, params.clone())?;
+        self.pool.install(|| -> Result<Outcome, EngineError> {
+            let precision = Precision::Prompt { len: prompt.len() };
+            self.forward_with(session, &prompt[todo..], precision)?;
+            gen.prompt_done();
+            let mut grammar = grammar;
+            loop {
+                let (n_past, n_ctx) = (session.n_past(), session.n_ctx());
+                match gen.step(
+                    self,
+                    session.logits_mut(),
+                    grammar.as_deref_mut(),
+                    n_past,
+                    n_ctx,
+                    on_text,
+                )? {
+                    Step::Next(id) => self.forward(session, &[id])?,
+                    Step::Done(o) => return Ok(o),
+                }
+            }
+        })
+    }
+
+    /// Begin a generation of `prompt` in `session`: the prompt is checked, the session's
+    /// cached prefix is kept, and the caller runs the prompt's tokens from the returned index
+    /// on (in one pass or in chunks, alone or in a batch), calls `Generation::prompt_done`,
+    /// then `Generation::step` after each pass.
+    pub fn start(
+        &self,
+        session: &mut Session,
+        prompt: &[u32],
+        params: GenerateParams,
+    ) -> Result<(Generation, usize), EngineError> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -292,105 +384,147 @@ impl Engine {
                 n_ctx: session.n_ctx(),
             });
         }
-        // Reuse the common prefix, but always evaluate at least one token to get logits.
-        let common = session
-            .history()
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count();
-        let n_cached = common.min(prompt.len() - 1);
+        // Reuse the cached prefix, but always evaluate at least one token to get logits.
+        let n_cached = session.reusable_prefix(prompt).min(prompt.len() - 1);
         session.truncate(n_cached);
-
         let mut sampler = Sampler::new(params.sampling.clone(), self.model.cfg.n_vocab);
         for &t in prompt {
             sampler.accept(t);
         }
-        let mut text = TextStream::new(&params.stop);
-        let mut tokens = Vec::with_capacity(params.max_tokens);
-        let t0 = Instant::now();
-        self.pool.install(|| -> Result<Outcome, EngineError> {
-            self.forward(session, &prompt[n_cached..])?;
-            let prompt_time = t0.elapsed();
-            let t1 = Instant::now();
-            let mut stop_reason = StopReason::MaxTokens;
+        let text = TextStream::new(params.stop.clone());
+        let gen = Generation {
+            tokens: Vec::with_capacity(params.max_tokens),
             // The last tokens of a constrained answer's budget go to closing it (see
             // `Grammar::closing_choice`), so it ends well-formed (`StopReason::Closed`)
             // instead of cut.
-            let reserve = (params.max_tokens / 4).min(64);
-            let mut closing = false;
-            while tokens.len() < params.max_tokens {
-                let mut forced = None;
-                if let Some(g) = grammar.as_deref_mut() {
-                    if g.is_done() {
-                        stop_reason = if closing {
-                            StopReason::Closed
-                        } else {
-                            StopReason::EndOfGeneration
-                        };
-                        break;
-                    }
-                    g.mask(session.logits_mut())?;
-                    closing |= g.closes_early() && params.max_tokens - tokens.len() <= reserve;
-                    if closing {
-                        forced = g.closing_choice(session.logits_mut());
-                    }
-                }
-                let id = match forced {
-                    Some(id) => id,
-                    None => sampler.sample(session.logits_mut()),
-                };
-                if self.tokenizer.is_eog(id) {
-                    stop_reason = if closing {
-                        StopReason::Closed
-                    } else {
-                        StopReason::EndOfGeneration
-                    };
-                    break;
-                }
-                if let Some(g) = grammar.as_deref_mut() {
-                    g.accept(id)?;
-                }
-                tokens.push(id);
-                sampler.accept(id);
-                match text.push(self.tokenizer.token_piece(id, false), on_text) {
-                    Flow::Continue => {}
-                    Flow::Stop(s) => {
-                        stop_reason = s;
-                        break;
-                    }
-                }
-                if grammar.as_deref().is_some_and(Grammar::is_done) {
-                    stop_reason = if closing {
-                        StopReason::Closed
-                    } else {
-                        StopReason::EndOfGeneration
-                    };
-                    break;
-                }
-                if tokens.len() == params.max_tokens {
-                    break;
-                }
-                if session.n_past() >= session.n_ctx() {
-                    stop_reason = StopReason::ContextFull;
-                    break;
-                }
-                self.forward(session, &[id])?;
+            reserve: (params.max_tokens / 4).min(64),
+            params,
+            sampler,
+            text,
+            closing: false,
+            n_prompt: prompt.len(),
+            n_cached,
+            t0: Instant::now(),
+            prompt_time: Duration::ZERO,
+            t1: Instant::now(),
+        };
+        Ok((gen, n_cached))
+    }
+}
+
+/// What a generation does after a step.
+pub enum Step {
+    /// Run this token through the model, then step again.
+    Next(u32),
+    /// The answer is over.
+    Done(Outcome),
+}
+
+/// One answer being generated, a step at a time: the forward passes are the caller's, so
+/// several generations can share them (`Engine::eval_batch`).
+pub struct Generation {
+    params: GenerateParams,
+    sampler: Sampler,
+    text: TextStream,
+    tokens: Vec<u32>,
+    reserve: usize,
+    closing: bool,
+    n_prompt: usize,
+    n_cached: usize,
+    t0: Instant,
+    prompt_time: Duration,
+    t1: Instant,
+}
+
+impl Generation {
+    /// The prompt has been run: decode begins.
+    pub fn prompt_done(&mut self) {
+        self.prompt_time = self.t0.elapsed();
+        self.t1 = Instant::now();
+    }
+
+    /// Tokens generated so far.
+    pub fn n_generated(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Pick the next token from `logits` (the last pass's, for this sequence; `n_past` and
+    /// `n_ctx` are its session's), emit its text, and say what comes next.
+    pub fn step(
+        &mut self,
+        engine: &Engine,
+        logits: &mut [f32],
+        mut grammar: Option<&mut Grammar>,
+        n_past: usize,
+        n_ctx: usize,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Step, EngineError> {
+        let max = self.params.max_tokens;
+        let ended = |closing: bool| {
+            if closing {
+                StopReason::Closed
+            } else {
+                StopReason::EndOfGeneration
             }
-            if !matches!(
-                stop_reason,
-                StopReason::StopString(_) | StopReason::Cancelled
-            ) {
-                text.finish(on_text);
+        };
+        if self.tokens.len() >= max {
+            return Ok(self.finish(StopReason::MaxTokens, on_text));
+        }
+        let mut forced = None;
+        if let Some(g) = grammar.as_deref_mut() {
+            if g.is_done() {
+                return Ok(self.finish(ended(self.closing), on_text));
             }
-            Ok(Outcome {
-                stop_reason,
-                tokens: std::mem::take(&mut tokens),
-                n_prompt: prompt.len(),
-                n_cached,
-                prompt_time,
-                gen_time: t1.elapsed(),
-            })
+            g.mask(logits)?;
+            self.closing |= g.closes_early() && max - self.tokens.len() <= self.reserve;
+            if self.closing {
+                forced = g.closing_choice(logits);
+            }
+        }
+        let id = match forced {
+            Some(id) => id,
+            None => self.sampler.sample(logits),
+        };
+        if engine.tokenizer.is_eog(id) {
+            return Ok(self.finish(ended(self.closing), on_text));
+        }
+        if let Some(g) = grammar.as_deref_mut() {
+            g.accept(id)?;
+        }
+        self.tokens.push(id);
+        self.sampler.accept(id);
+        if let Flow::Stop(s) = self
+            .text
+            .push(engine.tokenizer.token_piece(id, false), on_text)
+        {
+            return Ok(self.finish(s, on_text));
+        }
+        if grammar.as_deref().is_some_and(Grammar::is_done) {
+            return Ok(self.finish(ended(self.closing), on_text));
+        }
+        if self.tokens.len() == max {
+            return Ok(self.finish(StopReason::MaxTokens, on_text));
+        }
+        if n_past >= n_ctx {
+            return Ok(self.finish(StopReason::ContextFull, on_text));
+        }
+        Ok(Step::Next(id))
+    }
+
+    fn finish(&mut self, stop_reason: StopReason, on_text: &mut dyn FnMut(&str) -> bool) -> Step {
+        if !matches!(
+            stop_reason,
+            StopReason::StopString(_) | StopReason::Cancelled
+        ) {
+            self.text.finish(on_text);
+        }
+        Step::Done(Outcome {
+            stop_reason,
+            tokens: std::mem::take(&mut self.tokens),
+            n_prompt: self.n_prompt,
+            n_cached: self.n_cached,
+            prompt_time: self.prompt_time,
+            gen_time: self.t1.elapsed(),
         })
     }
 }
@@ -402,16 +536,16 @@ enum Flow {
 
 /// Turns token bytes into UTF-8 text pieces, holding back incomplete characters and any tail
 /// that could be the beginning of a stop string.
-struct TextStream<'a> {
-    stops: &'a [String],
+struct TextStream {
+    stops: Vec<String>,
     /// Bytes of an incomplete UTF-8 sequence at the end of the last token.
     partial: Vec<u8>,
     /// Decoded text not yet emitted (a possible stop-string prefix).
     held: String,
 }
 
-impl<'a> TextStream<'a> {
-    fn new(stops: &'a [String]) -> Self {
+impl TextStream {
+    fn new(stops: Vec<String>) -> Self {
         let longest = stops.iter().map(|s| s.len()).max().unwrap_or(0);
         Self {
             stops,
@@ -484,7 +618,7 @@ impl<'a> TextStream<'a> {
     /// Length of the longest suffix of the held text that is a proper prefix of a stop string.
     fn stop_prefix_len(&self) -> usize {
         let mut best = 0;
-        for s in self.stops {
+        for s in &self.stops {
             for (i, _) in s.char_indices().skip(1) {
                 if i > best && self.held.ends_with(&s[..i]) {
                     best = i;
@@ -513,7 +647,7 @@ mod tests {
 
     fn run(stops: &[&str], pieces: &[&[u8]]) -> (Vec<String>, Option<StopReason>) {
         let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
-        let mut ts = TextStream::new(&stops);
+        let mut ts = TextStream::new(stops);
         let mut out = Vec::new();
         let mut cb = |s: &str| {
             out.push(s.to_string());

@@ -49,9 +49,9 @@ fn stream_with(
         .build()
         .unwrap();
     let bytes = rt.block_on(async move {
-        let (etx, erx) = mpsc::channel(64);
+        let (etx, erx) = mpsc::unbounded_channel();
         for e in events {
-            etx.send(e).await.unwrap();
+            etx.send(e).unwrap();
         }
         drop(etx);
         let (tx, mut rx) = mpsc::channel(64);

@@ -48,6 +48,7 @@ pub use config::{FailoverConfig, ServeConfig, UpstreamSpec};
 pub use error::ApiError;
 pub use names::ModelNames;
 pub use routes::{router, App};
+pub use scheduler::MAX_PARALLEL;
 pub use state::AppState;
 pub use upstream::SERVED_BY;
 pub use wire::{Endpoint, Flavor};

@@ -62,6 +62,16 @@ pub struct Metrics {
     pub cancelled: AtomicU64,
     pub time_to_first_token: Histogram,
     pub inter_token_latency: Histogram,
+    /// Forward passes of the batch loop, and the sequences and token rows they carried
+    /// (their ratio is the mean batch size).
+    pub batch_steps: AtomicU64,
+    pub batch_sequences: AtomicU64,
+    pub batch_rows: AtomicU64,
+    /// Sequences in the last pass.
+    pub last_batch_sequences: AtomicU64,
+    /// Requests that started from a cached prompt prefix, and the tokens not recomputed.
+    pub prefix_cache_hits: AtomicU64,
+    pub prefix_cached_tokens: AtomicU64,
 }
 
 /// The routes we label individually.
@@ -110,6 +120,12 @@ impl Default for Metrics {
             cancelled: AtomicU64::new(0),
             time_to_first_token: Histogram::new(),
             inter_token_latency: Histogram::new(),
+            batch_steps: AtomicU64::new(0),
+            batch_sequences: AtomicU64::new(0),
+            batch_rows: AtomicU64::new(0),
+            last_batch_sequences: AtomicU64::new(0),
+            prefix_cache_hits: AtomicU64::new(0),
+            prefix_cached_tokens: AtomicU64::new(0),
         }
     }
 }
@@ -150,6 +166,11 @@ impl Metrics {
                 "Admitted requests waiting for a slot.",
                 queued as u64,
             ),
+            (
+                "backstop_batch_size",
+                "Sequences in the last forward pass.",
+                self.last_batch_sequences.load(Relaxed),
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -174,6 +195,31 @@ impl Metrics {
                 "backstop_cancelled_total",
                 "Generations stopped because the client disconnected.",
                 &self.cancelled,
+            ),
+            (
+                "backstop_batch_steps_total",
+                "Forward passes run for all running sequences at once.",
+                &self.batch_steps,
+            ),
+            (
+                "backstop_batch_sequences_total",
+                "Sequences carried by those passes (divided by the steps: mean batch size).",
+                &self.batch_sequences,
+            ),
+            (
+                "backstop_batch_rows_total",
+                "Token rows carried by those passes (decode tokens and prompt chunks).",
+                &self.batch_rows,
+            ),
+            (
+                "backstop_prefix_cache_hits_total",
+                "Requests that started from a cached prompt prefix.",
+                &self.prefix_cache_hits,
+            ),
+            (
+                "backstop_prefix_cached_tokens_total",
+                "Prompt tokens taken from the prefix cache instead of recomputed.",
+                &self.prefix_cached_tokens,
             ),
         ];
         for (name, help, v) in counters {

@@ -1,25 +1,41 @@
-//! Admission and the generation workers.
+//! Admission and the batch loop.
 //!
 //! A request is admitted only while fewer than `parallel + queue` are in the system; past
-//! that the caller answers 503/529 at once instead of letting work pile up. Each of the
-//! `parallel` workers is an OS thread owning one KV-cache session, so generation never runs
-//! on the async runtime's threads; all workers share the engine's compute pool. Text goes
-//! back over a bounded channel: when the client disconnects the receiver is dropped, the
-//! next send fails, and the worker stops that generation and takes the next job.
+//! that the caller answers 503/529 at once instead of letting work pile up.
+//!
+//! One OS thread, the batch loop, owns the `parallel` KV-cache sessions (slots) and runs
+//! every running sequence in one forward pass per step (`Engine::eval_batch`), so the
+//! weights are read once for all of them: first the next token of each decoding sequence,
+//! then chunks of waiting prompts, first come first served, up to the step's row budget. While
+//! sequences decode, a prompt chunk is sized to take about as long as their decode step
+//! ([`Pacer`]), so a long prompt arriving delays the running streams by a bounded factor
+//! instead of stalling them until it has been read. A sequence joins on the step after it
+//! is admitted and leaves when it ends or its client goes away; no one waits for another's
+//! answer to finish.
+//!
+//! A finished sequence's cache stays in its slot as a prompt-prefix cache: a new request
+//! takes the free slot whose cache shares the longest prefix with its prompt, or copies that
+//! prefix from any slot (running or not) that shares more, so agents resending one long
+//! system prompt and tool list do not recompute it. The cache is bounded by the slots.
+//!
+//! Text goes back over an unbounded channel (at most `max_tokens` pieces per request), so a
+//! client that reads slowly never holds up the others; when it disconnects the receiver is
+//! dropped and the sequence leaves the batch at the next step.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use backstop_engine::generate::Session;
-use backstop_engine::generate::{Engine, GenerateParams, Outcome, StopReason};
+use backstop_engine::generate::{Engine, GenerateParams, Generation, Outcome, Session, Step};
 use backstop_engine::grammar::Grammar;
+use backstop_engine::models::decoder::N_UBATCH;
+use backstop_engine::models::{Batch, Rows};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 
-/// What a worker sends back for one job.
+/// What the batch loop sends back for one job.
 #[derive(Debug)]
 pub enum Event {
     Text(String),
@@ -35,7 +51,7 @@ pub struct Job {
     pub params: GenerateParams,
     /// What the output must be, compiled for this job.
     pub grammar: Option<Grammar>,
-    pub events: mpsc::Sender<Event>,
+    pub events: mpsc::UnboundedSender<Event>,
     pub admitted_at: Instant,
 }
 
@@ -54,7 +70,7 @@ pub struct Scheduler {
     /// Admitted and not finished: running + waiting.
     in_system: AtomicUsize,
     running: AtomicUsize,
-    /// No new admissions; workers exit when the queue is empty.
+    /// No new admissions; the loop exits when nothing runs and the queue is empty.
     closing: AtomicBool,
     /// In-flight generations stop at their next token (end of the shutdown grace period).
     cancel_all: AtomicBool,
@@ -64,7 +80,7 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new(parallel: usize, max_queue: usize, metrics: Arc<Metrics>) -> Self {
         Self {
-            parallel: parallel.max(1),
+            parallel: parallel.clamp(1, MAX_PARALLEL),
             max_queue,
             queue: Mutex::new(VecDeque::new()),
             wake: Condvar::new(),
@@ -125,110 +141,452 @@ impl Scheduler {
         self.close();
     }
 
-    /// Start the workers, one per session. They run until `close` and an empty queue.
+    /// Start the batch loop over `sessions` (one slot each). It runs until `close`, with
+    /// nothing running and the queue empty.
     pub fn start(
         self: &Arc<Self>,
         engine: Arc<Engine>,
         sessions: Vec<Session>,
     ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-        sessions
+        let me = Arc::clone(self);
+        let slots = sessions
             .into_iter()
-            .enumerate()
-            .map(|(i, session)| {
-                let me = Arc::clone(self);
-                let engine = Arc::clone(&engine);
-                std::thread::Builder::new()
-                    .name(format!("backstop-slot-{i}"))
-                    .spawn(move || me.work(&engine, session))
+            .take(self.parallel)
+            .map(|session| Slot {
+                session,
+                run: None,
+                last_used: 0,
             })
-            .collect()
+            .collect();
+        let handle = std::thread::Builder::new()
+            .name("backstop-batch".into())
+            .spawn(move || me.batch_loop(&engine, slots))?;
+        Ok(vec![handle])
     }
 
-    fn next_job(&self) -> Option<Job> {
+    fn batch_loop(&self, engine: &Engine, mut slots: Vec<Slot>) {
+        let mut batch = engine.new_batch(slots.len());
+        let mut pacer = Pacer::default();
+        let mut plan: Vec<Option<Part>> = Vec::with_capacity(slots.len());
+        let mut clock = 0u64;
+        loop {
+            clock += 1;
+            self.admit_waiting(engine, &mut slots, clock);
+            self.drop_departed(&mut slots, clock);
+            if slots.iter().all(|s| s.run.is_none()) {
+                if !self.wait_for_work() {
+                    return;
+                }
+                continue;
+            }
+            self.step(engine, &mut batch, &mut slots, &mut plan, &mut pacer, clock);
+        }
+    }
+
+    /// Block until a job is queued (true) or the server closes with none (false).
+    fn wait_for_work(&self) -> bool {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(job) = q.pop_front() {
-                return Some(job);
+            if !q.is_empty() {
+                return true;
             }
             if self.closing.load(Ordering::Relaxed) {
-                return None;
+                return false;
             }
             q = self.wake.wait(q).unwrap_or_else(|e| e.into_inner());
         }
     }
 
-    fn work(&self, engine: &Engine, mut session: Session) {
-        while let Some(job) = self.next_job() {
-            self.running.fetch_add(1, Ordering::Relaxed);
-            self.run_job(engine, &mut session, job);
+    /// Move queued jobs into free slots, first come first served.
+    fn admit_waiting(&self, engine: &Engine, slots: &mut [Slot], clock: u64) {
+        while slots.iter().any(|s| s.run.is_none()) {
+            let job = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                match q.pop_front() {
+                    Some(job) => job,
+                    None => return,
+                }
+            };
+            // The client left while the job waited: nothing to do.
+            if job.events.is_closed() {
+                self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                self.in_system.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            if self.cancel_all.load(Ordering::Relaxed) {
+                let _ = job.events.send(Event::ShuttingDown);
+                self.in_system.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            let slot = self.take_prefix(slots, &job.prompt);
+            let s = &mut slots[slot];
+            match engine.start(&mut s.session, &job.prompt, job.params.clone()) {
+                Ok((gen, n_cached)) => {
+                    if n_cached > 0 {
+                        self.metrics
+                            .prefix_cache_hits
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.metrics
+                            .prefix_cached_tokens
+                            .fetch_add(n_cached as u64, Ordering::Relaxed);
+                    }
+                    self.running.fetch_add(1, Ordering::Relaxed);
+                    s.run = Some(Running {
+                        job,
+                        gen,
+                        fed: n_cached,
+                        next: None,
+                        order: clock,
+                        last_text: None,
+                        client_gone: false,
+                    });
+                }
+                Err(e) => {
+                    let _ = job.events.send(Event::Failed(e.to_string()));
+                    self.in_system.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// The free slot for `prompt`: the one whose cache already starts like it, else the least
+    /// recently used, given the longest prefix any slot holds when another holds more.
+    fn take_prefix(&self, slots: &mut [Slot], prompt: &[u32]) -> usize {
+        let shared = |s: &Slot| s.session.reusable_prefix(prompt);
+        let free = (0..slots.len())
+            .filter(|&i| slots[i].run.is_none())
+            .max_by_key(|&i| (shared(&slots[i]), std::cmp::Reverse(slots[i].last_used)))
+            .expect("a free slot");
+        let own = shared(&slots[free]);
+        let Some((donor, n)) = (0..slots.len())
+            .map(|i| (i, shared(&slots[i])))
+            .max_by_key(|&(_, n)| n)
+        else {
+            return free;
+        };
+        // At least one prompt token is always run, for its logits.
+        let n = n.min(prompt.len().saturating_sub(1));
+        if n > own {
+            let (dst, src) = two_mut(slots, free, donor);
+            dst.session.copy_prefix(&src.session, n);
+        }
+        free
+    }
+
+    /// Free the slots of sequences whose client went away (or all, on a forced shutdown
+    /// before they produced text).
+    fn drop_departed(&self, slots: &mut [Slot], clock: u64) {
+        let cancel = self.cancel_all.load(Ordering::Relaxed);
+        for s in slots.iter_mut() {
+            let Some(run) = &s.run else { continue };
+            if run.job.events.is_closed() {
+                self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                self.release(s, clock);
+            } else if cancel && run.next.is_none() {
+                let _ = run.job.events.send(Event::ShuttingDown);
+                self.release(s, clock);
+            }
+        }
+    }
+
+    /// One forward pass for every running sequence, then each one's next token.
+    fn step(
+        &self,
+        engine: &Engine,
+        batch: &mut Batch,
+        slots: &mut [Slot],
+        plan: &mut Vec<Option<Part>>,
+        pacer: &mut Pacer,
+        clock: u64,
+    ) {
+        let decoding = slots
+            .iter()
+            .filter(|s| s.run.as_ref().is_some_and(|r| r.next.is_some()))
+            .count();
+        plan.clear();
+        plan.extend(slots.iter().map(|s| match &s.run {
+            Some(r) if r.next.is_some() => Some(Part::Decode),
+            _ => None,
+        }));
+        // Prompt chunks in admission order, as far as the budget goes.
+        let mut budget = pacer
+            .prompt_rows(decoding)
+            .min(N_UBATCH - decoding.min(N_UBATCH));
+        let mut prefilling: Vec<(u64, usize)> = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match &s.run {
+                Some(r) if r.next.is_none() => Some((r.order, i)),
+                _ => None,
+            })
+            .collect();
+        prefilling.sort_unstable();
+        let mut prompt_rows = 0;
+        for (_, i) in prefilling {
+            if budget == 0 {
+                break;
+            }
+            let run = slots[i].run.as_ref().expect("running");
+            let take = (run.job.prompt.len() - run.fed).min(budget);
+            plan[i] = Some(Part::Prompt(run.fed..run.fed + take));
+            budget -= take;
+            prompt_rows += take;
+        }
+
+        let t0 = Instant::now();
+        let result = {
+            let mut seqs: Vec<&mut Session> = Vec::with_capacity(slots.len());
+            let mut rows: Vec<Rows> = Vec::with_capacity(slots.len());
+            for (s, part) in slots.iter_mut().zip(plan.iter()) {
+                let (Some(part), Some(run)) = (part, &s.run) else {
+                    continue;
+                };
+                rows.push(match part {
+                    Part::Decode => {
+                        Rows::decode(std::slice::from_ref(run.next.as_ref().expect("decoding")))
+                    }
+                    Part::Prompt(r) => {
+                        Rows::prompt(&run.job.prompt[r.clone()], run.job.prompt.len())
+                    }
+                });
+                seqs.push(&mut s.session);
+            }
+            self.metrics.batch_steps.fetch_add(1, Ordering::Relaxed);
+            let n = seqs.len() as u64;
+            self.metrics.batch_sequences.fetch_add(n, Ordering::Relaxed);
+            self.metrics
+                .last_batch_sequences
+                .store(n, Ordering::Relaxed);
+            self.metrics
+                .batch_rows
+                .fetch_add((decoding + prompt_rows) as u64, Ordering::Relaxed);
+            engine.eval_batch(batch, &mut seqs, &rows)
+        };
+        pacer.observe(decoding, prompt_rows, t0.elapsed().as_secs_f64());
+
+        if let Err(e) = result {
+            // A failed pass leaves the caches in an unknown state: those sequences start clean.
+            let why = e.to_string();
+            for (s, part) in slots.iter_mut().zip(plan.iter()) {
+                if part.is_some() {
+                    if let Some(run) = &s.run {
+                        let _ = run.job.events.send(Event::Failed(why.clone()));
+                    }
+                    s.session.truncate(0);
+                    self.release(s, clock);
+                }
+            }
+            return;
+        }
+
+        for (s, part) in slots.iter_mut().zip(plan.iter()) {
+            let Some(part) = part else { continue };
+            let run = s.run.as_mut().expect("running");
+            if let Part::Prompt(r) = part {
+                run.fed = r.end;
+                if run.fed < run.job.prompt.len() {
+                    continue;
+                }
+                run.gen.prompt_done();
+            }
+            self.next_token(engine, s, clock);
+        }
+    }
+
+    /// Sample a sequence's next token from its logits and send its text; free its slot when
+    /// the answer is over.
+    fn next_token(&self, engine: &Engine, slot: &mut Slot, clock: u64) {
+        let Slot { session, run, .. } = slot;
+        let Some(run) = run else { return };
+        let Running {
+            job,
+            gen,
+            next,
+            last_text,
+            client_gone,
+            ..
+        } = run;
+        let (n_past, n_ctx) = (session.n_past(), session.n_ctx());
+        let metrics = &self.metrics;
+        let cancel_all = &self.cancel_all;
+        let events = &job.events;
+        let admitted_at = job.admitted_at;
+        let mut on_text = |piece: &str| {
+            let now = Instant::now();
+            match *last_text {
+                None => metrics.time_to_first_token.observe(now - admitted_at),
+                Some(t) => metrics.inter_token_latency.observe(now - t),
+            }
+            *last_text = Some(now);
+            if events.send(Event::Text(piece.to_owned())).is_err() {
+                *client_gone = true;
+                return false;
+            }
+            !cancel_all.load(Ordering::Relaxed)
+        };
+        let step = gen.step(
+            engine,
+            session.logits_mut(),
+            job.grammar.as_mut(),
+            n_past,
+            n_ctx,
+            &mut on_text,
+        );
+        match step {
+            Ok(Step::Next(id)) => *next = Some(id),
+            Ok(Step::Done(outcome)) => {
+                metrics.prompt_tokens.fetch_add(
+                    (outcome.n_prompt - outcome.n_cached) as u64,
+                    Ordering::Relaxed,
+                );
+                metrics
+                    .generated_tokens
+                    .fetch_add(outcome.tokens.len() as u64, Ordering::Relaxed);
+                if *client_gone {
+                    metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    let _ = job.events.send(Event::Done(outcome));
+                }
+                self.release(slot, clock);
+            }
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(e.to_string()));
+                session.truncate(0);
+                self.release(slot, clock);
+            }
+        }
+    }
+
+    /// The slot's sequence is over; its cache stays for prefix reuse.
+    fn release(&self, slot: &mut Slot, clock: u64) {
+        if slot.run.take().is_some() {
+            slot.last_used = clock;
             self.running.fetch_sub(1, Ordering::Relaxed);
             self.in_system.fetch_sub(1, Ordering::Relaxed);
         }
     }
+}
 
-    fn run_job(&self, engine: &Engine, session: &mut Session, mut job: Job) {
-        // The client left while the job waited: nothing to do.
-        if job.events.is_closed() {
-            self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+/// More sequences than this in one pass would not fit its rows anyway.
+pub const MAX_PARALLEL: usize = 256;
+
+/// A KV-cache session and the sequence using it, if any.
+struct Slot {
+    session: Session,
+    run: Option<Running>,
+    /// The step its last sequence ended (which cached prefix to give up first).
+    last_used: u64,
+}
+
+/// A sequence in the batch.
+struct Running {
+    job: Job,
+    gen: Generation,
+    /// Prompt tokens in the cache so far.
+    fed: usize,
+    /// The token to run next, once the prompt has been read.
+    next: Option<u32>,
+    /// Admission order: prompts are read first come, first served.
+    order: u64,
+    last_text: Option<Instant>,
+    client_gone: bool,
+}
+
+/// A slot's rows in a pass.
+#[derive(Clone, Debug)]
+enum Part {
+    Decode,
+    Prompt(std::ops::Range<usize>),
+}
+
+/// Sizes prompt chunks while sequences decode: a chunk may take about as long as the
+/// decode step it rides on, so their inter-token latency at most about doubles while a long
+/// prompt is read. Learned from the passes themselves (moving averages of a decode-only
+/// pass and of a prompt row's extra cost), so it holds on any machine and model.
+#[derive(Default)]
+struct Pacer {
+    decode_step: Option<f64>,
+    prompt_row: Option<f64>,
+}
+
+impl Pacer {
+    /// Rows before the timings are known.
+    const FIRST_CHUNK: usize = 32;
+    /// Fewer rows than this per pass would read a prompt mostly at decode speed.
+    const MIN_CHUNK: usize = 16;
+    /// Weight of the newest pass in the averages.
+    const ALPHA: f64 = 0.2;
+
+    fn prompt_rows(&self, decoding: usize) -> usize {
+        if decoding == 0 {
+            return N_UBATCH;
+        }
+        match (self.decode_step, self.prompt_row) {
+            (Some(d), Some(r)) if r > 0.0 => ((d / r) as usize).clamp(Self::MIN_CHUNK, N_UBATCH),
+            _ => Self::FIRST_CHUNK,
+        }
+    }
+
+    fn observe(&mut self, decoding: usize, prompt_rows: usize, secs: f64) {
+        let ema =
+            |old: Option<f64>, new: f64| Some(old.map_or(new, |o| o + Self::ALPHA * (new - o)));
+        if prompt_rows == 0 {
+            if decoding > 0 {
+                self.decode_step = ema(self.decode_step, secs);
+            }
             return;
         }
-        if self.cancel_all.load(Ordering::Relaxed) {
-            let _ = job.events.blocking_send(Event::ShuttingDown);
-            return;
-        }
-        let mut last = None::<Instant>;
-        let mut client_gone = false;
-        let mut on_text = |piece: &str| {
-            let now = Instant::now();
-            match last {
-                None => self
-                    .metrics
-                    .time_to_first_token
-                    .observe(now - job.admitted_at),
-                Some(t) => self.metrics.inter_token_latency.observe(now - t),
-            }
-            last = Some(now);
-            if job
-                .events
-                .blocking_send(Event::Text(piece.to_owned()))
-                .is_err()
-            {
-                client_gone = true;
-                return false;
-            }
-            !self.cancel_all.load(Ordering::Relaxed)
+        let extra = if decoding > 0 {
+            (secs - self.decode_step.unwrap_or(0.0)).max(0.0)
+        } else {
+            secs
         };
-        let result = engine.generate_with(
-            session,
-            &job.prompt,
-            &job.params,
-            job.grammar.as_mut(),
-            &mut on_text,
-        );
-        match result {
-            Ok(outcome) => {
-                self.metrics.prompt_tokens.fetch_add(
-                    (outcome.n_prompt - outcome.n_cached) as u64,
-                    Ordering::Relaxed,
-                );
-                self.metrics
-                    .generated_tokens
-                    .fetch_add(outcome.tokens.len() as u64, Ordering::Relaxed);
-                if client_gone {
-                    self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                debug_assert!(
-                    outcome.stop_reason != StopReason::Cancelled
-                        || self.cancel_all.load(Ordering::Relaxed)
-                );
-                let _ = job.events.blocking_send(Event::Done(outcome));
-            }
-            Err(e) => {
-                // A failed forward pass leaves the cache in an unknown state: start clean.
-                session.truncate(0);
-                let _ = job.events.blocking_send(Event::Failed(e.to_string()));
-            }
+        self.prompt_row = ema(self.prompt_row, extra / prompt_rows as f64);
+    }
+}
+
+/// Two distinct elements of a slice, the first mutable.
+fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &T) {
+    assert_ne!(a, b);
+    if a < b {
+        let (l, r) = v.split_at_mut(b);
+        (&mut l[a], &r[0])
+    } else {
+        let (l, r) = v.split_at_mut(a);
+        (&mut r[0], &l[b])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_sizes_chunks_to_the_decode_step() {
+        let mut p = Pacer::default();
+        assert_eq!(p.prompt_rows(0), N_UBATCH);
+        assert_eq!(p.prompt_rows(3), Pacer::FIRST_CHUNK);
+        for _ in 0..50 {
+            p.observe(3, 0, 0.010);
+            // 10 ms of decode plus 64 rows at 0.25 ms each.
+            p.observe(3, 64, 0.010 + 64.0 * 0.000_25);
         }
+        assert_eq!(p.prompt_rows(3), 40);
+        // Rows so cheap the chunk would exceed a pass are capped.
+        p.observe(3, 512, 0.010);
+        for _ in 0..50 {
+            p.observe(3, 512, 0.0101);
+        }
+        assert_eq!(p.prompt_rows(3), N_UBATCH);
+    }
+
+    #[test]
+    fn two_mut_gives_both_orders() {
+        let mut v = [1, 2, 3];
+        let (a, b) = two_mut(&mut v, 2, 0);
+        *a += *b;
+        let (a, b) = two_mut(&mut v, 0, 2);
+        *a += *b;
+        assert_eq!(v, [5, 2, 4]);
     }
 }

@@ -218,7 +218,7 @@ impl AppState {
             return Err(ApiError::context_length(n_prompt, loaded.n_ctx));
         }
         params.max_tokens = params.max_tokens.min(loaded.n_ctx - n_prompt);
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = mpsc::unbounded_channel();
         let job = Job {
             prompt,
             params,
@@ -248,7 +248,7 @@ impl AppState {
 
 /// A queued generation: its events, and the prompt length for usage.
 pub struct Admitted {
-    pub events: mpsc::Receiver<Event>,
+    pub events: mpsc::UnboundedReceiver<Event>,
     pub n_prompt: usize,
 }
 

@@ -120,11 +120,38 @@ impl Session {
         }
     }
 
+    /// How many leading tokens of `prompt` the cache holds as a cold read of it would
+    /// compute them, so they need not be run again (at most the common prefix).
+    pub fn reusable_prefix(&self, prompt: &[u32]) -> usize {
+        match self {
+            Session::Native(s) => s.reusable_prefix(prompt),
+            Session::Candle(s) => s
+                .history()
+                .iter()
+                .zip(prompt)
+                .take_while(|(a, b)| a == b)
+                .count(),
+        }
+    }
+
     /// Forget everything after the first `n` tokens.
     pub fn truncate(&mut self, n: usize) {
         match self {
             Session::Native(s) => s.truncate(n),
             Session::Candle(s) => s.truncate(n),
+        }
+    }
+
+    /// Take the first `n` cached tokens of `src` instead of what this session holds, so a
+    /// prompt sharing them need not recompute them. False (and nothing changed) where the
+    /// backend cannot copy a cache or the two sessions are of different backends.
+    pub fn copy_prefix(&mut self, src: &Session, n: usize) -> bool {
+        match (self, src) {
+            (Session::Native(d), Session::Native(s)) => {
+                d.copy_prefix(s, n);
+                true
+            }
+            _ => false,
         }
     }
 

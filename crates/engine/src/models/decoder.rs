@@ -14,7 +14,7 @@ use super::weights::{Linear, SharedFile};
 use super::ModelError;
 use crate::cpu::Kernels;
 use crate::ops::activation::{gelu_f16_table, gelu_tanh_mul, silu_mul};
-use crate::ops::attention::{attention, AttnParams};
+use crate::ops::attention::{attention_with, AttnParams, F16_ACC_MAX_TOKENS};
 use crate::ops::matmul::{act_row_bytes, matmul, matvec_many, quantize_acts};
 use crate::ops::norm::{rms_norm, rms_norm_inplace};
 use crate::ops::rope::{RopeCache, RopeLayout};
@@ -103,19 +103,34 @@ pub struct Decoder {
 /// Tokens processed per forward call during prefill (llama.cpp's n_ubatch).
 pub const N_UBATCH: usize = 512;
 
-/// Mutable state of one conversation: the KV cache and every scratch buffer, sized at creation.
+/// Mutable state of one conversation: the KV cache, the logits of its last token and the
+/// scratch buffers of a forward pass, sized at creation.
 pub struct Session {
     pub n_ctx: usize,
     /// Tokens already in the KV cache.
     pub n_past: usize,
     /// The token ids in the KV cache, in order (capacity n_ctx, so pushing never reallocates).
     history: Vec<u32>,
+    /// Per cached position: whether its attention accumulated in f16 (see [`Precision`]),
+    /// so a cached prefix is reused only where a cold run would compute the same bits.
+    f16_acc: Vec<bool>,
     /// (n_layer, n_ctx, n_head_kv * head_dim): f16 as llama.cpp's default KV cache, held as
     /// its bits so that the allocation is zeroed by the allocator (untouched pages stay out of
     /// the resident set until the context fills them).
     k_cache: Vec<u16>,
     /// (n_layer, n_ctx, n_head_kv * head_dim), as `k_cache`.
     v_cache: Vec<u16>,
+    scratch: Scratch,
+    /// (n_vocab): logits of the last token of the last forward call.
+    pub logits: Vec<f32>,
+    /// The cache's shape, for copying prefixes between sessions.
+    n_layer: usize,
+    kv_dim: usize,
+}
+
+/// The buffers of one forward pass over up to `N_UBATCH` rows (tokens of one sequence, or
+/// of several in a batch). Zeroed allocations: pages a pass never touches stay unmapped.
+pub struct Scratch {
     /// (n_ubatch, n_embd): the residual stream.
     x: Vec<f32>,
     /// (n_ubatch, n_embd): normalised input of a block.
@@ -138,8 +153,102 @@ pub struct Session {
     up: Vec<f32>,
     /// (max(n_out) * n_ubatch): transposed matmul output.
     scratch: Vec<f32>,
-    /// (n_vocab): logits of the last token of the last forward call.
-    pub logits: Vec<f32>,
+    /// (n_ubatch): each row's position in its sequence.
+    pos: Vec<usize>,
+}
+
+/// A forward pass over several sequences at once: the shared scratch, and the logits of each
+/// sequence's last token.
+pub struct Batch {
+    scratch: Scratch,
+    /// (N_UBATCH): the rows' tokens, sequence after sequence.
+    tokens: Vec<u32>,
+    /// (max sequences, n_vocab)
+    logits: Vec<f32>,
+    max_seqs: usize,
+}
+
+impl Batch {
+    pub fn max_seqs(&self) -> usize {
+        self.max_seqs
+    }
+}
+
+/// One sequence's part of a pass: its rows are `rows.start..rows.end` of the scratch.
+struct Segment<'a> {
+    k_cache: &'a mut [u16],
+    v_cache: &'a mut [u16],
+    n_ctx: usize,
+    pos0: usize,
+    rows: std::ops::Range<usize>,
+    /// Rows from this index of the segment on accumulate attention in f16.
+    f16_from: usize,
+}
+
+/// Which rows of a pass accumulate attention in f16 (ggml's one-query path) rather than f32
+/// (its tiled path). llama.cpp decides per pass, by its size: f16 below 64 rows. A prompt
+/// read in other chunks (beside other sequences, or after a cached prefix) would then get
+/// other bits than a cold read, so prompts decide by position instead: each row as in a
+/// cold read of the whole prompt in `N_UBATCH` passes, which is llama.cpp's own choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// As llama.cpp for a pass of these rows (decode steps, benchmarks).
+    PerPass,
+    /// Rows of a prompt of `len` tokens, each as in a cold read of the whole prompt.
+    Prompt { len: usize },
+}
+
+impl Precision {
+    /// For `m` rows starting at position `pos0`: the index of the first f16 row (`m` if none).
+    fn f16_from(self, pos0: usize, m: usize) -> usize {
+        match self {
+            Precision::PerPass => {
+                if m < F16_ACC_MAX_TOKENS {
+                    0
+                } else {
+                    m
+                }
+            }
+            Precision::Prompt { len } => {
+                // A cold read's last pass holds `len % N_UBATCH` rows (or a full pass).
+                let last = match len % N_UBATCH {
+                    0 => N_UBATCH.min(len),
+                    r => r,
+                };
+                let first_f16 = if last < F16_ACC_MAX_TOKENS {
+                    len - last
+                } else {
+                    len
+                };
+                first_f16.saturating_sub(pos0).min(m)
+            }
+        }
+    }
+}
+
+/// One sequence's rows in a batched pass: its new tokens and how they are read.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows<'a> {
+    pub tokens: &'a [u32],
+    pub precision: Precision,
+}
+
+impl<'a> Rows<'a> {
+    /// The next token of a generating sequence (or any rows, read as llama.cpp would).
+    pub fn decode(tokens: &'a [u32]) -> Self {
+        Rows {
+            tokens,
+            precision: Precision::PerPass,
+        }
+    }
+
+    /// A chunk of a prompt of `len` tokens.
+    pub fn prompt(tokens: &'a [u32], len: usize) -> Self {
+        Rows {
+            tokens,
+            precision: Precision::Prompt { len },
+        }
+    }
 }
 
 impl Session {
@@ -153,6 +262,38 @@ impl Session {
         let n = n.min(self.n_past);
         self.n_past = n;
         self.history.truncate(n);
+        self.f16_acc.truncate(n);
+    }
+
+    /// How many leading tokens of `prompt` this cache holds as a cold read of that prompt
+    /// would compute them (same ids, same attention precision).
+    pub fn reusable_prefix(&self, prompt: &[u32]) -> usize {
+        let f16_from = Precision::Prompt { len: prompt.len() }.f16_from(0, prompt.len());
+        self.history
+            .iter()
+            .zip(&self.f16_acc)
+            .zip(prompt)
+            .enumerate()
+            .take_while(|&(i, ((h, &f), p))| h == p && f == (i >= f16_from))
+            .count()
+    }
+
+    /// Make this session hold the first `n` tokens of `src` (keys, values and ids), so a
+    /// prompt that starts the same way need not recompute them. Both sessions must come from
+    /// the same model; `n` is clamped to what `src` holds and this one can.
+    pub fn copy_prefix(&mut self, src: &Session, n: usize) {
+        let n = n.min(src.n_past).min(self.n_ctx);
+        let kvd = self.kv_dim;
+        for l in 0..self.n_layer.min(src.n_layer) {
+            let (from, to) = (l * src.n_ctx * kvd, l * self.n_ctx * kvd);
+            self.k_cache[to..to + n * kvd].copy_from_slice(&src.k_cache[from..from + n * kvd]);
+            self.v_cache[to..to + n * kvd].copy_from_slice(&src.v_cache[from..from + n * kvd]);
+        }
+        self.n_past = n;
+        self.history.clear();
+        self.history.extend_from_slice(&src.history[..n]);
+        self.f16_acc.clear();
+        self.f16_acc.extend_from_slice(&src.f16_acc[..n]);
     }
 }
 
@@ -218,8 +359,8 @@ impl Decoder {
         self
     }
 
-    /// Allocate a session with room for `n_ctx` tokens.
-    pub fn new_session(&self, n_ctx: usize) -> Session {
+    /// Scratch for passes of up to `N_UBATCH` rows, whose logits are wanted for `lm_rows`.
+    fn new_scratch(&self, lm_rows: usize) -> Scratch {
         let c = &self.cfg;
         let ub = N_UBATCH;
         let max_in = c.n_embd.max(c.n_ff).max(c.q_dim());
@@ -233,12 +374,7 @@ impl Decoder {
             .unwrap_or(0)
             .max(max_in * 4);
         let max_out = c.n_embd.max(c.n_ff).max(c.q_dim()).max(c.kv_dim());
-        Session {
-            n_ctx,
-            n_past: 0,
-            history: Vec::with_capacity(n_ctx),
-            k_cache: vec![0; c.n_layer * n_ctx * c.kv_dim()],
-            v_cache: vec![0; c.n_layer * n_ctx * c.kv_dim()],
+        Scratch {
             x: vec![0.0; ub * c.n_embd],
             xn: vec![0.0; ub * c.n_embd],
             act: vec![0; ub * max_act],
@@ -249,8 +385,36 @@ impl Decoder {
             proj: vec![0.0; ub * c.n_embd.max(c.n_ff)],
             gate: vec![0.0; ub * c.n_ff],
             up: vec![0.0; ub * c.n_ff],
-            scratch: vec![0.0; ub * max_out],
+            scratch: vec![0.0; (ub * max_out).max(lm_rows * c.n_vocab)],
+            pos: vec![0; ub],
+        }
+    }
+
+    /// Allocate a session with room for `n_ctx` tokens.
+    pub fn new_session(&self, n_ctx: usize) -> Session {
+        let c = &self.cfg;
+        Session {
+            n_ctx,
+            n_past: 0,
+            history: Vec::with_capacity(n_ctx),
+            f16_acc: Vec::with_capacity(n_ctx),
+            k_cache: vec![0; c.n_layer * n_ctx * c.kv_dim()],
+            v_cache: vec![0; c.n_layer * n_ctx * c.kv_dim()],
+            scratch: self.new_scratch(1),
             logits: vec![0.0; c.n_vocab],
+            n_layer: c.n_layer,
+            kv_dim: c.kv_dim(),
+        }
+    }
+
+    /// Scratch for passes over up to `max_seqs` sequences' next tokens at once.
+    pub fn new_batch(&self, max_seqs: usize) -> Batch {
+        let max_seqs = max_seqs.clamp(1, N_UBATCH);
+        Batch {
+            scratch: self.new_scratch(max_seqs),
+            tokens: Vec::with_capacity(N_UBATCH),
+            logits: vec![0.0; max_seqs * self.cfg.n_vocab],
+            max_seqs,
         }
     }
 
@@ -309,21 +473,114 @@ impl Decoder {
     /// and leave the logits of the last one in `s.logits`. Must run inside the caller's rayon
     /// pool, which decides the thread count.
     pub fn forward(&self, k: &Kernels, s: &mut Session, tokens: &[u32]) -> Result<(), ModelError> {
+        self.forward_with(k, s, tokens, Precision::PerPass)
+    }
+
+    /// [`Self::forward`] with the attention precision of each row chosen by `precision`.
+    pub fn forward_with(
+        &self,
+        k: &Kernels,
+        s: &mut Session,
+        tokens: &[u32],
+        precision: Precision,
+    ) -> Result<(), ModelError> {
         self.check_tokens(s.n_past, s.n_ctx, tokens)?;
         for chunk in tokens.chunks(N_UBATCH) {
-            self.forward_ubatch(k, s, chunk);
+            let f16_from = precision.f16_from(s.n_past, chunk.len());
+            let seg = Segment {
+                k_cache: &mut s.k_cache,
+                v_cache: &mut s.v_cache,
+                n_ctx: s.n_ctx,
+                pos0: s.n_past,
+                rows: 0..chunk.len(),
+                f16_from,
+            };
+            self.forward_rows(k, &mut s.scratch, &mut [seg], chunk, &mut s.logits);
             s.n_past += chunk.len();
             s.history.extend_from_slice(chunk);
+            s.f16_acc.extend((0..chunk.len()).map(|i| i >= f16_from));
         }
         Ok(())
     }
 
-    fn forward_ubatch(&self, k: &Kernels, s: &mut Session, tokens: &[u32]) {
+    /// One pass over several sequences at once, `tokens[i]` appended to `seqs[i]`: the weight
+    /// matrices are read once for every row of every sequence, attention runs per sequence
+    /// over its own cache, and each session gets the logits of its last token. Each row's
+    /// result is the same bits as in a pass of its sequence alone (the kernels split output
+    /// rows between threads, never a reduction). All rows together fit in one `N_UBATCH`.
+    pub fn forward_batch(
+        &self,
+        k: &Kernels,
+        batch: &mut Batch,
+        seqs: &mut [&mut Session],
+        rows: &[Rows<'_>],
+    ) -> Result<(), ModelError> {
+        let total: usize = rows.iter().map(|r| r.tokens.len()).sum();
+        if seqs.len() != rows.len()
+            || seqs.len() > batch.max_seqs
+            || total > N_UBATCH
+            || rows.iter().any(|r| r.tokens.is_empty())
+        {
+            return Err(ModelError::BadBatch {
+                seqs: seqs.len(),
+                rows: total,
+                max_seqs: batch.max_seqs,
+                max_rows: N_UBATCH,
+            });
+        }
+        for (s, r) in seqs.iter().zip(rows) {
+            self.check_tokens(s.n_past, s.n_ctx, r.tokens)?;
+        }
+        let mut row = 0;
+        // The one allocation of a step: a few borrowed slices.
+        let mut segs: Vec<Segment<'_>> = Vec::with_capacity(seqs.len());
+        batch.tokens.clear();
+        for (s, r) in seqs.iter_mut().zip(rows) {
+            let m = r.tokens.len();
+            batch.tokens.extend_from_slice(r.tokens);
+            segs.push(Segment {
+                k_cache: &mut s.k_cache,
+                v_cache: &mut s.v_cache,
+                n_ctx: s.n_ctx,
+                pos0: s.n_past,
+                rows: row..row + m,
+                f16_from: r.precision.f16_from(s.n_past, m),
+            });
+            row += m;
+        }
+        let n_vocab = self.cfg.n_vocab;
+        let logits = &mut batch.logits[..rows.len() * n_vocab];
+        self.forward_rows(k, &mut batch.scratch, &mut segs, &batch.tokens, logits);
+        drop(segs);
+        for ((s, r), l) in seqs.iter_mut().zip(rows).zip(logits.chunks_exact(n_vocab)) {
+            let f = r.precision.f16_from(s.n_past, r.tokens.len());
+            s.logits.copy_from_slice(l);
+            s.n_past += r.tokens.len();
+            s.history.extend_from_slice(r.tokens);
+            s.f16_acc.extend((0..r.tokens.len()).map(|i| i >= f));
+        }
+        Ok(())
+    }
+
+    /// The pass itself: `tokens` are the rows of `segs`, in order; `logits` gets one row per
+    /// segment, for its last token.
+    fn forward_rows(
+        &self,
+        k: &Kernels,
+        s: &mut Scratch,
+        segs: &mut [Segment<'_>],
+        tokens: &[u32],
+        logits: &mut [f32],
+    ) {
         let c = &self.cfg;
         let file = &*self.file;
         let n = tokens.len();
         let (d, qd, kvd) = (c.n_embd, c.q_dim(), c.kv_dim());
-        let pos0 = s.n_past;
+        for seg in segs.iter() {
+            for (i, r) in seg.rows.clone().enumerate() {
+                s.pos[r] = seg.pos0 + i;
+            }
+        }
 
         for (t, &tok) in tokens.iter().enumerate() {
             let row = &mut s.x[t * d..(t + 1) * d];
@@ -365,6 +622,7 @@ impl Decoder {
             let rope = &self.ropes[self.layer_rope[l]];
             // Per token, on the pool: serial, these element-wise steps were a sixth of Gemma 3's
             // two-thread prefill.
+            let pos = &s.pos[..n];
             let qk_rows = s.q[..n * qd]
                 .par_chunks_mut(qd)
                 .zip(s.k[..n * kvd].par_chunks_mut(kvd));
@@ -377,16 +635,9 @@ impl Decoder {
                     kr.chunks_exact_mut(c.head_dim)
                         .for_each(|h| rms_norm_inplace(h, w, c.rms_eps));
                 }
-                rope.apply(q, c.head_dim, pos0 + t);
-                rope.apply(kr, c.head_dim, pos0 + t);
+                rope.apply(q, c.head_dim, pos[t]);
+                rope.apply(kr, c.head_dim, pos[t]);
             });
-            // The cache holds f16, as llama.cpp's default F16 KV cache does (round to nearest
-            // even, as ggml's conversion).
-            let layer_off = l * s.n_ctx * kvd;
-            let kc = s.k_cache[layer_off..layer_off + s.n_ctx * kvd].reinterpret_cast_mut::<f16>();
-            kc[pos0 * kvd..(pos0 + n) * kvd].convert_from_f32_slice(&s.k[..n * kvd]);
-            let vc = s.v_cache[layer_off..layer_off + s.n_ctx * kvd].reinterpret_cast_mut::<f16>();
-            vc[pos0 * kvd..(pos0 + n) * kvd].convert_from_f32_slice(&s.v[..n * kvd]);
             let p = AttnParams {
                 n_head: c.n_head,
                 n_head_kv: c.n_head_kv,
@@ -395,9 +646,41 @@ impl Decoder {
                 window: c.layer_window.get(l).copied().flatten(),
                 softcap: None,
             };
-            let kc = s.k_cache[layer_off..layer_off + (pos0 + n) * kvd].reinterpret_cast::<f16>();
-            let vc = s.v_cache[layer_off..layer_off + (pos0 + n) * kvd].reinterpret_cast::<f16>();
-            attention(&p, &s.q[..n * qd], kc, vc, pos0, &mut s.attn[..n * qd]);
+            for seg in segs.iter_mut() {
+                let (pos0, r) = (seg.pos0, seg.rows.clone());
+                let m = r.len();
+                // The cache holds f16, as llama.cpp's default F16 KV cache does (round to
+                // nearest even, as ggml's conversion).
+                let layer_off = l * seg.n_ctx * kvd;
+                let layer = layer_off..layer_off + seg.n_ctx * kvd;
+                let kc = seg.k_cache[layer.clone()].reinterpret_cast_mut::<f16>();
+                kc[pos0 * kvd..(pos0 + m) * kvd]
+                    .convert_from_f32_slice(&s.k[r.start * kvd..r.end * kvd]);
+                let vc = seg.v_cache[layer].reinterpret_cast_mut::<f16>();
+                vc[pos0 * kvd..(pos0 + m) * kvd]
+                    .convert_from_f32_slice(&s.v[r.start * kvd..r.end * kvd]);
+                // Rows before `f16_from` in f32, the rest in f16: each query reads only
+                // keys up to its own position, so the split changes no row's result.
+                let split = r.start + seg.f16_from;
+                for (sub, f16_acc) in [(r.start..split, false), (split..r.end, true)] {
+                    if sub.is_empty() {
+                        continue;
+                    }
+                    let p0 = pos0 + (sub.start - r.start);
+                    let filled = layer_off..layer_off + (p0 + sub.len()) * kvd;
+                    let kc = seg.k_cache[filled.clone()].reinterpret_cast::<f16>();
+                    let vc = seg.v_cache[filled].reinterpret_cast::<f16>();
+                    attention_with(
+                        &p,
+                        &s.q[sub.start * qd..sub.end * qd],
+                        kc,
+                        vc,
+                        p0,
+                        f16_acc,
+                        &mut s.attn[sub.start * qd..sub.end * qd],
+                    );
+                }
+            }
             quantize_acts(k, lw.wo.info.ty, &s.attn[..n * qd], qd, &mut s.act);
             matmul(k, lw.wo.mat(file), &s.act, n, &mut s.proj, &mut s.scratch);
             residual_add(
@@ -458,22 +741,21 @@ impl Decoder {
             );
         }
 
-        // Only the last token's logits are needed to sample the next one.
-        let last = &s.x[(n - 1) * d..n * d];
-        rms_norm(&mut s.xn[..d], last, &self.output_norm, c.rms_eps);
-        quantize_acts(k, self.output.info.ty, &s.xn[..d], d, &mut s.act);
-        matmul(
-            k,
-            self.output.mat(file),
-            &s.act,
-            1,
-            &mut s.logits,
-            &mut s.scratch,
-        );
+        // Only each sequence's last token's logits are needed to sample its next one.
+        for (i, seg) in segs.iter().enumerate() {
+            let last = seg.rows.end - 1;
+            rms_norm(
+                &mut s.xn[i * d..(i + 1) * d],
+                &s.x[last * d..(last + 1) * d],
+                &self.output_norm,
+                c.rms_eps,
+            );
+        }
+        let m = segs.len();
+        quantize_acts(k, self.output.info.ty, &s.xn[..m * d], d, &mut s.act);
+        matmul(k, self.output.mat(file), &s.act, m, logits, &mut s.scratch);
         if let Some(cap) = c.final_logit_softcap {
-            s.logits
-                .iter_mut()
-                .for_each(|v| *v = cap * (*v / cap).tanh());
+            logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
         }
     }
 }

@@ -21,7 +21,7 @@ use thiserror::Error;
 use crate::gguf::{keys, GgufError, GgufFile};
 use crate::quant::QuantError;
 
-pub use decoder::{Decoder, DecoderConfig, Session};
+pub use decoder::{Batch, Decoder, DecoderConfig, Precision, Rows, Session};
 
 #[derive(Debug, Error)]
 pub enum ModelError {
@@ -51,6 +51,16 @@ pub enum ModelError {
     ContextFull { needed: usize, n_ctx: usize },
     #[error("token id {id} is outside the vocabulary ({n_vocab} tokens)")]
     BadToken { id: u32, n_vocab: usize },
+    #[error(
+        "a batch of {seqs} sequences and {rows} tokens does not fit (at most {max_seqs} \
+         sequences, {max_rows} tokens, at least one token each)"
+    )]
+    BadBatch {
+        seqs: usize,
+        rows: usize,
+        max_seqs: usize,
+        max_rows: usize,
+    },
 }
 
 /// Open a GGUF file and build the model its `general.architecture` names.

@@ -63,11 +63,35 @@ pub fn attention(
     pos0: usize,
     out: &mut [f32],
 ) {
+    let n_tok = q.len() / (p.n_head * p.head_dim);
+    attention_with(
+        p,
+        q,
+        k_cache,
+        v_cache,
+        pos0,
+        n_tok < F16_ACC_MAX_TOKENS,
+        out,
+    );
+}
+
+/// [`attention`] with the precision chosen by the caller: `f16_acc` takes ggml's one-query
+/// path (f16 query and accumulator, for head dims up to 256) whatever the batch size, so a
+/// row's result can be made not to depend on which rows share its pass.
+pub fn attention_with(
+    p: &AttnParams,
+    q: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
+    pos0: usize,
+    f16_acc: bool,
+    out: &mut [f32],
+) {
     let hd = p.head_dim;
     let kv_dim = p.n_head_kv * hd;
     let group = p.n_head / p.n_head_kv;
     let n_tok = q.len() / (p.n_head * hd);
-    let f16_path = n_tok < F16_ACC_MAX_TOKENS && hd <= 256;
+    let f16_path = f16_acc && hd <= 256;
     let fma = has_fma();
     let out = &mut out[..n_tok * p.n_head * hd];
     if !f16_path {
@@ -463,7 +487,10 @@ unsafe fn query_block_f32_chunked(
     for h in 0..p.n_head {
         let kvh = h / group;
         run.fill(Running::START);
-        let mut c0 = first_key(p, pos0);
+        // Chunks start at multiples of KEY_CHUNK, so a query meets the same chunks (and
+        // rescales at the same keys) whatever block it is in: its result does not depend on
+        // which other queries share its pass.
+        let mut c0 = first_key(p, pos0) / KEY_CHUNK * KEY_CHUNK;
         while c0 <= last {
             let c1 = (c0 + KEY_CHUNK).min(last + 1);
             // Queries `tlo..thi` see keys of this chunk (windows only move forward).
@@ -502,11 +529,18 @@ unsafe fn query_block_f32_chunked(
                     scores[t + 1][j..j + 4].copy_from_slice(&s2[1]);
                     j += 4;
                 }
+                // The rest one query by four keys, with the same arithmetic per (query, key)
+                // as the pairs (a missing key repeats the last one, its score unused).
                 let rows = t..t + 1 + usize::from(pair);
                 for (su, u) in scores[rows.clone()].iter_mut().zip(rows) {
-                    for (jj, s) in su.iter_mut().enumerate().take(nk).skip(j) {
+                    let mut jj = j;
+                    while jj < nk {
+                        let ks = std::array::from_fn(|i| krow(c0 + (jj + i).min(nk - 1)));
                         // SAFETY: as above.
-                        *s = unsafe { dot_avx2(qrow(u), krow(c0 + jj)) };
+                        let s4 = unsafe { dot_1x4_avx2(qrow(u), ks) };
+                        let n = (nk - jj).min(4);
+                        su[jj..jj + n].copy_from_slice(&s4[..n]);
+                        jj += 4;
                     }
                 }
                 t += 1 + usize::from(pair);
@@ -613,6 +647,35 @@ unsafe fn dot_2x4_avx2(q0: &[f32], q1: &[f32], k: [&[f32]; 4]) -> [[f32; 4]; 2] 
             out
         };
         [sums(a[0]), sums(a[1])]
+    }
+}
+
+/// [`dot_2x4_avx2`] for one query: each (query, key) product accumulates and reduces exactly
+/// as there, so a score is the same bits whichever of the two computed it.
+///
+/// # Safety
+/// The CPU must have FMA and AVX2; every row holds `q.len()` elements, a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma,avx2")]
+#[inline]
+unsafe fn dot_1x4_avx2(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = q.len();
+    debug_assert!(k.iter().all(|k| k.len() == n) && n.is_multiple_of(8));
+    // SAFETY: every access is at an offset `o` with `o + 8 <= n` (caller's contract).
+    unsafe {
+        let mut a = [_mm256_setzero_ps(); 4];
+        for o in (0..n).step_by(8) {
+            let x = _mm256_loadu_ps(q.as_ptr().add(o));
+            for (u, k) in k.iter().enumerate() {
+                a[u] = _mm256_fmadd_ps(x, _mm256_loadu_ps(k.as_ptr().add(o)), a[u]);
+            }
+        }
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+        let mut out = [0.0f32; 4];
+        _mm_storeu_ps(out.as_mut_ptr(), s);
+        out
     }
 }
 
@@ -813,6 +876,53 @@ mod tests {
                 let r = reference(&p, &q, &k, &v, pos0);
                 for (a, b) in out.iter().zip(&r) {
                     assert!((a - b).abs() < tol, "n_tok {n_tok}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    /// A query's result does not depend on the queries beside it: in either precision, each
+    /// row equals the same row computed alone, bit for bit (windows and odd blocks included),
+    /// which lets a prompt be read in any chunks, beside other sequences, with the same bits.
+    #[test]
+    fn each_row_is_the_same_bits_alone_as_in_any_block() {
+        for (hd, window) in [(64, None), (64, Some(21)), (256, Some(9)), (8, None)] {
+            let p = AttnParams {
+                n_head: 4,
+                n_head_kv: 2,
+                head_dim: hd,
+                scale: 0.125,
+                window,
+                softcap: None,
+            };
+            let (pos0, n_tok) = (5, 45);
+            let n_ctx = pos0 + n_tok;
+            let kvd = 2 * hd;
+            let f = |i: usize, m: f32| ((i as f32) * m).sin() * 2.0;
+            let k: Vec<f32> = (0..n_ctx * kvd).map(|i| round_f16(f(i, 0.7))).collect();
+            let v: Vec<f32> = (0..n_ctx * kvd).map(|i| round_f16(f(i, 1.3))).collect();
+            let q: Vec<f32> = (0..n_tok * 4 * hd).map(|i| f(i, 0.9)).collect();
+            let (k, v) = (f16s(&k), f16s(&v));
+            for f16_acc in [false, true] {
+                let mut all = vec![0.0; q.len()];
+                attention_with(&p, &q, &k, &v, pos0, f16_acc, &mut all);
+                for (start, len) in [(0, 1), (3, 1), (17, 1), (44, 1), (2, 7), (19, 20)] {
+                    let rows = start * 4 * hd..(start + len) * 4 * hd;
+                    let mut part = vec![0.0; rows.len()];
+                    attention_with(
+                        &p,
+                        &q[rows.clone()],
+                        &k,
+                        &v,
+                        pos0 + start,
+                        f16_acc,
+                        &mut part,
+                    );
+                    let same = part
+                        .iter()
+                        .zip(&all[rows])
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "hd {hd} {window:?} f16 {f16_acc}: rows {start}+{len}");
                 }
             }
         }
