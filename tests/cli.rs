@@ -147,6 +147,13 @@ fn interactive_chat_reuses_the_conversation_and_quits_on_bye() {
             "--temp",
             "0",
             "--verbose",
+            // A first prompt of 64+ tokens: its rows are then read in the precision the
+            // second, longer prompt's cold read gives them, so they are reused (a shorter
+            // one is recomputed, for the same bits as cold).
+            "--system",
+            "You are a helpful geography assistant. You answer questions about countries, \
+             capitals, rivers and mountains briefly and accurately, in one short sentence. When \
+             a question is unclear, you ask which country is meant. You never make up facts.",
         ],
         Some(b"What is the capital of France?\nAnd of Italy?\n/bye\n"),
     );
@@ -155,7 +162,7 @@ fn interactive_chat_reuses_the_conversation_and_quits_on_bye() {
     let stats: Vec<&str> = err.lines().filter(|l| l.contains("tok/s")).collect();
     assert_eq!(stats.len(), 2, "two answers expected: {err}");
     // The second turn extends the first: its prompt starts with the whole first exchange,
-    // which is still in the KV cache.
+    // whose prompt part is still in the KV cache.
     assert!(stats[0].contains("(0 cached)"), "{}", stats[0]);
     assert!(!stats[1].contains("(0 cached)"), "{}", stats[1]);
     assert!(!text(&out.stdout).trim().is_empty());
