@@ -26,6 +26,24 @@ fn prompts() -> Vec<String> {
         .collect()
 }
 
+/// A streamed greedy completion that cannot end early (SmolLM2's end-of-generation tokens
+/// banned), its head read: the caller reads its chunks or drops it.
+fn endless_stream(port: u16, max_tokens: u32) -> support::Conn {
+    let mut c = support::Conn::open(port);
+    let body = json!({"model": "m", "prompt": "Once upon a time", "max_tokens": max_tokens,
+                      "temperature": 0, "stream": true,
+                      "logit_bias": {"0": -100, "1": -100, "2": -100}})
+    .to_string();
+    c.send(
+        "POST",
+        "/v1/completions",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(c.read_head().0, 200);
+    c
+}
+
 fn text_and_count(r: &Value) -> (String, u64) {
     (
         r["choices"][0]["text"].as_str().unwrap().to_owned(),
@@ -50,18 +68,7 @@ fn eight_concurrent_greedy_requests_answer_token_for_token_as_alone() {
     // A client that leaves mid-stream, while the others arrive staggered.
     let port = s.port;
     let leaver = std::thread::spawn(move || {
-        let mut c = support::Conn::open(port);
-        let body = json!({"model": "m", "prompt": "Once upon a time", "max_tokens": 500,
-                          "temperature": 0, "stream": true,
-                          "logit_bias": {"0": -100, "1": -100, "2": -100}})
-        .to_string();
-        c.send(
-            "POST",
-            "/v1/completions",
-            &[("content-type", "application/json")],
-            body.as_bytes(),
-        );
-        assert_eq!(c.read_head().0, 200);
+        let mut c = endless_stream(port, 500);
         for _ in 0..15 {
             c.read_chunk().unwrap();
         }
@@ -97,18 +104,7 @@ fn eight_concurrent_greedy_requests_answer_token_for_token_as_alone() {
 #[test]
 fn a_long_prompt_is_read_while_running_streams_keep_receiving_tokens() {
     let s = Server::ready(&["-c", "2048", "--parallel", "2"]);
-    let mut c = s.conn();
-    let body = json!({"model": "m", "prompt": "Once upon a time", "max_tokens": 1500,
-                      "temperature": 0, "stream": true,
-                      "logit_bias": {"0": -100, "1": -100, "2": -100}})
-    .to_string();
-    c.send(
-        "POST",
-        "/v1/completions",
-        &[("content-type", "application/json")],
-        body.as_bytes(),
-    );
-    assert_eq!(c.read_head().0, 200);
+    let mut c = endless_stream(s.port, 1500);
     for _ in 0..5 {
         c.read_chunk().unwrap();
     }
