@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use backstop_server::{FailoverConfig, Flavor, ModelNames, ServeConfig, UpstreamSpec};
+use backstop_server::config_file;
+use backstop_server::{FailoverConfig, ModelNames, ServeConfig};
 use clap::{Args, ValueEnum};
 
 use crate::options::ModelArgs;
@@ -49,10 +50,19 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 3.0)]
     pub shutdown_grace: f64,
     /// Forward to a cloud first: `anthropic=https://api.anthropic.com` (for /v1/messages) or
-    /// `openai=https://api.openai.com` (the other /v1 routes); repeatable. The local model
-    /// answers when the cloud fails. Without it backstop never opens an outbound connection.
-    #[arg(long = "upstream", value_name = "NAME=URL")]
+    /// `openai=https://api.openai.com` (the other /v1 routes); repeat a format for a chain
+    /// tried in order. A format with no upstream of its own is served by the other's,
+    /// translated. The local model answers when they all fail. Without it (or --config)
+    /// backstop never opens an outbound connection.
+    #[arg(long = "upstream", value_name = "FORMAT=URL")]
     pub upstream: Vec<String>,
+    /// Upstreams, routes (chains), keys, model maps, health checks and councils from a TOML
+    /// file (docs/failover.md); instead of --upstream.
+    #[arg(long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Seconds between health checks of each --upstream (GET /v1/models; 0 = none).
+    #[arg(long, default_value_t = 15.0)]
+    pub probe_interval: f64,
     /// Also fall back on HTTP 429 (rate limited) from the cloud.
     #[arg(long)]
     pub fallback_on_429: bool,
@@ -118,25 +128,6 @@ fn seconds(flag: &str, v: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
-fn parse_upstream(s: &str) -> Result<UpstreamSpec> {
-    let (name, url) = s.split_once('=').with_context(|| {
-        format!("--upstream {s:?}: expected NAME=URL, e.g. anthropic=https://api.anthropic.com")
-    })?;
-    let flavor = match name.trim() {
-        "anthropic" => Flavor::Anthropic,
-        "openai" => Flavor::OpenAi,
-        other => bail!("--upstream {other:?}: the name must be 'anthropic' or 'openai'"),
-    };
-    let url = url.trim();
-    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 9 {
-        bail!("--upstream {name}={url}: the URL must start with http:// or https://");
-    }
-    Ok(UpstreamSpec {
-        flavor,
-        base_url: url.trim_end_matches('/').to_owned(),
-    })
-}
-
 pub fn serve(a: ServeArgs) -> Result<()> {
     init_logging(a.log_format)?;
     let model_path = a.model.path()?;
@@ -147,16 +138,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         );
     }
     let shutdown_grace = seconds("--shutdown-grace", a.shutdown_grace)?;
-    let mut upstreams: Vec<UpstreamSpec> = Vec::new();
-    for u in &a.upstream {
-        let spec = parse_upstream(u)?;
-        if upstreams.iter().any(|x| x.flavor == spec.flavor) {
-            bail!("--upstream {} is given twice", spec.name());
-        }
-        upstreams.push(spec);
-    }
-    let failover = FailoverConfig {
-        upstreams,
+    let knobs = FailoverConfig {
         fallback_on_429: a.fallback_on_429,
         retries: a.upstream_retries,
         connect_timeout: seconds("--connect-timeout", a.connect_timeout)?,
@@ -168,6 +150,18 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         stream_idle_timeout: seconds("--stream-idle-timeout", a.stream_idle_timeout)?,
         breaker_failures: a.breaker_failures.max(1),
         breaker_cooldown: seconds("--breaker-cooldown", a.breaker_cooldown)?,
+        ..FailoverConfig::default()
+    };
+    let failover = match &a.config {
+        Some(_) if !a.upstream.is_empty() => {
+            bail!("give upstreams with --config or with --upstream, not both")
+        }
+        Some(path) => config_file::load(path, knobs, &|k| std::env::var(k).ok())?,
+        None => config_file::from_flags(
+            &a.upstream,
+            seconds("--probe-interval", a.probe_interval)?,
+            knobs,
+        )?,
     };
     let mut keys: Vec<String> = a.api_key.iter().map(|k| k.trim().to_owned()).collect();
     if let Some(f) = &a.api_key_file {

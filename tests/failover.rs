@@ -23,6 +23,9 @@ fn front(cloud: &FakeCloud, extra: &[&str]) -> Server {
         "1",
         "--stream-first-byte-timeout",
         "1",
+        // These tests count upstream requests and breaker changes themselves.
+        "--probe-interval",
+        "0",
     ];
     args.extend_from_slice(extra);
     Server::ready(&args)
@@ -160,7 +163,7 @@ fn refused_connection_falls_back_and_429_does_with_the_flag() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let up = format!("openai=http://127.0.0.1:{port}");
-    let s = Server::ready(&["-c", "1024", "--upstream", &up]);
+    let s = Server::ready(&["-c", "1024", "--probe-interval", "0", "--upstream", &up]);
     let r = s.post_json(
         "/v1/chat/completions",
         r#"{"model":"gpt-4o","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}"#,

@@ -339,6 +339,11 @@ pub struct FakeCloud {
 
 impl FakeCloud {
     pub fn start() -> FakeCloud {
+        Self::start_with(&[])
+    }
+
+    /// Start with extra flags (`--key KEY`).
+    pub fn start_with(args: &[&str]) -> FakeCloud {
         let exe = std::env::current_exe().unwrap();
         // target/<profile>/deps/<test> -> target/<profile>/examples/fake_cloud
         let path = exe
@@ -354,6 +359,7 @@ impl FakeCloud {
         );
         let mut child = Command::new(path)
             .args(["--port", "0"])
+            .args(args)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -394,6 +400,11 @@ impl FakeCloud {
 
     pub fn requests(&self) -> u64 {
         self.report()["requests"].as_u64().unwrap()
+    }
+
+    /// Health checks seen since the last `scenario` call.
+    pub fn probes(&self) -> u64 {
+        self.report()["probes"].as_u64().unwrap()
     }
 }
 

@@ -7,7 +7,14 @@
 //! `healthy`, `500`, `529`, `429`, `401`, `hang` (accept, never answer), `slow:SECS` (answer
 //! after a delay), `break:N` (a stream that dies after N events). A streamed Messages request
 //! with tools is answered with a little text and a `tool_use` block calling its first tool
-//! with `{"path": "notes.txt"}`, sent in pieces, so a break can fall inside the call.
+//! with `{"path": "notes.txt"}`, sent in pieces, so a break can fall inside the call; an
+//! OpenAI chat request with tools calls its first tool the same way, streamed or not.
+//! `wrong` answers like `healthy` but says something else (other words, and the call's
+//! argument `{"path": "secret.txt"}`), for council cross-checks.
+//!
+//! `--key KEY` makes it demand that key (`x-api-key` or `Authorization: Bearer`), answering
+//! 401 otherwise. Health checks (user-agent `backstop-health-check/*`) are counted apart as
+//! `probes` and leave `requests` and the last request alone.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,16 +33,47 @@ use serde_json::{json, Value};
 struct Cloud {
     scenario: Mutex<String>,
     requests: AtomicU64,
+    probes: AtomicU64,
     last: Mutex<Value>,
+    key: Option<String>,
 }
 
 const WORDS: [&str; 8] = [
     "Hello", " from", " the", " cloud", ",", " all", " is", " well.",
 ];
+const WRONG_WORDS: [&str; 8] = [
+    "Bananas", " grow", " on", " the", " moon", " every", " single", " winter.",
+];
 
 /// A streamed answer to a request with tools: this text, then a call of its first tool.
 const TOOL_WORDS: [&str; 2] = ["Let me", " look."];
 const TOOL_INPUT: [&str; 4] = ["{\"pa", "th\": \"no", "tes.t", "xt\"}"];
+const WRONG_TOOL_INPUT: [&str; 4] = ["{\"pa", "th\": \"se", "cret.t", "xt\"}"];
+
+fn words(scenario: &str) -> &'static [&'static str] {
+    if scenario == "wrong" {
+        &WRONG_WORDS
+    } else {
+        &WORDS
+    }
+}
+
+fn tool_input(scenario: &str) -> &'static [&'static str] {
+    if scenario == "wrong" {
+        &WRONG_TOOL_INPUT
+    } else {
+        &TOOL_INPUT
+    }
+}
+
+/// The name of an OpenAI request's first function tool, if it has any.
+fn first_function(body: &Bytes) -> Option<String> {
+    serde_json::from_slice::<Value>(body)
+        .ok()?
+        .pointer("/tools/0/function/name")?
+        .as_str()
+        .map(str::to_owned)
+}
 
 /// The name of the request's first tool, if it has any.
 fn first_tool(body: &Bytes) -> Option<String> {
@@ -53,7 +91,14 @@ async fn main() {
     if let Some(i) = args.iter().position(|a| a == "--port") {
         port = args.get(i + 1).and_then(|p| p.parse().ok()).unwrap_or(0);
     }
-    let cloud = Arc::new(Cloud::default());
+    let key = args
+        .iter()
+        .position(|a| a == "--key")
+        .and_then(|i| args.get(i + 1).cloned());
+    let cloud = Arc::new(Cloud {
+        key,
+        ..Cloud::default()
+    });
     *cloud.scenario.lock().unwrap() = "healthy".into();
     let app = Router::new()
         .route("/_control", get(report).post(set_scenario))
@@ -76,6 +121,7 @@ async fn main() {
 async fn report(State(c): State<Arc<Cloud>>) -> Json<Value> {
     let mut v = c.last.lock().unwrap().clone();
     v["requests"] = json!(c.requests.load(Ordering::SeqCst));
+    v["probes"] = json!(c.probes.load(Ordering::SeqCst));
     v["scenario"] = json!(c.scenario.lock().unwrap().clone());
     Json(v)
 }
@@ -89,6 +135,7 @@ async fn set_scenario(
     }
     if q.contains_key("reset") {
         c.requests.store(0, Ordering::SeqCst);
+        c.probes.store(0, Ordering::SeqCst);
     }
     report(State(c)).await
 }
@@ -102,14 +149,19 @@ async fn arrive(
     h: &HeaderMap,
     body: &Bytes,
 ) -> Result<String, Response> {
-    c.requests.fetch_add(1, Ordering::SeqCst);
     let header = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    *c.last.lock().unwrap() = json!({
-        "path": uri.path(), "query": uri.query(),
-        "authorization": header("authorization"), "x_api_key": header("x-api-key"),
-        "anthropic_version": header("anthropic-version"),
-        "body": String::from_utf8_lossy(body),
-    });
+    let probe = header("user-agent").is_some_and(|u| u.starts_with("backstop-health-check/"));
+    if probe {
+        c.probes.fetch_add(1, Ordering::SeqCst);
+    } else {
+        c.requests.fetch_add(1, Ordering::SeqCst);
+        *c.last.lock().unwrap() = json!({
+            "path": uri.path(), "query": uri.query(),
+            "authorization": header("authorization"), "x_api_key": header("x-api-key"),
+            "anthropic_version": header("anthropic-version"),
+            "body": String::from_utf8_lossy(body),
+        });
+    }
     let scenario = c.scenario.lock().unwrap().clone();
     let err = |status: u16, ty: &str, msg: &str| -> Response {
         let body = if anthropic {
@@ -123,6 +175,13 @@ async fn arrive(
         }
         r
     };
+    if let Some(k) = &c.key {
+        let bearer =
+            header("authorization").and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned));
+        if header("x-api-key").as_ref() != Some(k) && bearer.as_ref() != Some(k) {
+            return Err(err(401, "authentication_error", "invalid key"));
+        }
+    }
     match scenario.as_str() {
         "500" => Err(err(500, "api_error", "Internal server error")),
         "529" => Err(err(529, "overloaded_error", "Overloaded")),
@@ -190,11 +249,20 @@ async fn messages(State(c): State<Arc<Cloud>>, uri: Uri, h: HeaderMap, body: Byt
         Err(r) => return r,
     };
     let model = model_of(&body);
+    let tool = first_tool(&body);
     if !wants_stream(&body) {
-        let text: String = WORDS.concat();
+        let mut content = vec![json!({"type": "text", "text": words(&scenario).concat()})];
+        if let Some(name) = &tool {
+            let input: Value = serde_json::from_str(&tool_input(&scenario).concat()).unwrap();
+            content = vec![
+                json!({"type": "text", "text": TOOL_WORDS.concat()}),
+                json!({"type": "tool_use", "id": "toolu_cloud1", "name": name, "input": input}),
+            ];
+        }
         return Json(json!({
             "id": "msg_cloud", "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+            "content": content,
+            "stop_reason": if tool.is_some() { "tool_use" } else { "end_turn" },
             "stop_sequence": null, "usage": {"input_tokens": 10, "output_tokens": 8},
         }))
         .into_response();
@@ -214,9 +282,12 @@ async fn messages(State(c): State<Arc<Cloud>>, uri: Uri, h: HeaderMap, body: Byt
         ),
         ev("ping", json!({"type": "ping"})),
     ];
-    let tool = first_tool(&body);
-    let words: &[&str] = if tool.is_some() { &TOOL_WORDS } else { &WORDS };
-    for w in words {
+    let said: &[&str] = if tool.is_some() {
+        &TOOL_WORDS
+    } else {
+        words(&scenario)
+    };
+    for w in said {
         events.push(ev(
             "content_block_delta",
             json!({"type": "content_block_delta", "index": 0,
@@ -235,7 +306,7 @@ async fn messages(State(c): State<Arc<Cloud>>, uri: Uri, h: HeaderMap, body: Byt
                    "content_block": {"type": "tool_use", "id": "toolu_cloud1", "name": name,
                                      "input": {}}}),
         ));
-        for piece in TOOL_INPUT {
+        for piece in tool_input(&scenario) {
             events.push(ev(
                 "content_block_delta",
                 json!({"type": "content_block_delta", "index": 1,
@@ -280,9 +351,15 @@ async fn chat(State(c): State<Arc<Cloud>>, uri: Uri, h: HeaderMap, body: Bytes) 
     };
     let model = model_of(&body);
     let chat = uri.path().ends_with("/chat/completions");
+    let tool = first_function(&body).filter(|_| chat);
     if !wants_stream(&body) {
-        let text: String = WORDS.concat();
-        let choice = if chat {
+        let text: String = words(&scenario).concat();
+        let choice = if let Some(name) = &tool {
+            json!({"index": 0, "message": {"role": "assistant", "content": TOOL_WORDS.concat(),
+                   "tool_calls": [{"id": "call_cloud1", "type": "function",
+                       "function": {"name": name, "arguments": tool_input(&scenario).concat()}}]},
+                   "finish_reason": "tool_calls"})
+        } else if chat {
             json!({"index": 0, "message": {"role": "assistant", "content": text},
                    "finish_reason": "stop"})
         } else {
@@ -311,10 +388,42 @@ async fn chat(State(c): State<Arc<Cloud>>, uri: Uri, h: HeaderMap, body: Bytes) 
         json!({"role": "assistant", "content": ""}),
         Value::Null,
     )];
-    for w in WORDS {
+    let said: &[&str] = if tool.is_some() {
+        &TOOL_WORDS
+    } else {
+        words(&scenario)
+    };
+    for w in said {
         events.push(chunk(json!({"content": w}), Value::Null));
     }
-    events.push(chunk(json!({}), json!("stop")));
+    if let Some(name) = &tool {
+        events.push(chunk(
+            json!({"tool_calls": [{"index": 0, "id": "call_cloud1", "type": "function",
+                                   "function": {"name": name, "arguments": ""}}]}),
+            Value::Null,
+        ));
+        for piece in tool_input(&scenario) {
+            events.push(chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                Value::Null,
+            ));
+        }
+    }
+    let finish = if tool.is_some() { "tool_calls" } else { "stop" };
+    events.push(chunk(json!({}), json!(finish)));
+    let include_usage = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+        })
+        .unwrap_or(false);
+    if include_usage {
+        let v = json!({"id": "chatcmpl-cloud", "object": "chat.completion.chunk", "created": 1,
+            "model": model, "choices": [],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18}});
+        events.push(format!("data: {v}\n\n"));
+    }
     events.push("data: [DONE]\n\n".into());
     sse_body(events, break_after(&scenario))
 }

@@ -6,18 +6,21 @@
 //! on the scheduler's own threads, never on the async runtime's.
 //!
 //! Modules import only those below them (docs/design.md, "The server"):
-//! 1. `wire` (flavour, endpoint), `error`, `config`, `names`, `metrics`, `log`, `request`;
+//! 1. `wire` (flavour, endpoint), `error`, `config` and `config_file`, `names`, `metrics`,
+//!    `log`, `request`;
 //! 2. `core` (the generation request, usage, frames, the encoder interface), `scheduler`,
 //!    `state` (the loaded model, tokenizing, admission);
 //! 3. `openai`, `anthropic`: one wire format each, parse and encode; `calls`: tool calls in
 //!    generated text;
 //! 4. `local`: answers a request with the local model through an encoder;
-//! 5. `upstream`: the failover front, which falls back to `local`;
+//! 5. `upstream`: the failover front (chains, translation, health checks, councils), which
+//!    falls back to `local`;
 //! 6. `routes`: the handlers and middleware.
 
 pub mod anthropic;
 mod calls;
 pub mod config;
+pub mod config_file;
 pub mod core;
 pub mod error;
 pub mod local;
@@ -44,7 +47,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-pub use config::{FailoverConfig, ServeConfig, UpstreamSpec};
+pub use config::{Credentials, FailoverConfig, ServeConfig, UpstreamSpec};
 pub use error::ApiError;
 pub use names::ModelNames;
 pub use routes::{router, App};
@@ -99,12 +102,29 @@ async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     }
     let grace = config.shutdown_grace;
     let upstreams = Arc::new(upstream::Upstreams::new(config.failover.clone())?);
-    for u in &config.failover.upstreams {
+    upstream::probe::spawn(&upstreams);
+    for flavor in [Flavor::Anthropic, Flavor::OpenAi] {
+        let route = config.failover.route(flavor);
+        if route.chain.is_empty() {
+            continue;
+        }
+        let chain: Vec<String> = route
+            .chain
+            .iter()
+            .map(|&i| {
+                let u = &config.failover.upstreams[i];
+                format!("{} ({} at {})", u.name, u.format.name(), u.base_url)
+            })
+            .collect();
         tracing::info!(
             target: "backstop",
-            "{} requests go to {} first; the local model answers when it fails",
-            u.name(),
-            u.base_url
+            "{} requests try {}, then the local model{}",
+            flavor.name(),
+            chain.join(", then "),
+            match &route.council {
+                Some(c) => format!("; council: {}", c.policy.name()),
+                None => String::new(),
+            }
         );
     }
     let state = Arc::new(AppState::new(config));

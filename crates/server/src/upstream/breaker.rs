@@ -5,6 +5,9 @@
 //! Open: requests go straight to the local model, no upstream wait, until `cooldown` passes.
 //! Half-open: exactly one real request probes the upstream; success closes the breaker,
 //! failure opens it for another cooldown. Everyone else goes local meanwhile.
+//! Health checks (`probe.rs`), where configured, speak too: a failed check opens the breaker
+//! (or keeps it open, restarting the cooldown) before any user request waits on a timeout,
+//! and a passing check closes it, so recovery is seen without spending a user request.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -50,11 +53,14 @@ struct Inner {
     successes: u64,
     failures_total: u64,
     short_circuited: u64,
+    checks_ok: u64,
+    checks_failed: u64,
+    last_check_ok: Option<bool>,
 }
 
 pub struct Breaker {
     /// The upstream's name, for the log line of each state change.
-    name: &'static str,
+    name: String,
     failures: u32,
     cooldown: Duration,
     inner: Mutex<Inner>,
@@ -71,12 +77,16 @@ pub struct Snapshot {
     pub last_error: Option<String>,
     /// Seconds until an open breaker lets a probe through.
     pub retry_in_s: Option<f64>,
+    /// Health checks that passed and failed, and whether the last one passed.
+    pub checks_ok: u64,
+    pub checks_failed: u64,
+    pub last_check_ok: Option<bool>,
 }
 
 impl Breaker {
-    pub fn new(name: &'static str, failures: u32, cooldown: Duration) -> Self {
+    pub fn new(name: &str, failures: u32, cooldown: Duration) -> Self {
         Self {
-            name,
+            name: name.to_owned(),
             failures: failures.max(1),
             cooldown,
             inner: Mutex::new(Inner {
@@ -89,6 +99,9 @@ impl Breaker {
                 successes: 0,
                 failures_total: 0,
                 short_circuited: 0,
+                checks_ok: 0,
+                checks_failed: 0,
+                last_check_ok: None,
             }),
         }
     }
@@ -159,10 +172,41 @@ impl Breaker {
         }
     }
 
+    /// A health check's outcome. One failed check opens the breaker: the check costs no user
+    /// anything, and a wrong guess is undone by the next passing check.
+    pub fn health_check(&self, ok: bool, why: &str) {
+        self.health_check_at(ok, why, Instant::now());
+    }
+
+    pub fn health_check_at(&self, ok: bool, why: &str, now: Instant) {
+        let mut s = self.lock();
+        s.last_check_ok = Some(ok);
+        if ok {
+            s.checks_ok += 1;
+            s.consecutive = 0;
+            if s.state != State::Closed {
+                self.changed(s.state, State::Closed, Some("health check passed"));
+                s.state = State::Closed;
+                s.probe_out = false;
+            }
+            return;
+        }
+        s.checks_failed += 1;
+        let why = format!("health check: {why}");
+        if s.state != State::Open {
+            self.changed(s.state, State::Open, Some(&why));
+            s.state = State::Open;
+            s.probe_out = false;
+        }
+        // Still down: a user request should not be the one to find out after the cooldown.
+        s.opened_at = now;
+        s.last_error = Some(why);
+    }
+
     fn changed(&self, from: State, to: State, why: Option<&str>) {
         tracing::warn!(
             target: "backstop::breaker",
-            upstream = self.name,
+            upstream = %self.name,
             from = from.name(),
             to = to.name(),
             error = why,
@@ -195,6 +239,9 @@ impl Breaker {
                     .saturating_sub(s.opened_at.elapsed())
                     .as_secs_f64()
             }),
+            checks_ok: s.checks_ok,
+            checks_failed: s.checks_failed,
+            last_check_ok: s.last_check_ok,
         }
     }
 }
@@ -234,6 +281,27 @@ mod tests {
         assert_eq!(b.snapshot().state, State::Closed);
         assert_eq!(b.permit_at(again), Permit::Try);
         assert_eq!(b.snapshot().short_circuited, 3);
+    }
+
+    #[test]
+    fn health_checks_open_and_close_without_user_requests() {
+        let b = Breaker::new("test", 5, Duration::from_secs(10));
+        let t0 = Instant::now();
+        b.health_check_at(false, "connection refused", t0);
+        assert_eq!(b.snapshot().state, State::Open, "one failed check opens it");
+        assert_eq!(b.permit_at(t0), Permit::Deny);
+        // A failed check while open restarts the cooldown: no user request probes a cloud
+        // the checks know is down.
+        b.health_check_at(false, "connection refused", t0 + Duration::from_secs(9));
+        assert_eq!(b.permit_at(t0 + Duration::from_secs(11)), Permit::Deny);
+        b.health_check_at(true, "", t0 + Duration::from_secs(12));
+        assert_eq!(b.snapshot().state, State::Closed);
+        assert_eq!(b.permit_at(t0 + Duration::from_secs(12)), Permit::Try);
+        let s = b.snapshot();
+        assert_eq!(
+            (s.checks_ok, s.checks_failed, s.last_check_ok),
+            (1, 2, Some(true))
+        );
     }
 
     #[test]

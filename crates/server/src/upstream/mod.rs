@@ -1,18 +1,27 @@
 //! The failover front: forward to the cloud while it works, answer locally the moment it
 //! does not.
 //!
-//! A request goes to its own provider's upstream (`/v1/messages*` to Anthropic, the rest to
-//! OpenAI) with the client's headers and body unchanged. Failures before the client has seen
-//! a byte (connect errors, timeouts, 5xx/529, 429 when asked) fall back to the local model in
-//! the same wire format; the client's own 4xx pass through. A streamed answer is held until
+//! A request arriving in one wire format (`/v1/messages*` Anthropic, the rest OpenAI) takes
+//! its route: a chain of upstreams tried in order, then the local model. An upstream of the
+//! request's own format gets the client's headers and body unchanged (but for a mapped model
+//! name and, where configured, the upstream's own key); one of the other format gets the
+//! request translated (`translate.rs`) and its answer translated back, or is skipped with a
+//! reason when something cannot be translated. Failures before the client has seen a byte
+//! (connect errors, timeouts, 5xx/529, 429 when asked) move on down the chain; the client's
+//! own 4xx pass through. A streamed answer is held until
 //! its first whole event arrives, so a stream that dies at once also falls back. When a stream
 //! breaks after bytes went out, the local model continues the same message in the same stream
 //! (see `continuation.rs`). One breaker per upstream stops an outage from costing a timeout
-//! per request.
+//! per request; health checks (`probe.rs`) open it before a user pays for one. A council
+//! (`council.rs`) asks several members at once instead of one after another.
 
+mod agreement;
 pub mod breaker;
 mod continuation;
+mod council;
+pub mod probe;
 pub mod sse;
+pub mod translate;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -27,13 +36,14 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::config::{FailoverConfig, UpstreamSpec};
+use crate::config::{Credentials, FailoverConfig, UpstreamSpec};
 use crate::local;
 use crate::log::RequestLog;
 use crate::state::AppState;
 use crate::wire::{Endpoint, Flavor};
 use breaker::{Breaker, Permit};
 use sse::{is_error_event, Progress, Splitter};
+use translate::StreamTranslator;
 
 /// The header that says which weights answered (`local; weights=FILE` or `cloud; upstream=NAME`).
 pub const SERVED_BY: &str = "x-backstop-served-by";
@@ -50,6 +60,8 @@ pub struct Upstream {
 pub struct Upstreams {
     list: Vec<Upstream>,
     pub cfg: FailoverConfig,
+    councils: tokio::sync::Semaphore,
+    pub council_stats: council::Stats,
 }
 
 impl Upstreams {
@@ -62,18 +74,33 @@ impl Upstreams {
                 .build()?;
             list.push(Upstream {
                 spec: spec.clone(),
-                breaker: Breaker::new(spec.name(), cfg.breaker_failures, cfg.breaker_cooldown),
+                breaker: Breaker::new(&spec.name, cfg.breaker_failures, cfg.breaker_cooldown),
                 client,
                 cloud_answers: AtomicU64::new(0),
                 fallbacks: AtomicU64::new(0),
                 continued_midstream: AtomicU64::new(0),
             });
         }
-        Ok(Self { list, cfg })
+        let councils = [&cfg.anthropic, &cfg.openai]
+            .iter()
+            .filter_map(|r| r.council.as_ref())
+            .map(|c| c.max_concurrent)
+            .max()
+            .unwrap_or(council::HEADER_MAX_CONCURRENT);
+        Ok(Self {
+            list,
+            cfg,
+            councils: tokio::sync::Semaphore::new(councils),
+            council_stats: council::Stats::default(),
+        })
     }
 
-    pub fn get(&self, flavor: Flavor) -> Option<&Upstream> {
-        self.list.iter().find(|u| u.spec.flavor == flavor)
+    pub fn at(&self, i: usize) -> &Upstream {
+        &self.list[i]
+    }
+
+    pub fn all(&self) -> &[Upstream] {
+        &self.list
     }
 
     pub fn is_empty(&self) -> bool {
@@ -100,6 +127,15 @@ impl Upstreams {
                         "cloud_answers": u.cloud_answers.load(Relaxed),
                         "local_fallbacks": u.fallbacks.load(Relaxed),
                         "continued_midstream": u.continued_midstream.load(Relaxed),
+                        "format": u.spec.format.name(),
+                        "own_key": matches!(u.spec.credentials, Credentials::Key(_)),
+                        "health_check": u.spec.probe.as_ref().map(|p| json!({
+                            "path": p.path,
+                            "interval_s": p.interval.as_secs_f64(),
+                            "passed": s.checks_ok,
+                            "failed": s.checks_failed,
+                            "last_passed": s.last_check_ok,
+                        })),
                     })
                 })
                 .collect(),
@@ -148,6 +184,22 @@ impl Upstreams {
                 );
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP backstop_upstream_health_checks_total Active health checks by outcome.\n\
+             # TYPE backstop_upstream_health_checks_total counter"
+        );
+        for u in self.list.iter().filter(|u| u.spec.probe.is_some()) {
+            let s = u.breaker.snapshot();
+            for (result, n) in [("passed", s.checks_ok), ("failed", s.checks_failed)] {
+                let _ = writeln!(
+                    out,
+                    "backstop_upstream_health_checks_total{{upstream=\"{}\",result=\"{result}\"}} {n}",
+                    u.spec.name()
+                );
+            }
+        }
+        self.council_stats.render(out);
     }
 }
 
@@ -185,9 +237,9 @@ enum Answer {
 }
 
 /// Releases a half-open probe that ended without a verdict (the client left mid-attempt).
-struct ProbeGuard<'a> {
-    breaker: &'a Breaker,
-    armed: bool,
+pub(crate) struct ProbeGuard<'a> {
+    pub(crate) breaker: &'a Breaker,
+    pub(crate) armed: bool,
 }
 
 impl Drop for ProbeGuard<'_> {
@@ -198,8 +250,8 @@ impl Drop for ProbeGuard<'_> {
     }
 }
 
-/// Forward to the cloud, or answer locally. `body` is the request as received; `model_id`
-/// is the `{id}` of `GET /v1/models/{id}`.
+/// Forward along the route's chain, or answer locally. `body` is the request as received;
+/// `model_id` is the `{id}` of `GET /v1/models/{id}`.
 #[allow(clippy::too_many_arguments)]
 pub async fn front(
     st: &Arc<AppState>,
@@ -211,25 +263,55 @@ pub async fn front(
     model_id: Option<&str>,
     log: &RequestLog,
 ) -> Response {
-    let Some(up) = ups.get(ep.flavor()) else {
-        return answer_locally(st, ep, &body, model_id, None, log).await;
-    };
+    let route = ups.cfg.route(ep.flavor());
+    if ep.generates() {
+        match council::wanted(ups, route, headers) {
+            Ok(Some(spec)) => {
+                if let Ok(_slot) = ups.councils.try_acquire() {
+                    return council::run(st, ups, &spec, ep, uri, headers, body, log).await;
+                }
+                ups.council_stats.busy.fetch_add(1, Relaxed);
+            }
+            Ok(None) => {}
+            Err(e) => return e.respond(ep.flavor()),
+        }
+    }
     let streaming = ep.generates() && wants_stream(&body);
-    let permit = up.breaker.permit();
-    let reason = if permit == Permit::Deny {
-        "circuit open (the upstream failed recently)".to_owned()
-    } else {
+    let mut reasons: Vec<(String, String)> = Vec::new();
+    for &i in &route.chain {
+        let up = ups.at(i);
+        let out = match outgoing(&ups.cfg, up, ep, uri, headers, &body, streaming) {
+            Ok(o) => o,
+            Err(skip) => {
+                reasons.push((up.spec.name.clone(), format!("skipped: {skip}")));
+                continue;
+            }
+        };
+        let permit = up.breaker.permit();
+        if permit == Permit::Deny {
+            reasons.push((
+                up.spec.name.clone(),
+                "circuit open (the upstream failed recently)".to_owned(),
+            ));
+            up.fallbacks.fetch_add(1, Relaxed);
+            continue;
+        }
         let mut guard = ProbeGuard {
             breaker: &up.breaker,
             armed: permit == Permit::Probe,
         };
-        let result = attempt_with_retries(ups, up, ep, uri, headers, &body, streaming).await;
+        let result = attempt_with_retries(ups, &out, ep, streaming).await;
         guard.armed = false;
         match result {
             Ok(answer) => {
                 up.breaker.success();
                 up.cloud_answers.fetch_add(1, Relaxed);
-                return cloud_response(st, ups, ep, up, body, answer, log);
+                let relay = RelaySpec {
+                    upstream: i,
+                    translate: out.translate,
+                    include_usage: include_usage(&body),
+                };
+                return cloud_response(st, ups, ep, relay, body, answer, log);
             }
             Err(f) => {
                 let why = f.to_string();
@@ -237,15 +319,190 @@ pub async fn front(
                     target: "backstop::upstream",
                     upstream = up.spec.name(),
                     error = %why,
-                    "upstream failed; answering locally"
+                    "upstream failed; trying the next in the chain or the local model"
                 );
                 up.breaker.failure(&why);
-                why
+                up.fallbacks.fetch_add(1, Relaxed);
+                reasons.push((up.spec.name.clone(), why));
             }
         }
+    }
+    if reasons.is_empty() {
+        return answer_locally(st, ep, &body, model_id, None, log).await;
+    }
+    // One upstream keeps its bare reason (what clients of one cloud have always seen).
+    let reason = if route.chain.len() == 1 {
+        reasons.remove(0).1
+    } else {
+        reasons
+            .iter()
+            .map(|(n, r)| format!("{n}: {r}"))
+            .collect::<Vec<_>>()
+            .join("; ")
     };
-    up.fallbacks.fetch_add(1, Relaxed);
     answer_locally(st, ep, &body, model_id, Some(&reason), log).await
+}
+
+/// One upstream request, built for one upstream from the client's request.
+pub(crate) struct Outgoing {
+    method: Method,
+    url: String,
+    headers: HeaderMap,
+    body: Bytes,
+    /// The upstream's format when it is not the client's: answers are translated back.
+    translate: Option<Flavor>,
+    client: reqwest::Client,
+    on_429: bool,
+}
+
+/// The request `up` gets for this one, or why `up` cannot serve it.
+pub(crate) fn outgoing(
+    cfg: &FailoverConfig,
+    up: &Upstream,
+    ep: Endpoint,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    streaming: bool,
+) -> Result<Outgoing, String> {
+    let from = ep.flavor();
+    let to = up.spec.format;
+    let method = if ep.is_get() {
+        Method::GET
+    } else {
+        Method::POST
+    };
+    let mut hdrs = forward_headers(headers);
+    let (url, body, translate) = if from == to {
+        let body = match ep
+            .generates()
+            .then(|| remap_model(&up.spec, body))
+            .flatten()
+        {
+            Some(b) => b,
+            None => body.clone(),
+        };
+        (upstream_url(&up.spec.base_url, uri), body, None)
+    } else {
+        let path = match ep {
+            Endpoint::Messages => "/v1/chat/completions",
+            Endpoint::Chat => "/v1/messages",
+            _ => {
+                return Err(format!(
+                    "{} cannot be translated to the {} format",
+                    uri.path(),
+                    to.name()
+                ))
+            }
+        };
+        let v: Value =
+            serde_json::from_slice(body).map_err(|_| "the request body is not JSON".to_owned())?;
+        let model = v.get("model").and_then(Value::as_str).unwrap_or("");
+        let opts = translate::RequestOptions {
+            model: up.spec.map_model(model),
+            default_max_tokens: cfg.default_max_tokens,
+        };
+        let t = translate::request(from, to, &v, &opts).map_err(|e| e.0)?;
+        hdrs.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let uri: Uri = path.parse().expect("static path");
+        (
+            upstream_url(&up.spec.base_url, &uri),
+            Bytes::from(serde_json::to_vec(&t).unwrap_or_default()),
+            Some(to),
+        )
+    };
+    set_credentials(&mut hdrs, &up.spec, from);
+    if streaming && translate.is_some() {
+        hdrs.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+    }
+    Ok(Outgoing {
+        method,
+        url,
+        headers: hdrs,
+        body,
+        translate,
+        client: up.client.clone(),
+        on_429: cfg.fallback_on_429,
+    })
+}
+
+/// The body with its `model` replaced as the upstream's map says; `None` leaves the
+/// client's bytes untouched (no mapping applies).
+fn remap_model(spec: &UpstreamSpec, body: &[u8]) -> Option<Bytes> {
+    if spec.models.is_empty() {
+        return None;
+    }
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let to = spec.map_model(v.get("model")?.as_str()?)?.to_owned();
+    v["model"] = Value::String(to);
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+/// The credentials an upstream gets. Its own key replaces the client's; forwarded ones move
+/// to the header the upstream's format reads them from. Anthropic needs a version header a
+/// client of the other format never sends.
+fn set_credentials(h: &mut HeaderMap, spec: &UpstreamSpec, from: Flavor) {
+    let to = spec.format;
+    let client_key = || -> Option<String> {
+        if let Some(k) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
+            return Some(k.trim().to_owned());
+        }
+        h.get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().strip_prefix("Bearer "))
+            .map(|k| k.trim().to_owned())
+    };
+    let key = match &spec.credentials {
+        Credentials::Key(k) => Some(k.clone()),
+        Credentials::Forward if from != to => client_key(),
+        Credentials::Forward => return,
+    };
+    h.remove(header::AUTHORIZATION);
+    h.remove("x-api-key");
+    if from != to {
+        // Headers of the client's provider mean nothing (or something else) to this one.
+        for name in [
+            "anthropic-version",
+            "anthropic-beta",
+            "openai-organization",
+            "openai-project",
+        ] {
+            h.remove(name);
+        }
+    }
+    if let Some(k) = key.filter(|k| !k.is_empty()) {
+        let (name, value) = match to {
+            Flavor::Anthropic => (HeaderName::from_static("x-api-key"), k),
+            Flavor::OpenAi => (header::AUTHORIZATION, format!("Bearer {k}")),
+        };
+        if let Ok(mut v) = HeaderValue::from_str(&value) {
+            v.set_sensitive(true);
+            h.insert(name, v);
+        }
+    }
+    if to == Flavor::Anthropic && !h.contains_key("anthropic-version") {
+        h.insert(
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static("2023-06-01"),
+        );
+    }
+}
+
+/// Whether an OpenAI client asked for the usage chunk of a stream.
+fn include_usage(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+        })
+        .unwrap_or(false)
 }
 
 async fn answer_locally(
@@ -276,7 +533,7 @@ async fn answer_locally(
 pub const FALLBACK_REASON: &str = "x-backstop-fallback-reason";
 
 /// Header-safe text: visible ASCII only.
-fn sanitize(s: &str) -> String {
+pub(crate) fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_graphic() || c == ' ' {
@@ -328,7 +585,10 @@ fn forward_headers(h: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(h.len());
     for (k, v) in h {
         // Ask for an uncompressed answer: we read the stream to continue it if it breaks.
-        if !is_hop_header(k.as_str()) && k != header::ACCEPT_ENCODING {
+        if !is_hop_header(k.as_str())
+            && k != header::ACCEPT_ENCODING
+            && !k.as_str().starts_with("x-backstop-")
+        {
             out.append(k.clone(), v.clone());
         }
     }
@@ -352,11 +612,8 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
 
 async fn attempt_with_retries(
     ups: &Upstreams,
-    up: &Upstream,
+    out: &Outgoing,
     ep: Endpoint,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &Bytes,
     streaming: bool,
 ) -> Result<Answer, Failure> {
     let cfg = &ups.cfg;
@@ -369,17 +626,7 @@ async fn attempt_with_retries(
     let mut tries = 0;
     loop {
         let left = budget.saturating_sub(started.elapsed());
-        let result = attempt(
-            up,
-            ep,
-            uri,
-            headers,
-            body,
-            streaming,
-            left,
-            cfg.fallback_on_429,
-        )
-        .await;
+        let result = attempt(out, ep, streaming, left).await;
         let Err(f) = result else { return result };
         tries += 1;
         if tries > cfg.retries {
@@ -397,30 +644,20 @@ async fn attempt_with_retries(
     }
 }
 
-/// One upstream request; everything it needs is the request as received.
-#[allow(clippy::too_many_arguments)]
+/// One upstream request.
 async fn attempt(
-    up: &Upstream,
+    out: &Outgoing,
     ep: Endpoint,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &Bytes,
     streaming: bool,
     budget: Duration,
-    on_429: bool,
 ) -> Result<Answer, Failure> {
     let deadline = tokio::time::Instant::now() + budget;
-    let method = if ep.is_get() {
-        Method::GET
-    } else {
-        Method::POST
-    };
-    let mut req = up
+    let mut req = out
         .client
-        .request(method, upstream_url(&up.spec.base_url, uri))
-        .headers(forward_headers(headers));
+        .request(out.method.clone(), &out.url)
+        .headers(out.headers.clone());
     if !ep.is_get() {
-        req = req.body(body.clone());
+        req = req.body(out.body.clone());
     }
     let resp = match tokio::time::timeout_at(deadline, req.send()).await {
         Err(_) => return Err(Failure::Timeout("first byte")),
@@ -429,7 +666,7 @@ async fn attempt(
         Ok(Ok(r)) => r,
     };
     let status = resp.status();
-    if is_fallback_status(status, on_429) {
+    if is_fallback_status(status, out.on_429) {
         return Err(Failure::Status(status, retry_after(resp.headers())));
     }
     let headers = response_headers(resp.headers());
@@ -474,7 +711,7 @@ async fn attempt(
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
@@ -500,19 +737,42 @@ fn response_headers(h: &reqwest::header::HeaderMap) -> HeaderMap {
     out
 }
 
+/// Which upstream answered, and how its answer reaches the client.
+#[derive(Clone, Copy)]
+struct RelaySpec {
+    upstream: usize,
+    /// The upstream's format, when it is not the client's.
+    translate: Option<Flavor>,
+    /// The OpenAI client asked for a usage chunk (kept when translating a stream).
+    include_usage: bool,
+}
+
 fn cloud_response(
     st: &Arc<AppState>,
     ups: &Arc<Upstreams>,
     ep: Endpoint,
-    up: &Upstream,
+    spec: RelaySpec,
     request: Bytes,
     answer: Answer,
     log: &RequestLog,
 ) -> Response {
+    let up = ups.at(spec.upstream);
     let served_by = HeaderValue::from_str(&format!("cloud; upstream={}", up.spec.name()))
         .unwrap_or(HeaderValue::from_static("cloud"));
     let (status, mut headers, body) = match answer {
-        Answer::Whole(status, headers, bytes) => (status, headers, Body::from(bytes)),
+        Answer::Whole(status, mut headers, bytes) => {
+            let bytes = match spec.translate {
+                None => bytes,
+                Some(from) => {
+                    headers.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    Bytes::from(translate_whole(from, ep.flavor(), status, &bytes))
+                }
+            };
+            (status, headers, Body::from(bytes))
+        }
         Answer::Stream {
             status,
             headers,
@@ -528,6 +788,10 @@ fn cloud_response(
                 ep,
                 request,
                 log: log.clone(),
+                upstream: spec.upstream,
+                translator: spec
+                    .translate
+                    .map(|from| StreamTranslator::new(from, ep.flavor(), spec.include_usage)),
             };
             tokio::spawn(relay.run(first, splitter, rest, tx));
             (status, headers, Body::from_stream(ReceiverStream::new(rx)))
@@ -540,6 +804,25 @@ fn cloud_response(
     resp
 }
 
+/// A whole upstream body in the client's format: an answer, or an error (the client's own
+/// 4xx, passed through) in the client's error shape.
+pub(crate) fn translate_whole(
+    from: Flavor,
+    to: Flavor,
+    status: StatusCode,
+    bytes: &[u8],
+) -> Vec<u8> {
+    let v = if status.is_success() {
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(v) => translate::response(from, to, &v),
+            Err(_) => translate::error_body(to, 502, b"upstream answer is not JSON"),
+        }
+    } else {
+        translate::error_body(to, status.as_u16(), bytes)
+    };
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
 /// What a relayed stream needs to continue locally if the cloud breaks.
 struct Relay {
     st: Arc<AppState>,
@@ -547,13 +830,17 @@ struct Relay {
     ep: Endpoint,
     request: Bytes,
     log: RequestLog,
+    upstream: usize,
+    /// Upstream events to the client's format, when they differ.
+    translator: Option<StreamTranslator>,
 }
 
 impl Relay {
-    /// Pass the cloud's stream through, whole events at a time; if it breaks before its
-    /// proper end, continue the message locally in the same stream.
+    /// Pass the cloud's stream through (translated, where the formats differ), whole events
+    /// at a time; if it breaks before its proper end, continue the message locally in the
+    /// same stream.
     async fn run(
-        self,
+        mut self,
         first: Vec<Vec<u8>>,
         mut splitter: Splitter,
         mut rest: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
@@ -570,9 +857,15 @@ impl Relay {
                         break 'relay format!("upstream sent an error event: {msg}");
                     }
                 }
-                progress.observe(flavor, &ev);
-                if tx.send(Ok(Bytes::from(ev))).await.is_err() {
-                    return; // the client left; dropping `rest` closes the upstream request
+                let out = match &mut self.translator {
+                    None => vec![ev],
+                    Some(t) => t.push(&ev),
+                };
+                for ev in out {
+                    progress.observe(flavor, &ev);
+                    if tx.send(Ok(Bytes::from(ev))).await.is_err() {
+                        return; // the client left; dropping `rest` closes the upstream request
+                    }
                 }
             }
             match tokio::time::timeout(idle, rest.next()).await {
@@ -580,8 +873,21 @@ impl Relay {
                     Ok(evs) => pending = evs,
                     Err(e) => break 'relay e.to_owned(),
                 },
-                Ok(None) if progress.finished => return,
-                Ok(None) => break 'relay "upstream stream ended before its last event".to_owned(),
+                Ok(None) => {
+                    // A translated stream may owe its client the closing events.
+                    if let Some(t) = &mut self.translator {
+                        for ev in t.finish() {
+                            progress.observe(flavor, &ev);
+                            if tx.send(Ok(Bytes::from(ev))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    if progress.finished {
+                        return;
+                    }
+                    break 'relay "upstream stream ended before its last event".to_owned();
+                }
                 Ok(Some(Err(_))) if progress.finished => return,
                 Ok(Some(Err(e))) => {
                     break 'relay format!("upstream stream broke: {}", error_chain(&e))
@@ -591,17 +897,16 @@ impl Relay {
             }
         };
         drop(rest);
-        if let Some(up) = self.ups.get(flavor) {
-            tracing::warn!(
-                target: "backstop::upstream",
-                upstream = up.spec.name(),
-                error = %reason,
-                sent_chars = progress.text.chars().count(),
-                "upstream stream broke; continuing locally"
-            );
-            up.breaker.failure(&reason);
-            up.continued_midstream.fetch_add(1, Relaxed);
-        }
+        let up = self.ups.at(self.upstream);
+        tracing::warn!(
+            target: "backstop::upstream",
+            upstream = up.spec.name(),
+            error = %reason,
+            sent_chars = progress.text.chars().count(),
+            "upstream stream broke; continuing locally"
+        );
+        up.breaker.failure(&reason);
+        up.continued_midstream.fetch_add(1, Relaxed);
         self.log.fallback_reason(&reason);
         continuation::continue_locally(
             &self.st,
