@@ -170,7 +170,9 @@ fn an_anthropic_client_is_served_by_an_openai_upstream_streamed_and_not_with_too
     assert_eq!(v["usage"]["output_tokens"], 8);
     let seen = cloud.report();
     assert_eq!(seen["path"], "/v1/chat/completions");
-    assert_eq!(seen["authorization"], format!("Bearer {CLIENT_KEY}"));
+    // A Claude client's key is for Anthropic: it never goes to an OpenAI-format provider.
+    assert_eq!(seen["authorization"], Value::Null);
+    assert_eq!(seen["x_api_key"], Value::Null);
     let sent: Value = serde_json::from_str(seen["body"].as_str().unwrap()).unwrap();
     assert_eq!(
         sent["messages"][0],
@@ -215,6 +217,51 @@ fn an_anthropic_client_is_served_by_an_openai_upstream_streamed_and_not_with_too
     let sent: Value = serde_json::from_str(cloud.report()["body"].as_str().unwrap()).unwrap();
     assert_eq!(sent["tools"][0]["function"]["name"], "read_file");
     assert_eq!(sent["stream"], true);
+
+    // The OpenAI stream breaks after its finish_reason (role chunk, 8 words, the finish
+    // chunk; its usage chunk and [DONE] are lost): the answer was whole, so the client gets
+    // the closing events and no local continuation.
+    cloud.scenario("break:10");
+    let r = post(&s, "/v1/messages", &messages(true), &[]);
+    assert_eq!(r.status, 200);
+    let events = sse_events(&r.body);
+    let text: String = events
+        .iter()
+        .filter(|(n, _)| n == "content_block_delta")
+        .map(|(_, d)| {
+            let v: Value = serde_json::from_str(d).unwrap();
+            v["delta"]["text"].as_str().unwrap_or("").to_owned()
+        })
+        .collect();
+    assert_eq!(text, "Hello from the cloud, all is well.");
+    assert_eq!(events.last().unwrap().0, "message_stop");
+    assert!(!String::from_utf8_lossy(&r.body).contains("continued_locally"));
+}
+
+#[test]
+fn a_refused_own_key_is_an_outage_not_the_clients_error() {
+    let cloud = FakeCloud::start_with(&["--key", "the-right-key"]);
+    let toml = format!(
+        "{}[failover]\nbreaker_failures = 100\n",
+        upstream("a", "anthropic", &cloud, "KEY_A")
+    );
+    let s = with_config(&toml, &[("KEY_A", "a-revoked-key")]);
+    cloud.scenario("healthy");
+    let r = post(&s, "/v1/messages", &messages(false), &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r
+        .header("x-backstop-served-by")
+        .unwrap()
+        .starts_with("local"));
+    assert_eq!(
+        r.header("x-backstop-fallback-reason"),
+        Some("upstream returned 401")
+    );
+    assert_eq!(cloud.report()["x_api_key"], "a-revoked-key");
+    assert!(
+        !r.text().contains("invalid key"),
+        "the cloud's 401 body was relayed"
+    );
 }
 
 #[test]

@@ -73,7 +73,8 @@ def test_claude_client_on_an_openai_upstream(via_openai, cloud):
     path, body = last_body(cloud)
     assert path == "/v1/chat/completions"
     assert body["messages"][0] == {"role": "system", "content": "Be brief."}
-    assert cloud.report()["authorization"] == "Bearer sk-provider"
+    # The client's key is for Anthropic: it never reaches an OpenAI-format provider.
+    assert cloud.report()["authorization"] is None and cloud.report()["x_api_key"] is None
 
     # A tool call, not streamed, then streamed through the SDK's event accumulator.
     m = c.messages.create(model="claude-sonnet-4-5", max_tokens=64, tools=[TOOL], messages=QUESTION)
@@ -115,7 +116,7 @@ def test_openai_client_on_an_anthropic_upstream(via_anthropic, cloud):
     path, body = last_body(cloud)
     assert path == "/v1/messages" and body["system"] == "Be brief." and body["max_tokens"] == 32
     rep = cloud.report()
-    assert rep["x_api_key"] == "sk-provider" and rep["authorization"] is None
+    assert rep["x_api_key"] is None and rep["authorization"] is None  # no key crosses providers
     assert rep["anthropic_version"]
 
     r = c.chat.completions.create(model="gpt-4o", messages=QUESTION, tools=[OAI_TOOL])

@@ -1,8 +1,11 @@
 """Replicas behind a gateway (docs/failover.md): a LiteLLM Router with the cloud first and two
-`backstop serve` replicas as a load-balanced fallback group. A load test kills one replica
-midway; no request may be lost: each is answered by the other replica (the Router retries a
-dead deployment's connection error on the next) or by the fallback."""
+`backstop serve` replicas as a load-balanced fallback group. A load test stops one replica
+midway as Kubernetes does (SIGTERM: it stops admitting, finishes what it holds within
+--shutdown-grace, and exits); no request may be lost: each is answered by that replica before
+it goes, by the other replica (the Router retries a refused or failed deployment on the next
+and cools the failed one down), or by the fallback."""
 
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +47,9 @@ def test_a_replica_killed_midway_loses_no_request():
             fallbacks=[{"cloud": ["local"]}],
             num_retries=3,
             retry_after=0,
+            # One failure cools a deployment down, so retries go to the replica still up.
+            allowed_fails=0,
+            cooldown_time=120,
             timeout=120,
         )
         done = []
@@ -66,18 +72,19 @@ def test_a_replica_killed_midway_loses_no_request():
 
         with ThreadPoolExecutor(CLIENTS) as pool:
             futures = [pool.submit(one, i) for i in range(REQUESTS)]
-            # Kill replica a once a few requests have been answered and others are in flight.
+            # Stop replica a once a few requests have been answered and others are in flight.
             deadline = time.monotonic() + 120
             while len(done) < REQUESTS // 4 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            a.proc.kill()
+            a.proc.send_signal(signal.SIGTERM)
             killed_after = len(done)
             for f in futures:
                 f.result()
         assert not errors, errors
         assert len(done) == REQUESTS
         assert all(t for _, t in done), done
-        assert killed_after < REQUESTS, "the kill came after the load test ended"
+        assert killed_after < REQUESTS, "the stop came after the load test ended"
+        assert a.proc.wait(30) == 0, "the stopped replica did not exit cleanly"
     finally:
         a.stop(check=False)
         b.stop()

@@ -148,6 +148,29 @@ pub fn seconds(what: &str, v: f64) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// Seconds of at least `min` (or exactly 0 where `zero_ok`: "none").
+fn at_least(what: &str, v: f64, min: f64, zero_ok: bool) -> Result<Duration, ConfigError> {
+    let d = seconds(what, v)?;
+    if (zero_ok && v == 0.0) || v >= min {
+        return Ok(d);
+    }
+    Err(invalid(format!(
+        "{what} must be at least {min} s{}, got {v}",
+        if zero_ok { " (or 0 for none)" } else { "" }
+    )))
+}
+
+/// A key must fit in a header, or every request would silently go without it.
+fn header_safe(what: &str, key: &str) -> Result<String, ConfigError> {
+    if key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        Ok(key.to_owned())
+    } else {
+        Err(invalid(format!(
+            "{what}: the key holds characters a header cannot carry"
+        )))
+    }
+}
+
 fn probe(interval: Duration, timeout: Option<Duration>, path: Option<&str>) -> Option<ProbeSpec> {
     (!interval.is_zero()).then(|| ProbeSpec {
         path: path.unwrap_or("/v1/models").to_owned(),
@@ -231,7 +254,7 @@ pub fn parse(
         match e.span() {
             Some(s) => invalid(format!(
                 "line {}: {m}",
-                text[..s.start.min(text.len())].lines().count().max(1)
+                text.get(..s.start).unwrap_or(text).matches('\n').count() + 1
             )),
             None => invalid(m),
         }
@@ -241,9 +264,15 @@ pub fn parse(
     }
     for u in &file.upstream {
         let what = format!("upstream {:?}", u.name);
-        if u.name.trim().is_empty() || u.name == "local" || !u.name.is_ascii() {
+        let name_ok = !u.name.is_empty()
+            && u.name.len() <= 64
+            && u.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        // Names go into metric labels and the `name: reason; ...` fallback header.
+        if !name_ok || u.name == "local" {
             return Err(invalid(format!(
-                "{what}: a name must be non-empty ASCII and not \"local\""
+                "{what}: a name is 1 to 64 of A-Z a-z 0-9 . _ - and not \"local\""
             )));
         }
         if cfg.upstreams.iter().any(|x| x.name == u.name) {
@@ -257,7 +286,7 @@ pub fn parse(
                 )))
             }
             (Some(var), None) => match env(var) {
-                Some(k) if !k.trim().is_empty() => Credentials::Key(k.trim().to_owned()),
+                Some(k) if !k.trim().is_empty() => Credentials::Key(header_safe(&what, k.trim())?),
                 _ => {
                     return Err(invalid(format!(
                         "{what}: the environment variable {var} (key_env) is not set"
@@ -276,17 +305,17 @@ pub fn parse(
                         p.display()
                     )));
                 }
-                Credentials::Key(k.to_owned())
+                Credentials::Key(header_safe(&what, k)?)
             }
             (None, None) => Credentials::Forward,
         };
         let interval = match u.probe_interval_s {
-            Some(s) => seconds(&format!("{what}: probe_interval_s"), s)?,
+            Some(s) => at_least(&format!("{what}: probe_interval_s"), s, 0.1, true)?,
             None => DEFAULT_PROBE_INTERVAL,
         };
         let timeout = u
             .probe_timeout_s
-            .map(|s| seconds(&format!("{what}: probe_timeout_s"), s))
+            .map(|s| at_least(&format!("{what}: probe_timeout_s"), s, 0.05, false))
             .transpose()?;
         if let Some(p) = &u.probe_path {
             if !p.starts_with('/') {
@@ -413,7 +442,12 @@ fn build_council(
         }
         None => members.first().copied(),
     };
-    let deadline = seconds(&format!("{what}.deadline_s"), c.deadline_s.unwrap_or(60.0))?;
+    let deadline = at_least(
+        &format!("{what}.deadline_s"),
+        c.deadline_s.unwrap_or(60.0),
+        0.1,
+        false,
+    )?;
     let primary_deadline = seconds(
         &format!("{what}.primary_deadline_s"),
         c.primary_deadline_s.unwrap_or(deadline.as_secs_f64() / 2.0),

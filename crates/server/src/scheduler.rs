@@ -510,10 +510,13 @@ struct Pacer {
 }
 
 impl Pacer {
-    /// Rows before the timings are known.
-    const FIRST_CHUNK: usize = 32;
-    /// Fewer rows than this per pass would read a prompt mostly at decode speed.
-    const MIN_CHUNK: usize = 16;
+    /// Rows before the timings are known: few, since a long prompt's rows each attend to
+    /// all the rows before them and the first pass must not stall the running streams.
+    const FIRST_CHUNK: usize = 8;
+    /// Fewer rows than this per pass would read a prompt mostly at decode speed. Small on
+    /// purpose: with a long context a prompt row can cost a third of a decode step, and the
+    /// running streams' inter-token latency is the bound that matters.
+    const MIN_CHUNK: usize = 4;
     /// Weight of the newest pass in the averages.
     const ALPHA: f64 = 0.2;
 
@@ -578,6 +581,16 @@ mod tests {
             p.observe(3, 512, 0.0101);
         }
         assert_eq!(p.prompt_rows(3), N_UBATCH);
+        // Rows as dear as a quarter of the step: chunks shrink to the floor, not below.
+        for _ in 0..50 {
+            p.observe(3, 0, 0.010);
+            p.observe(3, 4, 0.010 + 4.0 * 0.0025);
+        }
+        assert_eq!(p.prompt_rows(3), 4);
+        for _ in 0..50 {
+            p.observe(3, 4, 0.010 + 4.0 * 0.02);
+        }
+        assert_eq!(p.prompt_rows(3), Pacer::MIN_CHUNK);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! failure opens it for another cooldown. Everyone else goes local meanwhile.
 //! Health checks (`probe.rs`), where configured, speak too: a failed check opens the breaker
 //! (or keeps it open, restarting the cooldown) before any user request waits on a timeout,
-//! and a passing check closes it, so recovery is seen without spending a user request.
+//! and a passing check closes a breaker that checks opened, so recovery is seen without
+//! spending a user request. A breaker opened by real requests is left to its cooldown and
+//! probe request: a model list that answers says nothing of a generation endpoint that 529s.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -56,6 +58,8 @@ struct Inner {
     checks_ok: u64,
     checks_failed: u64,
     last_check_ok: Option<bool>,
+    /// The breaker is open because a health check failed (not real requests).
+    opened_by_check: bool,
 }
 
 pub struct Breaker {
@@ -102,6 +106,7 @@ impl Breaker {
                 checks_ok: 0,
                 checks_failed: 0,
                 last_check_ok: None,
+                opened_by_check: false,
             }),
         }
     }
@@ -145,6 +150,7 @@ impl Breaker {
         }
         s.state = State::Closed;
         s.probe_out = false;
+        s.opened_by_check = false;
     }
 
     pub fn failure(&self, why: &str) {
@@ -169,6 +175,7 @@ impl Breaker {
             s.state = State::Open;
             s.opened_at = now;
             s.probe_out = false;
+            s.opened_by_check = false;
         }
     }
 
@@ -183,11 +190,12 @@ impl Breaker {
         s.last_check_ok = Some(ok);
         if ok {
             s.checks_ok += 1;
-            s.consecutive = 0;
-            if s.state != State::Closed {
+            if s.state != State::Closed && s.opened_by_check {
                 self.changed(s.state, State::Closed, Some("health check passed"));
                 s.state = State::Closed;
                 s.probe_out = false;
+                s.consecutive = 0;
+                s.opened_by_check = false;
             }
             return;
         }
@@ -198,6 +206,7 @@ impl Breaker {
             s.state = State::Open;
             s.probe_out = false;
         }
+        s.opened_by_check = true;
         // Still down: a user request should not be the one to find out after the cooldown.
         s.opened_at = now;
         s.last_error = Some(why);

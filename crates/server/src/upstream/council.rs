@@ -190,7 +190,9 @@ pub async fn run(
         }
     };
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + spec.deadline;
+    let t0 = tokio::time::Instant::now();
+    let deadline = t0 + spec.deadline;
+    let primary_deadline = t0 + spec.primary_deadline.min(spec.deadline);
     let primary = match spec.primary {
         Some(i) => Who::Upstream(i),
         None => Who::Local,
@@ -223,7 +225,6 @@ pub async fn run(
         };
         pending.push(fut);
     }
-    let primary_deadline = tokio::time::Instant::now() + spec.primary_deadline;
     let chosen: Option<usize> = loop {
         let answered = |r: &Reply| matches!(r.outcome, Outcome::Answered(_));
         // Decide as soon as the policy allows.
@@ -364,39 +365,57 @@ async fn ask_upstream(
         .body(out.body.clone())
         .send()
         .await;
-    let result = match sent {
-        Err(e) => Err(super::error_chain(&e)),
+    guard.armed = false;
+    let (status, b) = match sent {
+        Err(e) => {
+            let why = super::error_chain(&e.without_url());
+            up.breaker.failure(&why);
+            return Outcome::Failed(why);
+        }
         Ok(r) => {
             let status = r.status();
             match r.bytes().await {
-                Err(e) => Err(super::error_chain(&e)),
-                Ok(b) if status.is_success() => Ok((status, b)),
-                Ok(_) => Err(format!("upstream returned {}", status.as_u16())),
+                Err(e) => {
+                    let why = super::error_chain(&e.without_url());
+                    up.breaker.failure(&why);
+                    return Outcome::Failed(why);
+                }
+                Ok(b) => (status, b),
             }
         }
     };
-    guard.armed = false;
-    match result {
-        Ok((status, b)) => {
-            let bytes = match out.translate {
-                Some(from) => Bytes::from(translate_whole(from, ep.flavor(), status, &b)),
-                None => b,
-            };
-            match serde_json::from_slice::<Value>(&bytes) {
-                Ok(v) => {
-                    up.breaker.success();
-                    up.cloud_answers.fetch_add(1, Relaxed);
-                    Outcome::Answered(v)
-                }
-                Err(_) => {
-                    up.breaker.failure("answer is not JSON");
-                    Outcome::Failed("answer is not JSON".into())
-                }
-            }
-        }
-        Err(why) => {
+    if !status.is_success() {
+        let why = format!("upstream returned {}", status.as_u16());
+        // Only the upstream's own failures count against it; a client's bad request is
+        // the client's, and worth returning if nobody answers.
+        if super::is_fallback_status(status, ups.cfg.fallback_on_429) || out.is_ours(status) {
             up.breaker.failure(&why);
-            Outcome::Failed(why)
+            return Outcome::Failed(why);
+        }
+        let body = match out.translate {
+            Some(from) => Bytes::from(translate_whole(from, ep.flavor(), status, &b)),
+            None => b,
+        };
+        let mut resp = Response::new(Body::from(body));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return Outcome::Refused(resp);
+    }
+    match serde_json::from_slice::<Value>(&b) {
+        Ok(v) => {
+            up.breaker.success();
+            up.cloud_answers.fetch_add(1, Relaxed);
+            Outcome::Answered(match out.translate {
+                Some(from) => translate::response(from, ep.flavor(), &v),
+                None => v,
+            })
+        }
+        Err(_) => {
+            up.breaker.failure("answer is not JSON");
+            Outcome::Failed("answer is not JSON".into())
         }
     }
 }

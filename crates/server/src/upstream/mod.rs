@@ -71,6 +71,9 @@ impl Upstreams {
             let client = reqwest::Client::builder()
                 .connect_timeout(cfg.connect_timeout)
                 .pool_idle_timeout(Duration::from_secs(60))
+                // A redirect would carry the request, and an upstream's own key in
+                // `x-api-key`, to a host nobody configured: a 3xx is a failure instead.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()?;
             list.push(Upstream {
                 spec: spec.clone(),
@@ -264,7 +267,8 @@ pub async fn front(
     log: &RequestLog,
 ) -> Response {
     let route = ups.cfg.route(ep.flavor());
-    if ep.generates() {
+    // Councils compare chat answers; legacy completions have no stream to render them in.
+    if matches!(ep, Endpoint::Chat | Endpoint::Messages) {
         match council::wanted(ups, route, headers) {
             Ok(Some(spec)) => {
                 if let Ok(_slot) = ups.councils.try_acquire() {
@@ -278,6 +282,9 @@ pub async fn front(
     }
     let streaming = ep.generates() && wants_stream(&body);
     let mut reasons: Vec<(String, String)> = Vec::new();
+    // Upstreams that failed or were skipped by their breaker: counted as local fallbacks
+    // only if no later one answers.
+    let mut passed: Vec<usize> = Vec::new();
     for &i in &route.chain {
         let up = ups.at(i);
         let out = match outgoing(&ups.cfg, up, ep, uri, headers, &body, streaming) {
@@ -293,7 +300,7 @@ pub async fn front(
                 up.spec.name.clone(),
                 "circuit open (the upstream failed recently)".to_owned(),
             ));
-            up.fallbacks.fetch_add(1, Relaxed);
+            passed.push(i);
             continue;
         }
         let mut guard = ProbeGuard {
@@ -322,10 +329,13 @@ pub async fn front(
                     "upstream failed; trying the next in the chain or the local model"
                 );
                 up.breaker.failure(&why);
-                up.fallbacks.fetch_add(1, Relaxed);
+                passed.push(i);
                 reasons.push((up.spec.name.clone(), why));
             }
         }
+    }
+    for &i in &passed {
+        ups.at(i).fallbacks.fetch_add(1, Relaxed);
     }
     if reasons.is_empty() {
         return answer_locally(st, ep, &body, model_id, None, log).await;
@@ -353,6 +363,19 @@ pub(crate) struct Outgoing {
     translate: Option<Flavor>,
     client: reqwest::Client,
     on_429: bool,
+    /// The upstream uses its own key.
+    own_key: bool,
+}
+
+impl Outgoing {
+    /// Whether a 4xx is ours rather than the client's (which passes through): its own key
+    /// refused (a revoked key or a login outage is an outage, not the client's fault), or
+    /// any 4xx to a translated request (the error may be the translation's, e.g. a model
+    /// name the other provider lacks). Then the chain moves on.
+    fn is_ours(&self, status: StatusCode) -> bool {
+        status.is_client_error()
+            && (self.translate.is_some() || (self.own_key && matches!(status.as_u16(), 401 | 403)))
+    }
 }
 
 /// The request `up` gets for this one, or why `up` cannot serve it.
@@ -429,6 +452,7 @@ pub(crate) fn outgoing(
         translate,
         client: up.client.clone(),
         on_429: cfg.fallback_on_429,
+        own_key: matches!(up.spec.credentials, Credentials::Key(_)),
     })
 }
 
@@ -444,35 +468,25 @@ fn remap_model(spec: &UpstreamSpec, body: &[u8]) -> Option<Bytes> {
     serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
-/// The credentials an upstream gets. Its own key replaces the client's; forwarded ones move
-/// to the header the upstream's format reads them from. Anthropic needs a version header a
-/// client of the other format never sends.
+/// The credentials an upstream gets. Its own key replaces everything the client sent to
+/// identify itself. A client's own credentials go only to an upstream of the client's own
+/// format: a key a Claude client holds is for Anthropic, never for an OpenAI-format provider,
+/// so a translated request without an upstream key carries none (keyless OpenAI-compatible
+/// servers answer it; others refuse it and the chain moves on). Anthropic needs a version
+/// header a client of the other format never sends.
 fn set_credentials(h: &mut HeaderMap, spec: &UpstreamSpec, from: Flavor) {
     let to = spec.format;
-    let client_key = || -> Option<String> {
-        if let Some(k) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
-            return Some(k.trim().to_owned());
-        }
-        h.get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().strip_prefix("Bearer "))
-            .map(|k| k.trim().to_owned())
-    };
     let key = match &spec.credentials {
         Credentials::Key(k) => Some(k.clone()),
-        Credentials::Forward if from != to => client_key(),
+        Credentials::Forward if from != to => None,
         Credentials::Forward => return,
     };
-    h.remove(header::AUTHORIZATION);
-    h.remove("x-api-key");
+    for name in CLIENT_IDENTITY {
+        h.remove(*name);
+    }
     if from != to {
         // Headers of the client's provider mean nothing (or something else) to this one.
-        for name in [
-            "anthropic-version",
-            "anthropic-beta",
-            "openai-organization",
-            "openai-project",
-        ] {
+        for name in ["anthropic-version", "anthropic-beta"] {
             h.remove(name);
         }
     }
@@ -493,6 +507,18 @@ fn set_credentials(h: &mut HeaderMap, spec: &UpstreamSpec, from: Flavor) {
         );
     }
 }
+
+/// Headers by which a client identifies itself to its provider; none of them reach an
+/// upstream that uses its own key or speaks the other format.
+const CLIENT_IDENTITY: &[&str] = &[
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "cookie",
+    "openai-organization",
+    "openai-project",
+    "x-goog-api-key",
+];
 
 /// Whether an OpenAI client asked for the usage chunk of a stream.
 fn include_usage(body: &[u8]) -> bool {
@@ -596,7 +622,9 @@ fn forward_headers(h: &HeaderMap) -> HeaderMap {
 }
 
 fn is_fallback_status(s: StatusCode, on_429: bool) -> bool {
-    matches!(s.as_u16(), 500 | 502 | 503 | 504 | 529) || (on_429 && s.as_u16() == 429)
+    matches!(s.as_u16(), 500 | 502 | 503 | 504 | 529)
+        || (on_429 && s.as_u16() == 429)
+        || s.is_redirection()
 }
 
 fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -662,18 +690,28 @@ async fn attempt(
     let resp = match tokio::time::timeout_at(deadline, req.send()).await {
         Err(_) => return Err(Failure::Timeout("first byte")),
         Ok(Err(e)) if e.is_timeout() => return Err(Failure::Timeout("connection")),
-        Ok(Err(e)) => return Err(Failure::Connect(error_chain(&e))),
+        // Without the URL: reasons reach response headers, and hostnames are not the
+        // client's business.
+        Ok(Err(e)) => return Err(Failure::Connect(error_chain(&e.without_url()))),
         Ok(Ok(r)) => r,
     };
     let status = resp.status();
-    if is_fallback_status(status, out.on_429) {
+    if is_fallback_status(status, out.on_429) || out.is_ours(status) {
         return Err(Failure::Status(status, retry_after(resp.headers())));
     }
     let headers = response_headers(resp.headers());
     if !streaming || !status.is_success() {
         return match tokio::time::timeout_at(deadline, resp.bytes()).await {
             Err(_) => Err(Failure::Timeout("response body")),
-            Ok(Err(e)) => Err(Failure::Broken(error_chain(&e))),
+            Ok(Err(e)) => Err(Failure::Broken(error_chain(&e.without_url()))),
+            // A translated answer must parse, or there is nothing to translate.
+            Ok(Ok(b))
+                if out.translate.is_some()
+                    && status.is_success()
+                    && serde_json::from_slice::<Value>(&b).is_err() =>
+            {
+                Err(Failure::Broken("answer is not JSON".into()))
+            }
             Ok(Ok(b)) => Ok(Answer::Whole(status, headers, b)),
         };
     }
@@ -868,33 +906,35 @@ impl Relay {
                     }
                 }
             }
-            match tokio::time::timeout(idle, rest.next()).await {
+            let broke = match tokio::time::timeout(idle, rest.next()).await {
                 Ok(Some(Ok(chunk))) => match splitter.push(&chunk) {
-                    Ok(evs) => pending = evs,
-                    Err(e) => break 'relay e.to_owned(),
-                },
-                Ok(None) => {
-                    // A translated stream may owe its client the closing events.
-                    if let Some(t) = &mut self.translator {
-                        for ev in t.finish() {
-                            progress.observe(flavor, &ev);
-                            if tx.send(Ok(Bytes::from(ev))).await.is_err() {
-                                return;
-                            }
-                        }
+                    Ok(evs) => {
+                        pending = evs;
+                        continue;
                     }
-                    if progress.finished {
+                    Err(e) => e.to_owned(),
+                },
+                Ok(None) => "upstream stream ended before its last event".to_owned(),
+                Ok(Some(Err(e))) => {
+                    format!("upstream stream broke: {}", error_chain(&e.without_url()))
+                }
+                Err(_) => format!("upstream stream silent for {} s", idle.as_secs()),
+            };
+            // A translated stream may have said all it had to before it broke (an OpenAI
+            // stream's finish_reason, with its [DONE] lost): then the client is owed only
+            // the closing events, not a continuation.
+            if let Some(t) = &mut self.translator {
+                for ev in t.finish() {
+                    progress.observe(flavor, &ev);
+                    if tx.send(Ok(Bytes::from(ev))).await.is_err() {
                         return;
                     }
-                    break 'relay "upstream stream ended before its last event".to_owned();
                 }
-                Ok(Some(Err(_))) if progress.finished => return,
-                Ok(Some(Err(e))) => {
-                    break 'relay format!("upstream stream broke: {}", error_chain(&e))
-                }
-                Err(_) if progress.finished => return,
-                Err(_) => break 'relay format!("upstream stream silent for {} s", idle.as_secs()),
             }
+            if progress.finished {
+                return;
+            }
+            break 'relay broke;
         };
         drop(rest);
         let up = self.ups.at(self.upstream);

@@ -1314,6 +1314,8 @@ struct EventsToChunks {
     /// Anthropic block index -> OpenAI tool-call index.
     tool_of_block: HashMap<u64, u64>,
     tool_calls: u64,
+    /// Tool calls (OpenAI index) whose arguments have begun.
+    calls_with_arguments: std::collections::HashSet<u64>,
     /// Anthropic usage so far (message_start's, updated by message_delta's).
     usage: Map<String, Value>,
     /// The finish chunk went out (message_delta seen).
@@ -1353,7 +1355,18 @@ impl EventsToChunks {
                 let body = error_shape(Flavor::OpenAi, 500, str_at(error, "type"), message);
                 out.push(openai_sse(&body));
             }
-            // ping, content_block_stop: nothing to say in OpenAI's format.
+            "content_block_stop" => {
+                // A call without arguments streams none in Anthropic's format; OpenAI
+                // clients parse the arguments they accumulated, and "" is not JSON.
+                let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
+                if let Some(&n) = self.tool_of_block.get(&index) {
+                    if self.calls_with_arguments.insert(n) {
+                        let call = json!({"index": n, "function": {"arguments": "{}"}});
+                        self.emit(json!({"tool_calls": [call]}), &mut out);
+                    }
+                }
+            }
+            // ping: nothing to say in OpenAI's format.
             _ => {}
         }
         out
@@ -1432,6 +1445,7 @@ impl EventsToChunks {
             Some("input_json_delta") => {
                 let piece = str_at(delta, "partial_json").filter(|p| !p.is_empty());
                 if let (Some(piece), Some(&n)) = (piece, self.tool_of_block.get(&index)) {
+                    self.calls_with_arguments.insert(n);
                     let call = json!({"index": n, "function": {"arguments": piece}});
                     self.emit(json!({"tool_calls": [call]}), out);
                 }
@@ -2696,6 +2710,36 @@ mod tests {
                 assert!(body.get("usage").is_none());
             }
         }
+    }
+
+    #[test]
+    fn a_call_without_arguments_streams_as_an_empty_object_to_openai() {
+        let mut t = StreamTranslator::new(Flavor::Anthropic, Flavor::OpenAi, false);
+        let events = [
+            an(
+                json!({"type": "message_start", "message": {"id": "m", "model": "x", "content": [],
+                "usage": {"input_tokens": 1, "output_tokens": 0}}}),
+            ),
+            an(
+                json!({"type": "content_block_start", "index": 0, "content_block":
+                {"type": "tool_use", "id": "t1", "name": "now", "input": {}}}),
+            ),
+            an(json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": ""}})),
+            an(json!({"type": "content_block_stop", "index": 0})),
+            an(
+                json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                "usage": {"output_tokens": 3}}),
+            ),
+            an(json!({"type": "message_stop"})),
+        ];
+        let out: Vec<Vec<u8>> = events.iter().flat_map(|e| t.push(e)).collect();
+        let (body, done) = assemble_openai(&out);
+        assert!(done);
+        assert_eq!(
+            body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{}"
+        );
     }
 
     #[test]
