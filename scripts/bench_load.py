@@ -8,6 +8,8 @@ Scenarios, per model and engine:
   longprompt  4 running streams; a ~4000-token prompt arrives: p99 inter-token latency of
             the 4 while it is read, against their p50 without it.
   prefix    a ~2000-token prompt cold, then another sharing that prefix: time to first token.
+  rss       (not by default) peak RSS at --parallel 8 -c 4096 / -np 8 -c 32768 after 8 clients
+            sent ~1300-token prompts at once.
 Only the standard library: http.client streaming over loopback.
 """
 
@@ -61,8 +63,9 @@ class Server:
             self.proc.kill()
 
 
-def stream(port, prompt, max_tokens, out, start_at=None):
-    """One streaming completion; appends (t_sent, [chunk arrival times], n_tokens) to out."""
+def stream(port, prompt, max_tokens, out, start_at=None, stop=None):
+    """One streaming completion; appends (t_sent, [chunk arrival times], n_tokens) to out.
+    With `stop` (a threading.Event), the client hangs up once it is set."""
     if start_at:
         time.sleep(max(0.0, start_at - time.time()))
     body = json.dumps({
@@ -79,7 +82,7 @@ def stream(port, prompt, max_tokens, out, start_at=None):
         if not line.startswith(b"data:"):
             continue
         data = line[5:].strip()
-        if data == b"[DONE]":
+        if data == b"[DONE]" or (stop is not None and stop.is_set()):
             break
         ev = json.loads(data)
         if ev.get("usage"):
@@ -122,20 +125,26 @@ def burst(port, n, max_tokens):
 
 
 def longprompt(port, filler):
-    """p50 ITL of 4 streams alone, then p99 ITL of 4 streams while a long prompt is read."""
-    def four(extra=None):
+    """p50 ITL of 4 streams alone, then p99 ITL of 4 streams while a long prompt is read.
+    The streams run until the measurement window ends (then their clients hang up), so they
+    cover the whole read however fast the model decodes."""
+    def four(extra=None, alone_s=4.0):
         out = []
+        stop = threading.Event()
         start = time.time() + 0.1
-        th = [threading.Thread(target=stream, args=(port, PROMPTS[i], 160, out, start))
+        th = [threading.Thread(target=stream, args=(port, PROMPTS[i], 3000, out, start, stop))
               for i in range(4)]
         for t in th:
             t.start()
         window = None
+        time.sleep(2.0)
         if extra:
-            time.sleep(2.0)
             t0 = time.time()
             extra()
             window = (t0, time.time())
+        else:
+            time.sleep(alone_s)
+        stop.set()
         for t in th:
             t.join()
         return out, window
@@ -150,6 +159,21 @@ def longprompt(port, filler):
     return {"itl_p50_alone": pct(itl_base, 50), "itl_p99_during": pct(itl_loaded, 99),
             "ratio": pct(itl_loaded, 99) / pct(itl_base, 50), "prompt_read_s": w1 - w0,
             "samples": len(itl_loaded)}
+
+
+def peak_rss(server, filler):
+    """Peak resident memory (VmHWM) after 8 clients each sent a ~1300-token prompt at once."""
+    out = []
+    start = time.time() + 0.2
+    th = [threading.Thread(target=stream, args=(server.port, f"({i}) " + filler, 16, out, start))
+          for i in range(8)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    with open(f"/proc/{server.proc.pid}/status") as f:
+        hwm = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+    return {"peak_rss_mib": hwm / 1024}
 
 
 def prefix(port, shared):
@@ -215,6 +239,15 @@ def main():
                 results.append((name, engine, "longprompt", r))
                 print(json.dumps({"model": name, "engine": engine, "test": "longprompt", **r}),
                       flush=True)
+            if "rss" in scen:
+                s = start(8, 4096)
+                try:
+                    r = peak_rss(s, filler_unit * 100)
+                finally:
+                    s.stop()
+                results.append((name, engine, "rss", r))
+                print(json.dumps({"model": name, "engine": engine, "test": "rss", **r}),
+                      flush=True)
             if "prefix" in scen:
                 s = start(2, 4096)
                 try:
@@ -236,6 +269,8 @@ def main():
             txt = (f"ITL p50 alone {r['itl_p50_alone']*1e3:.1f} ms, p99 while a "
                    f"{r['prompt_read_s']:.1f} s prompt is read {r['itl_p99_during']*1e3:.1f} ms "
                    f"({r['ratio']:.1f}x)")
+        elif test == "rss":
+            txt = f"peak RSS {r['peak_rss_mib']:.0f} MiB (8 slots of 4096 / one shared 32768 context)"
         else:
             txt = (f"TTFT cold {r['cold_s']*1e3:.0f} ms, shared prefix {r['warm_s']*1e3:.0f} ms "
                    f"({r['ratio']*100:.0f} %)")

@@ -95,6 +95,36 @@ pub fn attention_with(
     let fma = has_fma();
     let out = &mut out[..n_tok * p.n_head * hd];
     if !f16_path {
+        #[cfg(target_arch = "x86_64")]
+        if fma && hd.is_multiple_of(64) && n_tok <= QUERY_BLOCK && rayon::current_num_threads() > 1
+        {
+            // One block (a small prompt chunk beside running streams, or a lone query whose
+            // precision is a cold read's): split its heads between the threads instead, or one
+            // thread would read a long context alone while the others wait.
+            let parts = rayon::current_num_threads().min(p.n_head);
+            let bufs: Vec<Vec<f32>> = (0..parts)
+                .into_par_iter()
+                .map(|i| {
+                    let heads = i * p.n_head / parts..(i + 1) * p.n_head / parts;
+                    let mut buf = vec![0.0f32; out.len()];
+                    // SAFETY: `has_fma` checked FMA and AVX2; `hd` is a multiple of 64.
+                    unsafe {
+                        query_block_f32_chunked(p, q, k_cache, v_cache, pos0, 0, heads, &mut buf)
+                    };
+                    buf
+                })
+                .collect();
+            let row = p.n_head * hd;
+            for (i, buf) in bufs.iter().enumerate() {
+                let cols = i * p.n_head / parts * hd..(i + 1) * p.n_head / parts * hd;
+                for t in 0..n_tok {
+                    let r = t * row;
+                    out[r + cols.start..r + cols.end]
+                        .copy_from_slice(&buf[r + cols.start..r + cols.end]);
+                }
+            }
+            return;
+        }
         // Prefill: blocks of consecutive queries share each key and value row they read, so
         // a row comes from L2 once per block instead of once per query.
         out.par_chunks_mut(QUERY_BLOCK * p.n_head * hd)
@@ -105,7 +135,18 @@ pub fn attention_with(
                 if fma && hd.is_multiple_of(64) {
                     // SAFETY: `has_fma` checked that this CPU has FMA and AVX2, and `hd` is a
                     // multiple of 64.
-                    unsafe { query_block_f32_chunked(p, q, k_cache, v_cache, pos0 + t0, t0, o) };
+                    unsafe {
+                        query_block_f32_chunked(
+                            p,
+                            q,
+                            k_cache,
+                            v_cache,
+                            pos0 + t0,
+                            t0,
+                            0..p.n_head,
+                            o,
+                        )
+                    };
                     return;
                 }
                 #[cfg(target_arch = "x86_64")]
@@ -459,6 +500,7 @@ const KEY_CHUNK: usize = 16;
 /// The CPU must have FMA and AVX2, and `p.head_dim` must be a multiple of 64.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma,avx2")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn query_block_f32_chunked(
     p: &AttnParams,
     q: &[f32],
@@ -466,6 +508,7 @@ unsafe fn query_block_f32_chunked(
     v_cache: &[f16],
     pos0: usize,
     t0: usize,
+    heads: std::ops::Range<usize>,
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
@@ -484,7 +527,8 @@ unsafe fn query_block_f32_chunked(
     // The chunk's key and value rows in f32, converted once for every query of the block.
     let mut kbuf = vec![0.0f32; KEY_CHUNK * hd];
     let mut vbuf = vec![0.0f32; KEY_CHUNK * hd];
-    for h in 0..p.n_head {
+    // Heads are independent: a head's result is the same bits whichever range it is in.
+    for h in heads {
         let kvh = h / group;
         run.fill(Running::START);
         // Chunks start at multiples of KEY_CHUNK, so a query meets the same chunks (and
