@@ -50,9 +50,6 @@ pub fn request(
     opts: &RequestOptions,
 ) -> Result<Value, Untranslatable> {
     let Some(req) = body.as_object() else {
-        if from == to {
-            return Ok(body.clone());
-        }
         return Err(fail("the request body is not a JSON object"));
     };
     let mut out = match (from, to) {
