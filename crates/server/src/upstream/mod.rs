@@ -490,9 +490,15 @@ fn set_credentials(h: &mut HeaderMap, spec: &UpstreamSpec, from: Flavor) {
             h.remove(name);
         }
     }
+    own_auth(h, to, key.as_deref());
+}
+
+/// An upstream's own key in the header its format reads, and Anthropic's version header if
+/// the request lacks one (requests and health checks alike).
+pub(crate) fn own_auth(h: &mut HeaderMap, format: Flavor, key: Option<&str>) {
     if let Some(k) = key.filter(|k| !k.is_empty()) {
-        let (name, value) = match to {
-            Flavor::Anthropic => (HeaderName::from_static("x-api-key"), k),
+        let (name, value) = match format {
+            Flavor::Anthropic => (HeaderName::from_static("x-api-key"), k.to_owned()),
             Flavor::OpenAi => (header::AUTHORIZATION, format!("Bearer {k}")),
         };
         if let Ok(mut v) = HeaderValue::from_str(&value) {
@@ -500,7 +506,7 @@ fn set_credentials(h: &mut HeaderMap, spec: &UpstreamSpec, from: Flavor) {
             h.insert(name, v);
         }
     }
-    if to == Flavor::Anthropic && !h.contains_key("anthropic-version") {
+    if format == Flavor::Anthropic && !h.contains_key("anthropic-version") {
         h.insert(
             HeaderName::from_static("anthropic-version"),
             HeaderValue::from_static("2023-06-01"),

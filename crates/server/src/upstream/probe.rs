@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue};
 use reqwest::header;
 
-use super::{error_chain, Upstream, Upstreams};
+use super::{error_chain, own_auth, Upstream, Upstreams};
 use crate::config::{Credentials, ProbeSpec};
 use crate::wire::Flavor;
 
@@ -81,21 +81,10 @@ async fn check(up: &Upstream, p: &ProbeSpec) -> (bool, String) {
 fn headers(c: &Credentials, format: Flavor) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-    if let Credentials::Key(k) = c {
-        let (name, value) = match format {
-            Flavor::Anthropic => (HeaderName::from_static("x-api-key"), k.clone()),
-            Flavor::OpenAi => (header::AUTHORIZATION, format!("Bearer {k}")),
-        };
-        if let Ok(mut v) = HeaderValue::from_str(&value) {
-            v.set_sensitive(true);
-            h.insert(name, v);
-        }
-    }
-    if format == Flavor::Anthropic {
-        h.insert(
-            HeaderName::from_static("anthropic-version"),
-            HeaderValue::from_static("2023-06-01"),
-        );
-    }
+    let key = match c {
+        Credentials::Key(k) => Some(k.as_str()),
+        Credentials::Forward => None,
+    };
+    own_auth(&mut h, format, key);
     h
 }
