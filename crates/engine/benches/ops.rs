@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use backstop_engine::cpu::{Kernels, Variant, TILE_ROWS, TILE_TOKS};
-use backstop_engine::ops::attention::{attention, AttnParams};
+use backstop_engine::ops::attention::{attention_with, AttnParams, F16_ACC_MAX_TOKENS};
 use backstop_engine::ops::matmul::{act_row_bytes, matmul, quantize_acts, MatRef};
 use backstop_engine::ops::norm::rms_norm;
 use backstop_engine::ops::rope::{RopeCache, RopeLayout};
@@ -129,16 +129,26 @@ fn bench_attention(c: &mut Criterion) {
             window: None,
             softcap: None,
         };
-        let n_ctx = 1024;
+        let n_ctx = 4096;
         let f16s = |x: Vec<f32>| x.into_iter().map(half::f16::from_f32).collect::<Vec<_>>();
         let k = f16s(floats(&mut rng, n_ctx * n_head_kv * hd));
         let v = f16s(floats(&mut rng, n_ctx * n_head_kv * hd));
-        // Decode: one query at depth 1023 (the f16 path); prefill: 64 queries after 448 tokens.
-        for (what, pos0, n_tok) in [("decode/d1023", n_ctx - 1, 1), ("prefill/t64@448", 448, 64)] {
+        // Decode: one query at depth 1023 (the f16 path); prefill: 64 queries after 448 tokens;
+        // a pacer's chunk: 4 rows of a long prompt at depth 4000, read beside running streams
+        // in a cold read's precision (f32).
+        for (what, pos0, n_tok, f16_acc) in [
+            ("decode/d1023", 1023, 1, true),
+            ("prefill/t64@448", 448, 64, 64 < F16_ACC_MAX_TOKENS),
+            ("chunk/t4@4000", 4000, 4, false),
+        ] {
             let q = floats(&mut rng, n_tok * n_head * hd);
             let mut out = vec![0.0f32; q.len()];
             g.bench_function(format!("{what}/{name}"), |b| {
-                b.iter(|| pool.install(|| attention(&p, black_box(&q), &k, &v, pos0, &mut out)))
+                b.iter(|| {
+                    pool.install(|| {
+                        attention_with(&p, black_box(&q), &k, &v, pos0, f16_acc, &mut out)
+                    })
+                })
             });
         }
     }

@@ -14,6 +14,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use super::activation::ggml_v_expf;
 use super::vec::{axpy, dot};
 
 /// Batches smaller than this take ggml's one-query path (f16 query and accumulator).
@@ -96,7 +97,11 @@ pub fn attention_with(
     let out = &mut out[..n_tok * p.n_head * hd];
     if !f16_path {
         #[cfg(target_arch = "x86_64")]
-        if fma && hd.is_multiple_of(64) && n_tok <= QUERY_BLOCK && rayon::current_num_threads() > 1
+        if fma
+            && has_f16c()
+            && hd.is_multiple_of(64)
+            && n_tok <= QUERY_BLOCK
+            && rayon::current_num_threads() > 1
         {
             // One block (a small prompt chunk beside running streams, or a lone query whose
             // precision is a cold read's): split its heads between the threads instead, or one
@@ -107,7 +112,7 @@ pub fn attention_with(
                 .map(|i| {
                     let heads = i * p.n_head / parts..(i + 1) * p.n_head / parts;
                     let mut buf = vec![0.0f32; out.len()];
-                    // SAFETY: `has_fma` checked FMA and AVX2; `hd` is a multiple of 64.
+                    // SAFETY: FMA, AVX2 and F16C checked; `hd` is a multiple of 64.
                     unsafe {
                         query_block_f32_chunked(p, q, k_cache, v_cache, pos0, 0, heads, &mut buf)
                     };
@@ -132,9 +137,8 @@ pub fn attention_with(
             .for_each(|(b, o)| {
                 let t0 = b * QUERY_BLOCK;
                 #[cfg(target_arch = "x86_64")]
-                if fma && hd.is_multiple_of(64) {
-                    // SAFETY: `has_fma` checked that this CPU has FMA and AVX2, and `hd` is a
-                    // multiple of 64.
+                if fma && has_f16c() && hd.is_multiple_of(64) {
+                    // SAFETY: FMA, AVX2 and F16C checked, and `hd` is a multiple of 64.
                     unsafe {
                         query_block_f32_chunked(
                             p,
@@ -496,10 +500,14 @@ const KEY_CHUNK: usize = 16;
 /// accumulator is loaded and stored once per chunk instead of once per key. Within the f32
 /// path's tolerance of the per-key order (tested against the two-pass definition).
 ///
+/// A chunk's key and value rows are converted to f32 once for all the query heads of `heads`
+/// that share their KV head: with a few queries (a prompt chunk beside running streams) the
+/// conversion otherwise costs as much as the arithmetic.
+///
 /// # Safety
-/// The CPU must have FMA and AVX2, and `p.head_dim` must be a multiple of 64.
+/// The CPU must have FMA, AVX2 and F16C, and `p.head_dim` must be a multiple of 64.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma,avx2")]
+#[target_feature(enable = "fma,avx2,f16c")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn query_block_f32_chunked(
     p: &AttnParams,
@@ -520,17 +528,31 @@ unsafe fn query_block_f32_chunked(
     let nt = out.len() / row;
     let last = pos0 + nt - 1;
     out.fill(0.0);
-    let mut run = [Running::START; QUERY_BLOCK];
     let mut wgt = [0.0f32; KEY_CHUNK];
     // The chunk's raw scores for every query of the block that sees any of its keys.
     let mut scores = [[0.0f32; KEY_CHUNK]; QUERY_BLOCK];
-    // The chunk's key and value rows in f32, converted once for every query of the block.
+    // The chunk's key and value rows in f32, converted once for every query of the block and
+    // every head of the group.
     let mut kbuf = vec![0.0f32; KEY_CHUNK * hd];
     let mut vbuf = vec![0.0f32; KEY_CHUNK * hd];
-    // Heads are independent: a head's result is the same bits whichever range it is in.
-    for h in heads {
-        let kvh = h / group;
-        run.fill(Running::START);
+    // Each head's queries' running maxima and sums, for the heads of one KV head.
+    let mut runs = vec![[Running::START; QUERY_BLOCK]; group];
+    let convert = |src: &[f16], dst: &mut [f32]| {
+        // SAFETY: F16C (this function's contract); both rows hold `hd` elements, a multiple
+        // of 8.
+        unsafe {
+            for i in (0..hd).step_by(8) {
+                let x = _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(i).cast()));
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), x);
+            }
+        }
+    };
+    // Heads are independent: a head's result is the same bits whichever range or group
+    // pass it is in.
+    let kv_heads = heads.start / group..heads.end.div_ceil(group);
+    for kvh in kv_heads {
+        let hs = heads.start.max(kvh * group)..heads.end.min((kvh + 1) * group);
+        runs.iter_mut().for_each(|r| r.fill(Running::START));
         // Chunks start at multiples of KEY_CHUNK, so a query meets the same chunks (and
         // rescales at the same keys) whatever block it is in: its result does not depend on
         // which other queries share its pass.
@@ -545,112 +567,122 @@ unsafe fn query_block_f32_chunked(
             for j in c0..c1 {
                 let off = j * kv_dim + kvh * hd;
                 let at = (j - c0) * hd;
-                k_cache[off..off + hd].convert_to_f32_slice(&mut kbuf[at..at + hd]);
-                v_cache[off..off + hd].convert_to_f32_slice(&mut vbuf[at..at + hd]);
+                convert(&k_cache[off..off + hd], &mut kbuf[at..at + hd]);
+                convert(&v_cache[off..off + hd], &mut vbuf[at..at + hd]);
             }
-            let qrow = |t: usize| &q[(t0 + t) * row + h * hd..][..hd];
             let krow = |j: usize| &kbuf[(j - c0) * hd..][..hd];
-            // Scores two queries by four keys at a time: each key row loaded once per two
-            // queries and each query row once per four keys (a lone dot product loads both per
-            // multiply-add). Keys a query does not see (past it, or before its window) are
-            // scored too and never read.
             let nk = c1 - c0;
-            let mut t = tlo;
-            while t < thi {
-                let pair = t + 1 < thi;
-                let mut j = 0;
-                while pair && j + 4 <= nk {
-                    let ks = [
-                        krow(c0 + j),
-                        krow(c0 + j + 1),
-                        krow(c0 + j + 2),
-                        krow(c0 + j + 3),
-                    ];
-                    // SAFETY: AVX2 and FMA (this function's contract); every row holds `hd`,
-                    // a multiple of 64.
-                    let s2 = unsafe { dot_2x4_avx2(qrow(t), qrow(t + 1), ks) };
-                    scores[t][j..j + 4].copy_from_slice(&s2[0]);
-                    scores[t + 1][j..j + 4].copy_from_slice(&s2[1]);
-                    j += 4;
-                }
-                // The rest one query by four keys, with the same arithmetic per (query, key)
-                // as the pairs (a missing key repeats the last one, its score unused).
-                let rows = t..t + 1 + usize::from(pair);
-                for (su, u) in scores[rows.clone()].iter_mut().zip(rows) {
-                    let mut jj = j;
-                    while jj < nk {
-                        let ks = std::array::from_fn(|i| krow(c0 + (jj + i).min(nk - 1)));
-                        // SAFETY: as above.
-                        let s4 = unsafe { dot_1x4_avx2(qrow(u), ks) };
-                        let n = (nk - jj).min(4);
-                        su[jj..jj + n].copy_from_slice(&s4[..n]);
-                        jj += 4;
+            for h in hs.clone() {
+                let run = &mut runs[h - kvh * group];
+                let qrow = |t: usize| &q[(t0 + t) * row + h * hd..][..hd];
+                // Scores two queries by four keys at a time: each key row loaded once per two
+                // queries and each query row once per four keys (a lone dot product loads both
+                // per multiply-add). Keys a query does not see (past it, or before its window)
+                // are scored too and never read.
+                let mut t = tlo;
+                while t < thi {
+                    let pair = t + 1 < thi;
+                    let mut j = 0;
+                    while pair && j + 4 <= nk {
+                        let ks = [
+                            krow(c0 + j),
+                            krow(c0 + j + 1),
+                            krow(c0 + j + 2),
+                            krow(c0 + j + 3),
+                        ];
+                        // SAFETY: AVX2 and FMA (this function's contract); every row holds
+                        // `hd`, a multiple of 64.
+                        let s2 = unsafe { dot_2x4_avx2(qrow(t), qrow(t + 1), ks) };
+                        scores[t][j..j + 4].copy_from_slice(&s2[0]);
+                        scores[t + 1][j..j + 4].copy_from_slice(&s2[1]);
+                        j += 4;
                     }
-                }
-                t += 1 + usize::from(pair);
-            }
-            for (t, r) in run
-                .iter_mut()
-                .enumerate()
-                .take(nt)
-                .skip(c0.saturating_sub(pos0))
-            {
-                let pos = pos0 + t;
-                let fk = first_key(p, pos);
-                if fk >= c1 {
-                    break;
-                }
-                // This query's keys in the chunk: `jlo..jhi`.
-                let (jlo, jhi) = (c0.max(fk), c1.min(pos + 1));
-                let acc = &mut out[t * row + h * hd..][..hd];
-                let mut cmax = f32::NEG_INFINITY;
-                for j in jlo..jhi {
-                    let mut s = scores[t][j - c0] * p.scale;
-                    if let Some(cap) = p.softcap {
-                        s = cap * (s / cap).tanh();
-                    }
-                    wgt[j - c0] = s;
-                    cmax = cmax.max(s);
-                }
-                if cmax > r.max {
-                    let c = (r.max - cmax).exp();
-                    for a in acc.iter_mut() {
-                        *a *= c;
-                    }
-                    r.sum *= c;
-                    r.max = cmax;
-                }
-                for w in &mut wgt[jlo - c0..jhi - c0] {
-                    *w = (*w - r.max).exp();
-                    r.sum += *w;
-                }
-                for i0 in (0..hd).step_by(64) {
-                    // SAFETY: `acc` and every value row hold `hd` elements, and
-                    // `i0 + 64 <= hd` because `hd` is a multiple of 64.
-                    unsafe {
-                        let ap = acc.as_mut_ptr().add(i0);
-                        let mut a: [__m256; 8] =
-                            std::array::from_fn(|u| _mm256_loadu_ps(ap.add(8 * u)));
-                        for j in jlo..jhi {
-                            let w = _mm256_set1_ps(wgt[j - c0]);
-                            let off = (j - c0) * hd + i0;
-                            let vp = vbuf[off..off + 64].as_ptr();
-                            for (u, a) in a.iter_mut().enumerate() {
-                                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(vp.add(8 * u)), *a);
-                            }
+                    // The rest one query by four keys, with the same arithmetic per (query,
+                    // key) as the pairs (a missing key repeats the last one, its score unused).
+                    let rows = t..t + 1 + usize::from(pair);
+                    for (su, u) in scores[rows.clone()].iter_mut().zip(rows) {
+                        let mut jj = j;
+                        while jj < nk {
+                            let ks = std::array::from_fn(|i| krow(c0 + (jj + i).min(nk - 1)));
+                            // SAFETY: as above.
+                            let s4 = unsafe { dot_1x4_avx2(qrow(u), ks) };
+                            let n = (nk - jj).min(4);
+                            su[jj..jj + n].copy_from_slice(&s4[..n]);
+                            jj += 4;
                         }
-                        for (u, a) in a.iter().enumerate() {
-                            _mm256_storeu_ps(ap.add(8 * u), *a);
+                    }
+                    t += 1 + usize::from(pair);
+                }
+                for (t, r) in run
+                    .iter_mut()
+                    .enumerate()
+                    .take(nt)
+                    .skip(c0.saturating_sub(pos0))
+                {
+                    let pos = pos0 + t;
+                    let fk = first_key(p, pos);
+                    if fk >= c1 {
+                        break;
+                    }
+                    // This query's keys in the chunk: `jlo..jhi`.
+                    let (jlo, jhi) = (c0.max(fk), c1.min(pos + 1));
+                    let acc = &mut out[t * row + h * hd..][..hd];
+                    let mut cmax = f32::NEG_INFINITY;
+                    for j in jlo..jhi {
+                        let mut s = scores[t][j - c0] * p.scale;
+                        if let Some(cap) = p.softcap {
+                            s = cap * (s / cap).tanh();
+                        }
+                        wgt[j - c0] = s;
+                        cmax = cmax.max(s);
+                    }
+                    if cmax > r.max {
+                        let c = (r.max - cmax).exp();
+                        for a in acc.iter_mut() {
+                            *a *= c;
+                        }
+                        r.sum *= c;
+                        r.max = cmax;
+                    }
+                    // ggml's vector exponential (within about an ulp of libm's): the chunk's
+                    // weights in one vectorised loop, instead of a libm call per key.
+                    let ws = &mut wgt[jlo - c0..jhi - c0];
+                    for w in ws.iter_mut() {
+                        *w = ggml_v_expf(*w - r.max);
+                    }
+                    for w in ws.iter() {
+                        r.sum += *w;
+                    }
+                    for i0 in (0..hd).step_by(64) {
+                        // SAFETY: `acc` and every value row hold `hd` elements, and
+                        // `i0 + 64 <= hd` because `hd` is a multiple of 64.
+                        unsafe {
+                            let ap = acc.as_mut_ptr().add(i0);
+                            let mut a: [__m256; 8] =
+                                std::array::from_fn(|u| _mm256_loadu_ps(ap.add(8 * u)));
+                            for j in jlo..jhi {
+                                let w = _mm256_set1_ps(wgt[j - c0]);
+                                let off = (j - c0) * hd + i0;
+                                let vp = vbuf[off..off + 64].as_ptr();
+                                for (u, a) in a.iter_mut().enumerate() {
+                                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(vp.add(8 * u)), *a);
+                                }
+                            }
+                            for (u, a) in a.iter().enumerate() {
+                                _mm256_storeu_ps(ap.add(8 * u), *a);
+                            }
                         }
                     }
                 }
             }
             c0 = c1;
         }
-        for (t, r) in run.iter().enumerate().take(nt) {
-            let inv = 1.0 / r.sum;
-            for a in &mut out[t * row + h * hd..][..hd] {
-                *a *= inv;
+        for h in hs {
+            for (t, r) in runs[h - kvh * group].iter().enumerate().take(nt) {
+                let inv = 1.0 / r.sum;
+                for a in &mut out[t * row + h * hd..][..hd] {
+                    *a *= inv;
+                }
             }
         }
     }
@@ -930,10 +962,19 @@ mod tests {
     /// which lets a prompt be read in any chunks, beside other sequences, with the same bits.
     #[test]
     fn each_row_is_the_same_bits_alone_as_in_any_block() {
-        for (hd, window) in [(64, None), (64, Some(21)), (256, Some(9)), (8, None)] {
+        // (head size, window, heads, KV heads): 9 heads over 3 KV heads split between two
+        // threads across a group (heads 0..4 and 4..9) for a small block.
+        for (hd, window, nh, nkv) in [
+            (64, None, 4, 2),
+            (64, Some(21), 4, 2),
+            (256, Some(9), 4, 2),
+            (8, None, 4, 2),
+            (64, None, 9, 3),
+            (64, Some(13), 9, 3),
+        ] {
             let p = AttnParams {
-                n_head: 4,
-                n_head_kv: 2,
+                n_head: nh,
+                n_head_kv: nkv,
                 head_dim: hd,
                 scale: 0.125,
                 window,
@@ -941,17 +982,17 @@ mod tests {
             };
             let (pos0, n_tok) = (5, 45);
             let n_ctx = pos0 + n_tok;
-            let kvd = 2 * hd;
+            let kvd = nkv * hd;
             let f = |i: usize, m: f32| ((i as f32) * m).sin() * 2.0;
             let k: Vec<f32> = (0..n_ctx * kvd).map(|i| round_f16(f(i, 0.7))).collect();
             let v: Vec<f32> = (0..n_ctx * kvd).map(|i| round_f16(f(i, 1.3))).collect();
-            let q: Vec<f32> = (0..n_tok * 4 * hd).map(|i| f(i, 0.9)).collect();
+            let q: Vec<f32> = (0..n_tok * nh * hd).map(|i| f(i, 0.9)).collect();
             let (k, v) = (f16s(&k), f16s(&v));
             for f16_acc in [false, true] {
                 let mut all = vec![0.0; q.len()];
                 attention_with(&p, &q, &k, &v, pos0, f16_acc, &mut all);
                 for (start, len) in [(0, 1), (3, 1), (17, 1), (44, 1), (2, 7), (19, 20)] {
-                    let rows = start * 4 * hd..(start + len) * 4 * hd;
+                    let rows = start * nh * hd..(start + len) * nh * hd;
                     let mut part = vec![0.0; rows.len()];
                     attention_with(
                         &p,
@@ -966,7 +1007,10 @@ mod tests {
                         .iter()
                         .zip(&all[rows])
                         .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "hd {hd} {window:?} f16 {f16_acc}: rows {start}+{len}");
+                    assert!(
+                        same,
+                        "hd {hd} {window:?} {nh}/{nkv} f16 {f16_acc}: rows {start}+{len}"
+                    );
                 }
             }
         }
@@ -1002,6 +1046,45 @@ mod tests {
 
     /// The portable prefill step (the SIMD one is what `attention` picks on most hosts), over
     /// query blocks of every size the blocking produces, with and without a window.
+    #[test]
+    fn small_f32_block_with_groups_split_between_threads_matches_two_pass() {
+        // A pacer's chunk: a few rows of a long prompt, in f32, at depth; 9 heads over 3 KV
+        // heads, so with two threads one thread's heads start inside a group.
+        for window in [None, Some(100)] {
+            let p = AttnParams {
+                n_head: 9,
+                n_head_kv: 3,
+                head_dim: 64,
+                scale: 0.125,
+                window,
+                softcap: None,
+            };
+            let (pos0, n_tok) = (301, 4);
+            let n_ctx = pos0 + n_tok;
+            let f = |i: usize, m: f32| ((i as f32) * m).sin() * 2.0;
+            let k: Vec<f32> = (0..n_ctx * 192).map(|i| round_f16(f(i, 0.7))).collect();
+            let v: Vec<f32> = (0..n_ctx * 192).map(|i| round_f16(f(i, 1.3))).collect();
+            let q: Vec<f32> = (0..n_tok * 576).map(|i| f(i, 0.9)).collect();
+            let r = reference(&p, &q, &k, &v, pos0);
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut out = vec![0.0; q.len()];
+                pool.install(|| {
+                    attention_with(&p, &q, &f16s(&k), &f16s(&v), pos0, false, &mut out)
+                });
+                for (i, (a, b)) in out.iter().zip(&r).enumerate() {
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "{window:?} x{threads} [{i}]: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn portable_prefill_blocks_match_two_pass() {
         for window in [None, Some(5)] {
