@@ -21,13 +21,20 @@ pub struct ServeArgs {
     /// Port to listen on (0 = any free port; the chosen one is printed).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Sequences generated at once, all in one forward pass per step (each holds a full
-    /// --ctx-size KV cache, kept after it ends as a prompt-prefix cache).
+    /// Sequences generated at once, all in one forward pass per step (each may fill up to
+    /// --ctx-size of the KV cache, kept after it ends as a prompt-prefix cache; see
+    /// --kv-budget).
     #[arg(long = "parallel", visible_alias = "np", default_value_t = 1)]
     pub parallel: usize,
     /// Requests that may wait for a free sequence; beyond that, 503 (OpenAI) or 529 (Anthropic).
     #[arg(long, default_value_t = 8)]
     pub queue: usize,
+    /// KV cache budget in tokens, shared by the running sequences and the cached prompt
+    /// prefixes: a request starts when its prompt plus max_tokens fit, else it waits in the
+    /// queue (cached prefixes are given up first, least recently used). 0 = --parallel x
+    /// --ctx-size.
+    #[arg(long = "kv-budget", value_name = "TOKENS", default_value_t = 0)]
+    pub kv_budget: usize,
     /// Require this key (as `Authorization: Bearer KEY` or `x-api-key: KEY`); repeatable.
     #[arg(long = "api-key", value_name = "KEY")]
     pub api_key: Vec<String>,
@@ -199,6 +206,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         port: a.port,
         parallel: a.parallel,
         queue: a.queue,
+        kv_budget: a.kv_budget,
         api_keys: keys,
         names: ModelNames {
             served,

@@ -220,3 +220,69 @@ fn a_shared_prefix_is_reused_reported_and_answers_as_cold() {
     assert!(s.metric("backstop_prefix_cache_hits_total") >= 2.0);
     assert!(s.metric("backstop_prefix_cached_tokens_total") > 600.0);
 }
+
+#[test]
+fn the_kv_budget_admits_what_fits_queues_the_rest_in_order_and_gives_up_cached_prefixes() {
+    // Four sequences of up to 2048 tokens, but 1000 tokens of KV cache between them.
+    let s = Server::ready(&[
+        "-c",
+        "2048",
+        "--parallel",
+        "4",
+        "--kv-budget",
+        "1000",
+        "--queue",
+        "8",
+    ]);
+    assert_eq!(s.metric("backstop_kv_budget_tokens"), 1000.0);
+    assert_eq!(s.get("/backstop/status").json()["kv_budget_tokens"], 1000);
+
+    // One request cannot hold more than the budget: its context is the budget.
+    let long = "The quick brown fox jumps over the lazy dog near the riverbank. ".repeat(90);
+    let r = s.post_json("/v1/completions", &completion(&long, 8));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("1000"), "{}", r.text());
+
+    // A running stream reserves about 805 tokens (prompt + max_tokens).
+    let mut a = endless_stream(s.port, 800);
+    a.read_chunk().unwrap();
+    // 305 more do not fit beside it: that request waits, with slots free; a small one
+    // arriving after it (25 tokens would fit) waits behind it, first come first served.
+    let port = s.port;
+    let waiting = |max_tokens: u32, delay_ms: u64| {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            let p = "A short story about a lighthouse:";
+            let body = completion(p, max_tokens);
+            let r = support::Conn::open(port).post_json("/v1/completions", &body);
+            assert_eq!(r.status, 200, "{}", r.text());
+            Instant::now()
+        })
+    };
+    let big = waiting(300, 0);
+    let small = waiting(20, 300);
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        a.read_chunk().unwrap();
+        assert_eq!(s.metric("backstop_running_sequences"), 1.0);
+        assert!(s.metric("backstop_kv_used_tokens") <= 1000.0);
+    }
+    assert_eq!(s.metric("backstop_queue_depth"), 2.0);
+    assert!(s.metric("backstop_kv_waits_total") >= 1.0);
+    assert!(!big.is_finished() && !small.is_finished());
+
+    // The stream's client leaves: both run now.
+    let left = Instant::now();
+    drop(a);
+    assert!(big.join().unwrap() > left);
+    assert!(small.join().unwrap() > left);
+    assert_eq!(s.metric("backstop_running_sequences"), 0.0);
+    assert!(s.metric("backstop_kv_used_tokens") <= 1000.0);
+
+    // Finished sequences' caches stay as prefixes until a request needs their room.
+    let evicted = s.metric("backstop_kv_evictions_total");
+    let mut d = endless_stream(s.port, 900);
+    d.read_chunk().unwrap();
+    assert!(s.metric("backstop_kv_evictions_total") > evicted);
+    assert!(s.metric("backstop_kv_used_tokens") <= 1000.0);
+}

@@ -21,6 +21,9 @@ pub struct ServeConfig {
     pub parallel: usize,
     /// Admitted requests that may wait for a free sequence.
     pub queue: usize,
+    /// KV cache tokens shared by all sequences (running ones and cached prefixes); a request
+    /// starts when its prompt plus `max_tokens` fit. 0 = `parallel` full contexts.
+    pub kv_budget: usize,
     /// Accepted keys; empty = no authentication.
     pub api_keys: Vec<String>,
     pub names: ModelNames,

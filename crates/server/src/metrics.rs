@@ -72,6 +72,13 @@ pub struct Metrics {
     /// Requests that started from a cached prompt prefix, and the tokens not recomputed.
     pub prefix_cache_hits: AtomicU64,
     pub prefix_cached_tokens: AtomicU64,
+    /// The KV cache budget and the tokens counted against it (running sequences' reservations
+    /// and cached prefixes).
+    pub kv_budget_tokens: AtomicU64,
+    pub kv_used_tokens: AtomicU64,
+    /// Requests that waited for KV budget, and cached prefixes given up to make room.
+    pub kv_waits: AtomicU64,
+    pub kv_evictions: AtomicU64,
 }
 
 /// The routes we label individually.
@@ -125,6 +132,10 @@ impl Default for Metrics {
             batch_rows: AtomicU64::new(0),
             last_batch_sequences: AtomicU64::new(0),
             prefix_cache_hits: AtomicU64::new(0),
+            kv_budget_tokens: AtomicU64::new(0),
+            kv_used_tokens: AtomicU64::new(0),
+            kv_waits: AtomicU64::new(0),
+            kv_evictions: AtomicU64::new(0),
             prefix_cached_tokens: AtomicU64::new(0),
         }
     }
@@ -170,6 +181,16 @@ impl Metrics {
                 "backstop_batch_size",
                 "Sequences in the last forward pass.",
                 self.last_batch_sequences.load(Relaxed),
+            ),
+            (
+                "backstop_kv_budget_tokens",
+                "KV cache tokens shared by all sequences (--kv-budget).",
+                self.kv_budget_tokens.load(Relaxed),
+            ),
+            (
+                "backstop_kv_used_tokens",
+                "KV cache tokens reserved by running sequences or held by cached prefixes.",
+                self.kv_used_tokens.load(Relaxed),
             ),
         ];
         for (name, help, v) in gauges {
@@ -220,6 +241,16 @@ impl Metrics {
                 "backstop_prefix_cached_tokens_total",
                 "Prompt tokens taken from the prefix cache instead of recomputed.",
                 &self.prefix_cached_tokens,
+            ),
+            (
+                "backstop_kv_waits_total",
+                "Requests that waited in the queue for KV cache budget.",
+                &self.kv_waits,
+            ),
+            (
+                "backstop_kv_evictions_total",
+                "Cached prompt prefixes given up to make room in the KV cache budget.",
+                &self.kv_evictions,
             ),
         ];
         for (name, help, v) in counters {

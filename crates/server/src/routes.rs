@@ -196,6 +196,8 @@ async fn status(State(app): Shared) -> Json<serde_json::Value> {
         "weights": st.weights,
         "running": st.scheduler.running(),
         "queued": st.scheduler.queued(),
+        "kv_budget_tokens": st.scheduler.kv_budget(),
+        "kv_used_tokens": st.metrics.kv_used_tokens.load(std::sync::atomic::Ordering::Relaxed),
         "upstreams": app.upstreams.status(),
     }))
 }

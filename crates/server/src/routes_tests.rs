@@ -25,6 +25,7 @@ fn app(keys: &[&str], strict: bool) -> Router {
         port: 0,
         parallel: 1,
         queue: 1,
+        kv_budget: 0,
         api_keys: keys.iter().map(|k| k.to_string()).collect(),
         names: ModelNames {
             served: "tiny".into(),

@@ -53,6 +53,8 @@ pub struct Job {
     pub grammar: Option<Grammar>,
     pub events: mpsc::UnboundedSender<Event>,
     pub admitted_at: Instant,
+    /// Whether it has waited at the head of the queue for KV budget (counted once).
+    pub waited_for_kv: bool,
 }
 
 /// Why a job was not admitted.
@@ -65,6 +67,8 @@ pub enum Rejected {
 pub struct Scheduler {
     parallel: usize,
     max_queue: usize,
+    /// KV cache tokens for all slots together (0 until `start` resolves the default).
+    kv_budget: AtomicUsize,
     queue: Mutex<VecDeque<Job>>,
     wake: Condvar,
     /// Admitted and not finished: running + waiting.
@@ -78,10 +82,12 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(parallel: usize, max_queue: usize, metrics: Arc<Metrics>) -> Self {
+    /// `kv_budget`: KV cache tokens shared by every slot; 0 = each slot's whole context.
+    pub fn new(parallel: usize, max_queue: usize, kv_budget: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             parallel: parallel.clamp(1, MAX_PARALLEL),
             max_queue,
+            kv_budget: AtomicUsize::new(kv_budget),
             queue: Mutex::new(VecDeque::new()),
             wake: Condvar::new(),
             in_system: AtomicUsize::new(0),
@@ -94,6 +100,11 @@ impl Scheduler {
 
     pub fn parallel(&self) -> usize {
         self.parallel
+    }
+
+    /// The KV cache budget in tokens (known once the loop has started).
+    pub fn kv_budget(&self) -> usize {
+        self.kv_budget.load(Ordering::Relaxed)
     }
 
     pub fn running(&self) -> usize {
@@ -148,6 +159,15 @@ impl Scheduler {
         engine: Arc<Engine>,
         sessions: Vec<Session>,
     ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+        let whole: usize = sessions.iter().take(self.parallel).map(|s| s.n_ctx()).sum();
+        let budget = match self.kv_budget() {
+            0 => whole,
+            b => b.min(whole),
+        };
+        self.kv_budget.store(budget, Ordering::Relaxed);
+        self.metrics
+            .kv_budget_tokens
+            .store(budget as u64, Ordering::Relaxed);
         let me = Arc::clone(self);
         let slots = sessions
             .into_iter()
@@ -173,6 +193,7 @@ impl Scheduler {
             clock += 1;
             self.admit_waiting(engine, &mut slots, clock);
             self.drop_departed(&mut slots, clock);
+            self.record_kv(&slots);
             if slots.iter().all(|s| s.run.is_none()) {
                 if !self.wait_for_work() {
                     return;
@@ -180,6 +201,7 @@ impl Scheduler {
                 continue;
             }
             self.step(engine, &mut batch, &mut slots, &mut plan, &mut pacer, clock);
+            self.record_kv(&slots);
         }
     }
 
@@ -197,17 +219,31 @@ impl Scheduler {
         }
     }
 
-    /// Move queued jobs into free slots, first come first served.
+    /// Move queued jobs into free slots, first come first served, while the KV budget holds
+    /// their prompt plus `max_tokens`. The first job that does not fit waits (and every job
+    /// behind it: none is starved by later, smaller ones) until running sequences end; cached
+    /// prefixes are given up, least recently used first, to make room.
     fn admit_waiting(&self, engine: &Engine, slots: &mut [Slot], clock: u64) {
+        let budget = self.kv_budget();
         while slots.iter().any(|s| s.run.is_none()) {
             let job = {
                 let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                match q.pop_front() {
-                    Some(job) => job,
-                    None => return,
+                let Some(job) = q.front() else { return };
+                // The client left while the job waited, or the server is going away: drop it
+                // whatever the budget says.
+                let gone = job.events.is_closed() || self.cancel_all.load(Ordering::Relaxed);
+                let held: usize = slots.iter().filter(|s| s.run.is_some()).map(Slot::kv).sum();
+                if !gone && held + job.kv_need(budget) > budget {
+                    if !job.waited_for_kv {
+                        self.metrics.kv_waits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(j) = q.front_mut() {
+                        j.waited_for_kv = true;
+                    }
+                    return;
                 }
+                q.pop_front().expect("front")
             };
-            // The client left while the job waited: nothing to do.
             if job.events.is_closed() {
                 self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
                 self.in_system.fetch_sub(1, Ordering::Relaxed);
@@ -218,7 +254,9 @@ impl Scheduler {
                 self.in_system.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
+            let need = job.kv_need(budget);
             let slot = self.take_prefix(slots, &job.prompt);
+            self.make_room(slots, slot, need, budget);
             let s = &mut slots[slot];
             match engine.start(&mut s.session, &job.prompt, job.params.clone()) {
                 Ok((gen, n_cached)) => {
@@ -239,6 +277,7 @@ impl Scheduler {
                         order: clock,
                         last_text: None,
                         client_gone: false,
+                        kv_need: need,
                     });
                 }
                 Err(e) => {
@@ -247,6 +286,46 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Bring the KV cache within `budget` once slot `slot` holds a sequence needing `need`
+    /// tokens: give up other slots' cached prefixes, least recently used first, then this
+    /// slot's own if it alone still holds too much. Admission checked that the running
+    /// sequences leave room for `need`, so this always ends within the budget.
+    fn make_room(&self, slots: &mut [Slot], slot: usize, need: usize, budget: usize) {
+        let total = |slots: &[Slot]| -> usize {
+            slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    if i == slot {
+                        s.session.resident().max(need)
+                    } else {
+                        s.kv()
+                    }
+                })
+                .sum()
+        };
+        while total(slots) > budget {
+            let lru = (0..slots.len())
+                .filter(|&i| i != slot && slots[i].run.is_none() && slots[i].session.resident() > 0)
+                .min_by_key(|&i| slots[i].last_used);
+            let victim = match lru {
+                Some(i) => i,
+                None if slots[slot].session.resident() > need => slot,
+                None => break,
+            };
+            slots[victim].session.release_memory();
+            self.metrics.kv_evictions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Publish the KV cache's use (tokens held by running sequences and cached prefixes).
+    fn record_kv(&self, slots: &[Slot]) {
+        let used: usize = slots.iter().map(Slot::kv).sum();
+        self.metrics
+            .kv_used_tokens
+            .store(used as u64, Ordering::Relaxed);
     }
 
     /// The free slot for `prompt`: the one whose cache already starts like it, else the least
@@ -478,6 +557,29 @@ struct Slot {
     last_used: u64,
 }
 
+impl Slot {
+    /// KV cache tokens this slot counts against the budget: what its cache may hold in memory
+    /// and, while a sequence runs, all that sequence may still fill.
+    fn kv(&self) -> usize {
+        let resident = self.session.resident();
+        match &self.run {
+            Some(r) => resident.max(r.kv_need),
+            None => resident,
+        }
+    }
+}
+
+impl Job {
+    /// The KV cache tokens this job may fill: its prompt plus `max_tokens`, within its
+    /// context and the whole budget.
+    fn kv_need(&self, budget: usize) -> usize {
+        self.prompt
+            .len()
+            .saturating_add(self.params.max_tokens)
+            .min(budget)
+    }
+}
+
 /// A sequence in the batch.
 struct Running {
     job: Job,
@@ -488,6 +590,8 @@ struct Running {
     next: Option<u32>,
     /// Admission order: prompts are read first come, first served.
     order: u64,
+    /// KV cache tokens reserved for it (prompt plus `max_tokens`).
+    kv_need: usize,
     last_text: Option<Instant>,
     client_gone: bool,
 }

@@ -18,6 +18,7 @@ use crate::scheduler::{Event, Job, Rejected, Scheduler};
 /// The loaded model and what requests need from it.
 pub struct Loaded {
     pub engine: Arc<Engine>,
+    /// The most tokens one request may fill: its sequence's context, within the KV budget.
     pub n_ctx: usize,
 }
 
@@ -41,6 +42,7 @@ impl AppState {
         let scheduler = Arc::new(Scheduler::new(
             config.parallel,
             config.queue,
+            config.kv_budget,
             Arc::clone(&metrics),
         ));
         let weights = config
@@ -87,6 +89,7 @@ impl AppState {
                 threads: self.scheduler.parallel(),
                 why: e.to_string(),
             })?;
+        let n_ctx = n_ctx.min(self.scheduler.kv_budget());
         let _ = self.loaded.set(Loaded { engine, n_ctx });
         Ok(handles)
     }
@@ -225,6 +228,7 @@ impl AppState {
             grammar,
             events: tx,
             admitted_at: Instant::now(),
+            waited_for_kv: false,
         };
         match self.scheduler.submit(job) {
             Ok(()) => Ok(Admitted {

@@ -142,6 +142,23 @@ impl Session {
         }
     }
 
+    /// Cache positions that may occupy memory (see [`models::Session::resident`]); a
+    /// candle session's cache grows with its tokens.
+    pub fn resident(&self) -> usize {
+        match self {
+            Session::Native(s) => s.resident(),
+            Session::Candle(s) => s.history().len(),
+        }
+    }
+
+    /// Forget everything and return the cache's memory where the backend can.
+    pub fn release_memory(&mut self) {
+        match self {
+            Session::Native(s) => s.release_memory(),
+            Session::Candle(s) => s.truncate(0),
+        }
+    }
+
     /// Take the first `n` cached tokens of `src` instead of what this session holds, so a
     /// prompt sharing them need not recompute them. False (and nothing changed) where the
     /// backend cannot copy a cache or the two sessions are of different backends.

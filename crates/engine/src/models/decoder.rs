@@ -126,6 +126,9 @@ pub struct Session {
     /// The cache's shape, for copying prefixes between sessions.
     n_layer: usize,
     kv_dim: usize,
+    /// The most tokens the cache has held since it was allocated: the pages of positions
+    /// below it may be resident, those above are untouched (see [`Session::resident`]).
+    high_water: usize,
 }
 
 /// The buffers of one forward pass over up to `N_UBATCH` rows (tokens of one sequence, or
@@ -265,6 +268,26 @@ impl Session {
         self.f16_acc.truncate(n);
     }
 
+    /// Positions of the cache that may occupy memory: its pages are touched only as the
+    /// context first fills them, and stay resident (as a prefix cache) until
+    /// [`Session::release_memory`].
+    pub fn resident(&self) -> usize {
+        self.high_water
+    }
+
+    /// Forget everything and give the cache's pages back to the system: the allocation is
+    /// replaced by a fresh zeroed one, whose pages stay out of the resident set until used.
+    pub fn release_memory(&mut self) {
+        self.truncate(0);
+        let len = self.k_cache.len();
+        // Drop before allocating, so the old and new caches never coexist.
+        self.k_cache = Vec::new();
+        self.k_cache = vec![0; len];
+        self.v_cache = Vec::new();
+        self.v_cache = vec![0; len];
+        self.high_water = 0;
+    }
+
     /// How many leading tokens of `prompt` this cache holds as a cold read of that prompt
     /// would compute them (same ids, same attention precision).
     pub fn reusable_prefix(&self, prompt: &[u32]) -> usize {
@@ -290,6 +313,7 @@ impl Session {
             self.v_cache[to..to + n * kvd].copy_from_slice(&src.v_cache[from..from + n * kvd]);
         }
         self.n_past = n;
+        self.high_water = self.high_water.max(n);
         self.history.clear();
         self.history.extend_from_slice(&src.history[..n]);
         self.f16_acc.clear();
@@ -404,6 +428,7 @@ impl Decoder {
             logits: vec![0.0; c.n_vocab],
             n_layer: c.n_layer,
             kv_dim: c.kv_dim(),
+            high_water: 0,
         }
     }
 
@@ -497,6 +522,7 @@ impl Decoder {
             };
             self.forward_rows(k, &mut s.scratch, &mut [seg], chunk, &mut s.logits);
             s.n_past += chunk.len();
+            s.high_water = s.high_water.max(s.n_past);
             s.history.extend_from_slice(chunk);
             s.f16_acc.extend((0..chunk.len()).map(|i| i >= f16_from));
         }
@@ -556,6 +582,7 @@ impl Decoder {
             let f = r.precision.f16_from(s.n_past, r.tokens.len());
             s.logits.copy_from_slice(l);
             s.n_past += r.tokens.len();
+            s.high_water = s.high_water.max(s.n_past);
             s.history.extend_from_slice(r.tokens);
             s.f16_acc.extend((0..r.tokens.len()).map(|i| i >= f));
         }

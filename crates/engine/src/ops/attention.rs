@@ -15,6 +15,8 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::activation::ggml_v_expf;
+#[cfg(target_arch = "x86_64")]
+use super::expf::{self, expf8};
 use super::vec::{axpy, dot};
 
 /// Batches smaller than this take ggml's one-query path (f16 query and accumulator).
@@ -222,6 +224,12 @@ fn has_f16c() -> bool {
 /// to f16 is a hardware round trip (`vcvtps2ph` to nearest even, then `vcvtph2ps`), which is
 /// exactly what [`round_f16`] computes for every non-NaN value.
 ///
+/// The same per-key operations in the same order, grouped by chunks of [`DECODE_CHUNK`] keys:
+/// first the chunk's scores (independent dot products, which overlap), then its running
+/// maximum and exponentials, then the running sum, and last the values, with a block of the
+/// accumulator held in registers across the chunk instead of loaded and stored per key. Done
+/// key by key, each step waited on the last one's exponential and store.
+///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `q.len() == acc.len()` is a multiple of 32, at most
 /// 256, and every key offset leaves `q.len()` elements in both caches. `key_stride` (elements
@@ -233,17 +241,14 @@ unsafe fn one_query_f16_avx2(
     q: &[f32],
     k_cache: &[f16],
     v_cache: &[f16],
-    keys: impl Iterator<Item = usize>,
+    mut keys: impl Iterator<Item = usize>,
     key_stride: usize,
     acc: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    /// Keys ahead whose rows are prefetched: at depth the cache is a strided stream, one short
-    /// row per key, that the hardware prefetcher does not run ahead of (SmolLM2 tg at depth
-    /// 1024: +20%; 16, 32 or 64 keys ahead measured the same as 8).
-    const PREFETCH_KEYS: usize = 8;
     let hd = q.len();
     debug_assert!(hd.is_multiple_of(32) && hd <= 256 && acc.len() == hd);
+    assert!(k_cache.len() == v_cache.len());
     #[inline(always)]
     fn round(x: __m256) -> __m256 {
         // SAFETY: only inlined into `one_query_f16_avx2`, which has F16C.
@@ -255,60 +260,131 @@ unsafe fn one_query_f16_avx2(
         // SAFETY: only inlined into `one_query_f16_avx2` (F16C), at `i + 8 <= hd` in a row.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
     }
+    /// The values of `offs` weighted into accumulator columns `c0..c0 + 8 * R`, held in `R`
+    /// registers across the chunk.
+    #[inline(always)]
+    unsafe fn add_values<const R: usize>(
+        v_cache: &[f16],
+        offs: &[usize],
+        (ms, vs, new_max): (&[f32], &[f32], &[bool]),
+        acc: *mut f32,
+        c0: usize,
+    ) {
+        // SAFETY: `c0 + 8 * R <= hd` and every offset leaves `hd` elements (caller).
+        unsafe {
+            let ap = acc.add(c0);
+            let mut a: [__m256; R] = std::array::from_fn(|u| _mm256_loadu_ps(ap.add(8 * u)));
+            for (j, &off) in offs.iter().enumerate() {
+                if new_max[j] {
+                    let c = _mm256_set1_ps(ms[j]);
+                    for a in a.iter_mut() {
+                        *a = round(_mm256_mul_ps(*a, c));
+                    }
+                }
+                let w = _mm256_set1_ps(vs[j]);
+                let vp = v_cache.as_ptr().add(off + c0);
+                for (u, a) in a.iter_mut().enumerate() {
+                    *a = round(_mm256_fmadd_ps(load_f16(vp.add(8 * u)), w, *a));
+                }
+            }
+            for (u, a) in a.iter().enumerate() {
+                _mm256_storeu_ps(ap.add(8 * u), *a);
+            }
+        }
+    }
     let mut q16 = [0.0f32; 256];
     let scale = p.softcap.map_or(p.scale, |cap| p.scale / cap);
     let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+    let mut offs = [0usize; DECODE_CHUNK];
+    let (mut ms, mut vs) = ([1.0f32; DECODE_CHUNK], [1.0f32; DECODE_CHUNK]);
+    let mut new_max = [false; DECODE_CHUNK];
+    let lanes_expf = expf::libm_matches();
     // SAFETY: `q16`, `q` and `acc` hold `hd` elements, and so do the cache rows at every key
-    // offset (caller's contract); every access below is at `i + 8 <= hd`.
+    // offset (caller's contract, checked below); every access is at `i + 8 <= hd`.
     unsafe {
         let (qp, ap) = (q16.as_mut_ptr(), acc.as_mut_ptr());
         for i in (0..hd).step_by(8) {
             _mm256_storeu_ps(qp.add(i), round(_mm256_loadu_ps(q.as_ptr().add(i))));
             _mm256_storeu_ps(ap.add(i), _mm256_setzero_ps());
         }
-        for off in keys {
-            let (k, v) = (&k_cache[off..off + hd], &v_cache[off..off + hd]);
-            let (kp, vp) = (k.as_ptr(), v.as_ptr());
-            let ahead = PREFETCH_KEYS * key_stride;
-            // f16 rows: a 64-byte line holds 32 elements.
-            for i in (0..hd).step_by(32) {
-                // Hints only: past the end of the cache they do nothing.
-                _mm_prefetch::<_MM_HINT_T0>(kp.wrapping_add(ahead + i).cast());
-                _mm_prefetch::<_MM_HINT_T0>(vp.wrapping_add(ahead + i).cast());
+        loop {
+            let mut n = 0;
+            for (o, off) in offs.iter_mut().zip(keys.by_ref()) {
+                assert!(off + hd <= k_cache.len(), "key row past the cache");
+                *o = off;
+                n += 1;
             }
-            let mut d = [_mm256_setzero_ps(); 4];
-            for i in (0..hd).step_by(32) {
-                for (j, d) in d.iter_mut().enumerate() {
-                    let o = i + 8 * j;
-                    *d = _mm256_fmadd_ps(load_f16(kp.add(o)), _mm256_loadu_ps(qp.add(o)), *d);
+            if n == 0 {
+                break;
+            }
+            let offs = &offs[..n];
+            // The chunk's scores: independent dot products, the next chunk's rows prefetched
+            // (at depth the cache is a strided stream the hardware prefetcher does not follow).
+            let mut sc = [0.0f32; DECODE_CHUNK];
+            for (s, &off) in sc.iter_mut().zip(offs) {
+                let kp = k_cache.as_ptr().add(off);
+                let ahead = DECODE_CHUNK * key_stride;
+                // f16 rows: a 64-byte line holds 32 elements. Hints only: past the end of the
+                // cache they do nothing.
+                for i in (0..hd).step_by(32) {
+                    _mm_prefetch::<_MM_HINT_T0>(kp.wrapping_add(ahead + i).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        v_cache.as_ptr().wrapping_add(off + ahead + i).cast(),
+                    );
+                }
+                let mut d = [_mm256_setzero_ps(); 4];
+                for i in (0..hd).step_by(32) {
+                    for (j, d) in d.iter_mut().enumerate() {
+                        let o = i + 8 * j;
+                        *d = _mm256_fmadd_ps(load_f16(kp.add(o)), _mm256_loadu_ps(qp.add(o)), *d);
+                    }
+                }
+                let v8 = _mm256_add_ps(_mm256_add_ps(d[0], d[2]), _mm256_add_ps(d[1], d[3]));
+                let t = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps::<1>(v8));
+                let t = _mm_hadd_ps(t, t);
+                let t = _mm_hadd_ps(t, t);
+                *s = _mm_cvtss_f32(t) * scale;
+                if let Some(cap) = p.softcap {
+                    *s = cap * s.tanh();
                 }
             }
-            let v8 = _mm256_add_ps(_mm256_add_ps(d[0], d[2]), _mm256_add_ps(d[1], d[3]));
-            let t = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps::<1>(v8));
-            let t = _mm_hadd_ps(t, t);
-            let t = _mm_hadd_ps(t, t);
-            let mut s = _mm_cvtss_f32(t) * scale;
-            if let Some(cap) = p.softcap {
-                s = cap * s.tanh();
+            // The running maximum key by key, and each key's exponential: the one of the
+            // rescale on a new maximum, else its weight; libm's bits, eight at a time where
+            // the lanes reproduce them.
+            let mut e = [0.0f32; DECODE_CHUNK];
+            for j in 0..n {
+                let s = sc[j];
+                new_max[j] = s > m;
+                if new_max[j] {
+                    e[j] = m - s;
+                    m = s;
+                } else {
+                    e[j] = s - m;
+                }
             }
-            let (mut ms, mut vs) = (1.0f32, 1.0f32);
-            if s > m {
-                ms = (m - s).exp();
-                m = s;
-                let c = _mm256_set1_ps(ms);
-                for i in (0..hd).step_by(8) {
-                    let a = round(_mm256_mul_ps(_mm256_loadu_ps(ap.add(i)), c));
-                    _mm256_storeu_ps(ap.add(i), a);
+            if lanes_expf {
+                for c in e[..n.div_ceil(8) * 8].chunks_exact_mut(8) {
+                    let y = expf8(_mm256_loadu_ps(c.as_ptr()));
+                    _mm256_storeu_ps(c.as_mut_ptr(), y);
                 }
             } else {
-                vs = (s - m).exp();
+                e[..n].iter_mut().for_each(|x| *x = x.exp());
             }
-            let w = _mm256_set1_ps(vs);
-            for i in (0..hd).step_by(8) {
-                let a = _mm256_fmadd_ps(load_f16(vp.add(i)), w, _mm256_loadu_ps(ap.add(i)));
-                _mm256_storeu_ps(ap.add(i), round(a));
+            for j in 0..n {
+                (ms[j], vs[j]) = if new_max[j] { (e[j], 1.0) } else { (1.0, e[j]) };
             }
-            sum = sum.mul_add(ms, vs);
+            for j in 0..n {
+                sum = sum.mul_add(ms[j], vs[j]);
+            }
+            let w = (&ms[..n], &vs[..n], &new_max[..n]);
+            let mut c0 = 0;
+            while c0 + 64 <= hd {
+                add_values::<8>(v_cache, offs, w, ap, c0);
+                c0 += 64;
+            }
+            if c0 < hd {
+                add_values::<4>(v_cache, offs, w, ap, c0);
+            }
         }
     }
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
@@ -316,6 +392,10 @@ unsafe fn one_query_f16_avx2(
         *a *= inv;
     }
 }
+
+/// Keys per chunk of [`one_query_f16_avx2`].
+#[cfg(target_arch = "x86_64")]
+const DECODE_CHUNK: usize = 16;
 
 /// [`one_query_f16`] compiled with FMA and AVX2 enabled. Same source, same results bit for
 /// bit (`mul_add` is a fused multiply-add either way); the portable build turns every
@@ -1124,7 +1204,12 @@ mod tests {
             eprintln!("SKIPPED: host lacks AVX2, FMA or F16C");
             return;
         }
-        for (hd, softcap) in [(64usize, None), (256, Some(30.0f32)), (32, None)] {
+        for (hd, softcap) in [
+            (64usize, None),
+            (256, Some(30.0f32)),
+            (32, None),
+            (96, None),
+        ] {
             let p = AttnParams {
                 n_head: 1,
                 n_head_kv: 1,
