@@ -78,6 +78,7 @@ fn raw_greedy_prompt_from_argument_file_and_stdin_agree() {
     assert_eq!(out, text(&c.stdout));
     // Raw mode prints only the continuation, never the prompt.
     assert!(!out.contains(prompt));
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(out.contains("Paris"), "unexpected continuation {out:?}");
     let err = text(&a.stderr);
     assert!(
@@ -239,6 +240,7 @@ fn broken_model_file_is_a_one_line_error() {
     assert_clean_error(&out, "cannot load");
     let out = run(&["info", cut.to_str().unwrap()], None);
     assert!(!text(&out.stderr).contains("panicked"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

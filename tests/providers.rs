@@ -24,6 +24,8 @@ fn with_config(toml: &str, env: &[(&str, &str)]) -> Server {
     let p = path.to_str().unwrap().to_owned();
     let s = Server::start_env(&["-c", "1024", "--config", &p], env);
     s.wait_ready();
+    // Read at start-up: the folder is not needed any more.
+    let _ = std::fs::remove_dir_all(&dir);
     s
 }
 
@@ -606,4 +608,5 @@ fn bad_configurations_stop_the_server_with_one_line() {
         assert_eq!(lines.len(), 1, "{err}");
         assert!(lines[0].contains(want), "{err}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
