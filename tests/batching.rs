@@ -191,6 +191,13 @@ fn a_shared_prefix_is_reused_reported_and_answers_as_cold() {
     );
     assert_eq!(c.read_head().0, 200);
     c.read_chunk().unwrap();
+    // The stream's first event can leave before its prompt is read: wait until a pass has
+    // carried the prompt's rows, so its keys and values are in the cache to be copied.
+    let t0 = Instant::now();
+    while s.metric("backstop_batch_rows_total") < 300.0 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the prompt was never read");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let r = s
         .post_json("/v1/chat/completions", &chat(&system, questions[1]))
         .json();

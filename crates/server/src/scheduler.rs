@@ -16,7 +16,13 @@
 //! A finished sequence's cache stays in its slot as a prompt-prefix cache: a new request
 //! takes the free slot whose cache shares the longest prefix with its prompt, or copies that
 //! prefix from any slot (running or not) that shares more, so agents resending one long
-//! system prompt and tool list do not recompute it. The cache is bounded by the slots.
+//! system prompt and tool list do not recompute it.
+//!
+//! The KV cache is a budget in tokens (`--kv-budget`) shared by running sequences, which
+//! reserve their prompt plus `max_tokens`, and cached prefixes, which hold what they touched.
+//! The head of the queue starts when the running reservations leave room for its own, cached
+//! prefixes being given up least recently used first; otherwise it (and everyone behind it)
+//! waits. A running sequence is never cut short to make room.
 //!
 //! Text goes back over an unbounded channel (at most `max_tokens` pieces per request), so a
 //! client that reads slowly never holds up the others; when it disconnects the receiver is
