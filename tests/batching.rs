@@ -195,7 +195,10 @@ fn a_shared_prefix_is_reused_reported_and_answers_as_cold() {
     // carried the prompt's rows, so its keys and values are in the cache to be copied.
     let t0 = Instant::now();
     while s.metric("backstop_batch_rows_total") < 300.0 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "the prompt was never read");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the prompt was never read"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let r = s
