@@ -207,7 +207,6 @@ impl Scheduler {
                 continue;
             }
             self.step(engine, &mut batch, &mut slots, &mut plan, &mut pacer, clock);
-            self.record_kv(&slots);
         }
     }
 
@@ -234,17 +233,14 @@ impl Scheduler {
         while slots.iter().any(|s| s.run.is_none()) {
             let job = {
                 let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(job) = q.front() else { return };
+                let Some(job) = q.front_mut() else { return };
                 // The client left while the job waited, or the server is going away: drop it
                 // whatever the budget says.
                 let gone = job.events.is_closed() || self.cancel_all.load(Ordering::Relaxed);
                 let held: usize = slots.iter().filter(|s| s.run.is_some()).map(Slot::kv).sum();
                 if !gone && held + job.kv_need(budget) > budget {
-                    if !job.waited_for_kv {
+                    if !std::mem::replace(&mut job.waited_for_kv, true) {
                         self.metrics.kv_waits.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if let Some(j) = q.front_mut() {
-                        j.waited_for_kv = true;
                     }
                     return;
                 }
