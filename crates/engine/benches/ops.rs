@@ -3,13 +3,15 @@
 //! at a depth, and a prefill block), RMSNorm and RoPE. `kernels.rs` has the dot products.
 //!
 //! `cargo bench -p backstop-engine --bench ops [-- FILTER]`; ids are
-//! `tile/{type}/{variant}/{n}` (one `TILE_ROWS x TILE_TOKS` call), `matmul/{type}/{n_out}x{n_in}/t{n_tok}`,
+//! `tile/{type}/{variant}/{n}` (one `TILE_ROWS x TILE_TOKS` call), `group/{type}/{n}/t{toks}`
+//! (eight interleaved rows by eight tokens), `matmul/{type}/{n_out}x{n_in}/t{n_tok}`,
 //! `attention/{decode|prefill}/...`, `rms_norm/{n}`, `rope/{layout}/{heads}x{head_dim}`.
 //! Shapes are SmolLM2-135M's (576 wide, 9 query heads, 3 KV heads of 64) and Gemma 3 270M's.
 
 use std::hint::black_box;
 use std::time::Duration;
 
+use backstop_engine::cpu::interleaved::{self, GROUP_ROWS};
 use backstop_engine::cpu::{Kernels, Variant, TILE_ROWS, TILE_TOKS};
 use backstop_engine::ops::attention::{attention_with, AttnParams, F16_ACC_MAX_TOKENS};
 use backstop_engine::ops::matmul::{act_row_bytes, matmul, quantize_acts, MatRef};
@@ -82,6 +84,39 @@ fn bench_tiles(c: &mut Criterion) {
                 })
             });
         }
+    }
+    g.finish();
+}
+
+/// The interleaved group kernels, the same work as `tile/` per element pair: eight rows by
+/// eight tokens, in calls of each kernel's own tile width.
+fn bench_groups(c: &mut Criterion) {
+    let mut g = c.benchmark_group("group");
+    let k = Kernels::detect();
+    for ty in [GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
+        let Some(gk) = k.group_kernels_simd(ty) else {
+            continue;
+        };
+        let n = 640;
+        let packed = interleaved::interleave(ty, &weights(ty, n, GROUP_ROWS), n, GROUP_ROWS)
+            .expect("a whole group");
+        let act = ty.vec_dot_type();
+        let arb = act.row_bytes(n).unwrap();
+        let mut a = vec![0u8; arb * 8];
+        let x = floats(&mut StdRng::seed_from_u64(2), n * 8);
+        for (src, dst) in x.chunks_exact(n).zip(a.chunks_exact_mut(arb)) {
+            quant::quantize_row(act, src, dst).unwrap();
+        }
+        let mut out = vec![0.0f32; GROUP_ROWS * 8];
+        g.throughput(Throughput::Elements((GROUP_ROWS * 8) as u64));
+        g.bench_function(format!("{}/{n}/t{}", ty.name(), gk.toks), |b| {
+            b.iter(|| {
+                for t in (0..8).step_by(gk.toks) {
+                    let a = black_box(&a[t * arb..]);
+                    (gk.tile)(n, black_box(&packed), a, arb, &mut out[t..], (8, 1));
+                }
+            })
+        });
     }
     g.finish();
 }
@@ -185,6 +220,6 @@ criterion_group! {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1))
         .sample_size(20);
-    targets = bench_tiles, bench_matmul, bench_attention, bench_norm_rope
+    targets = bench_tiles, bench_groups, bench_matmul, bench_attention, bench_norm_rope
 }
 criterion_main!(benches);

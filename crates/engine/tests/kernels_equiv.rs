@@ -252,7 +252,7 @@ fn check_tile(
 }
 
 /// The kernels for interleaved row groups against the scalar group reference, bit for bit, one
-/// token and a tile of tokens (with gaps between activation rows and output columns); the
+/// token, a tile of tokens and the small tile (with gaps between activation rows and output columns); the
 /// group reference in turn equals the row-major dot product of each row to the bit.
 fn check_groups(v: Variant, ty: GgmlType, g: GroupKernels, seed: u64) -> usize {
     let mut rng = StdRng::seed_from_u64(seed ^ (ty as u64) << 32);
@@ -288,6 +288,11 @@ fn check_groups(v: Variant, ty: GgmlType, g: GroupKernels, seed: u64) -> usize {
             }
             let mut tile = vec![f32::NAN; os * GROUP_ROWS];
             (g.tile)(n, &packed, &a, as_, &mut tile, (os, 1));
+            // The small tile on the first of the same rows.
+            let (small, small_toks) = g.small;
+            assert!(small_toks >= 1 && small_toks <= toks);
+            let mut narrow = vec![f32::NAN; os * GROUP_ROWS];
+            small(n, &packed, &a, as_, &mut narrow, (os, 1));
             let rb = rows.len() / GROUP_ROWS;
             for (t, ar) in arows.iter().enumerate() {
                 let mut want = [0.0f32; GROUP_ROWS];
@@ -302,6 +307,15 @@ fn check_groups(v: Variant, ty: GgmlType, g: GroupKernels, seed: u64) -> usize {
                         "{v} {} group n={n} {s:?} row {j} token {t}: tile {got_tile}, one {got_one}, ref {w}",
                         ty.name()
                     );
+                    if t < small_toks {
+                        let got = narrow[j * os + t];
+                        assert_eq!(
+                            got.to_bits(),
+                            w.to_bits(),
+                            "{v} {} group n={n} {s:?} row {j} token {t}: small tile {got}, ref {w}",
+                            ty.name()
+                        );
+                    }
                     let row = &rows[j * rb..(j + 1) * rb];
                     let row_major = quant::vec_dot(ty, n, row, ar);
                     assert_eq!(

@@ -254,6 +254,7 @@ impl Kernels {
         self.group_kernels_simd(ty).or(match ty {
             GgmlType::Q4_1 => Some(interleaved::Q4_1_REF),
             GgmlType::Q5_0 => Some(interleaved::Q5_0_REF),
+            GgmlType::Q8_0 => Some(interleaved::Q8_0_REF),
             _ => None,
         })
     }

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::interleaved::{GroupKernels, GROUP_ROWS};
+use crate::cpu::interleaved::{GroupDotFn, GroupKernels, GROUP_ROWS};
 use crate::cpu::{Kernels, DECODE_ROWS, TILE_ROWS, TILE_TOKS};
 use crate::quant::GgmlType;
 
@@ -131,8 +131,8 @@ fn matvec_groups(w: MatRef<'_>, g: GroupKernels, out: &mut [f32], act: &[u8]) {
 }
 
 /// Prefill for an interleaved matrix, on the terms of [`matmul`]: per token block, each group
-/// stays in L1 while its kernel takes the tokens `g.toks` at a time, the rest one by one (the
-/// same numbers either way).
+/// stays in L1 while its kernels take the tokens tile by tile ([`group_tiles`]; the same
+/// numbers whichever kernel takes a token).
 fn matmul_groups(w: MatRef<'_>, g: GroupKernels, act: &[u8], n_tok: usize, t_out: &mut [f32]) {
     let gb = group_bytes(w);
     let arb = act_row_bytes(w.ty, w.n_in);
@@ -153,17 +153,25 @@ fn matmul_groups(w: MatRef<'_>, g: GroupKernels, act: &[u8], n_tok: usize, t_out
                 let t1 = (t0 + TOKEN_TILE).min(n_tok);
                 for (gi, og) in o.chunks_exact_mut(GROUP_ROWS * n_tok).enumerate() {
                     let wg = &w.data[(g0 + gi) * gb..][..gb];
-                    let mut t = t0;
-                    while t + g.toks <= t1 {
-                        (g.tile)(w.n_in, wg, &act[t * arb..], arb, &mut og[t..], (n_tok, 1));
-                        t += g.toks;
-                    }
-                    for t in t..t1 {
-                        (g.one)(w.n_in, wg, &act[t * arb..], arb, &mut og[t..], (n_tok, 1));
-                    }
+                    group_tiles(g, t0, t1, |kernel, t| {
+                        kernel(w.n_in, wg, &act[t * arb..], arb, &mut og[t..], (n_tok, 1));
+                    });
                 }
             }
         });
+}
+
+/// The kernel calls of one group for tokens `t0..t1`, widest first: whole tiles, then small
+/// tiles, then single tokens. `call(kernel, t)` runs `kernel` on the tokens from `t`; every
+/// kernel gives each token the same bits, so the split changes only the speed.
+fn group_tiles(g: GroupKernels, t0: usize, t1: usize, mut call: impl FnMut(GroupDotFn, usize)) {
+    let mut t = t0;
+    for (kernel, toks) in [(g.tile, g.toks), g.small, (g.one, 1)] {
+        while t + toks <= t1 {
+            call(kernel, t);
+            t += toks;
+        }
+    }
 }
 
 /// The tile's extended activation rows and their length, if its kernels read any
@@ -217,16 +225,10 @@ fn matmul_groups_by_tokens(
             let nt = o.len() / n_out;
             for (gi, wg) in w.data.chunks_exact(gb).enumerate() {
                 let r0 = gi * GROUP_ROWS;
-                let mut t = 0;
-                while t + g.toks <= nt {
+                group_tiles(g, 0, nt, |kernel, t| {
                     let a = &act[(t0 + t) * arb..];
-                    (g.tile)(w.n_in, wg, a, arb, &mut o[t * n_out + r0..], (1, n_out));
-                    t += g.toks;
-                }
-                for t in t..nt {
-                    let a = &act[(t0 + t) * arb..];
-                    (g.one)(w.n_in, wg, a, arb, &mut o[t * n_out + r0..], (1, n_out));
-                }
+                    kernel(w.n_in, wg, a, arb, &mut o[t * n_out + r0..], (1, n_out));
+                });
             }
         });
 }
@@ -394,7 +396,7 @@ mod tests {
     /// The same for weights interleaved in row groups, on the reference and the SIMD kernels.
     #[test]
     fn interleaved_many_tokens_equal_one_at_a_time_bit_for_bit() {
-        for ty in [GgmlType::Q4_1, GgmlType::Q5_0] {
+        for ty in [GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
             check_interleaved_prefill(ty);
         }
     }

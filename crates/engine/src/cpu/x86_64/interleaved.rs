@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 use super::avx2::{dot_u8_i8, load_f16_x8, loadu, loadu128};
 use crate::cpu::interleaved::{
     q5_0_lane_bias, ActExtendFn, GroupKernels, GROUP_ROWS, Q4_1_GROUP_BLOCK, Q5_0_GROUP_BLOCK,
-    Q5_0_LANE_BIAS_BLOCK,
+    Q5_0_LANE_BIAS_BLOCK, Q8_0_GROUP_BLOCK,
 };
 
 /// Tokens per prefill call: a pass over the four low (or high) lanes of two tokens keeps
@@ -22,6 +22,7 @@ pub(super) const Q4_1: GroupKernels = GroupKernels {
     one: q4_1_group_one,
     tile: q4_1_group_tile,
     toks: TILE_TOKS,
+    small: (q4_1_group_one, 1),
     tile_ext: None,
 };
 
@@ -263,6 +264,7 @@ macro_rules! q5_0_kernels {
         dot_u8_i8 = $dot:path,
         toks = $toks:literal,
         tile_lanes = $tile_lanes:ident,
+        small = $small:expr,
         tile_ext = $ext:expr
     ) => {
         use super::*;
@@ -271,6 +273,7 @@ macro_rules! q5_0_kernels {
             one: group_one_safe,
             tile: group_tile_safe,
             toks: $toks,
+            small: $small,
             tile_ext: EXT,
         };
 
@@ -351,10 +354,9 @@ macro_rules! q5_0_kernels {
         ) {
             // SAFETY: caller's contract, passed on.
             unsafe {
-                let lo = $tile_lanes::<$toks, 0, 4>(nb, w, a, as_);
-                let hi = $tile_lanes::<$toks, 4, 4>(nb, w, a, as_);
-                for t in 0..$toks {
-                    store(hsum8(lo[t], hi[t]), out, os, t);
+                let acc = $tile_lanes::<$toks>(nb, w, a, as_);
+                for (t, [l0, l1, l2, l3, l4, l5, l6, l7]) in acc.into_iter().enumerate() {
+                    store(hsum8([l0, l1, l2, l3], [l4, l5, l6, l7]), out, os, t);
                 }
             }
         }
@@ -414,15 +416,106 @@ macro_rules! q5_0_kernels {
     };
 }
 
-/// Q5_0 on AVX2 + FMA + F16C (`vpmaddubsw` + `vpmaddwd`; sixteen registers: two tokens).
+/// Q5_0 on AVX2 + FMA + F16C (`vpmaddubsw` + `vpmaddwd`).
 pub(super) mod q5_0_plain {
     q5_0_kernels!(
         features = "avx2,fma,f16c",
         dot_u8_i8 = dot_u8_i8,
-        toks = 2,
-        tile_lanes = lanes,
+        toks = 8,
+        tile_lanes = all_lanes,
+        small = (group_pair_safe, 2),
         tile_ext = None
     );
+
+    fn group_pair_safe(
+        n: usize,
+        w: &[u8],
+        a: &[u8],
+        as_: usize,
+        out: &mut [f32],
+        os: (usize, usize),
+    ) {
+        let nb = group_blocks(n, w, a, as_, out, os, 2, SIZES);
+        // SAFETY: `Variant`s hand this build out only after runtime detection of its
+        // features; `group_blocks` checked every buffer the kernel reads or writes.
+        unsafe { group_pair(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
+    }
+
+    /// Two tokens, the low and the high lanes in two passes with their accumulators in
+    /// registers: the tile for a few tokens left over.
+    ///
+    /// # Safety
+    /// As for [`group_tile`], for two activation rows.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn group_pair(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        as_: usize,
+        out: *mut f32,
+        os: (usize, usize),
+    ) {
+        // SAFETY: caller's contract, passed on.
+        unsafe {
+            let lo = lanes::<2, 0, 4>(nb, w, a, as_);
+            let hi = lanes::<2, 4, 4>(nb, w, a, as_);
+            for t in 0..2 {
+                store(hsum8(lo[t], hi[t]), out, os, t);
+            }
+        }
+    }
+
+    /// All eight lane accumulators of `T` tokens in one pass over the group. They outnumber
+    /// the registers, so they live in L1 (a load and a store beside each FMA, off the
+    /// critical ports), and in exchange each lane's quants are unpacked once per block for
+    /// all `T` tokens: the unpacking (nibble, fifth bit, bias, `|q|`) had cost more than the
+    /// products when two tokens shared it.
+    ///
+    /// # Safety
+    /// As for [`lanes`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn all_lanes<const T: usize>(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        as_: usize,
+    ) -> [[__m256; 8]; T] {
+        // SAFETY: every read is inside group block `i < nb` or activation block `i` of token
+        // `t < T` (caller's contract).
+        unsafe {
+            let low = _mm256_set1_epi8(0x0F);
+            let bit4 = _mm256_set1_epi8(0x10);
+            let mut acc = [[_mm256_setzero_ps(); 8]; T];
+            let mut d = [_mm256_setzero_ps(); T];
+            for i in 0..nb {
+                let x = w.add(i * Q5_0_GROUP_BLOCK);
+                let xd = _mm256_cvtph_ps(loadu128(x));
+                for (t, d) in d.iter_mut().enumerate() {
+                    *d = _mm256_mul_ps(xd, load_f16_x8(a.add(t * as_ + i * 34)));
+                }
+                let fifth = loadu(x.add(144));
+                for l in 0..8 {
+                    let v = loadu(x.add(16 + 32 * (l % 4)));
+                    let nib = if l < 4 {
+                        _mm256_and_si256(v, low)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(v), low)
+                    };
+                    let hi = _mm256_and_si256(fifth_bits_to_bit4(fifth, l), bit4);
+                    let q = _mm256_sub_epi8(_mm256_or_si256(nib, hi), bit4);
+                    let aq = _mm256_sign_epi8(q, q);
+                    for (t, (acc, d)) in acc.iter_mut().zip(&d).enumerate() {
+                        let y = a.add(t * as_ + i * 34 + 2 + 4 * l);
+                        let quad = _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
+                        let sum = dot_u8_i8(aq, _mm256_sign_epi8(quad, q));
+                        acc[l] = _mm256_fmadd_ps(*d, _mm256_cvtepi32_ps(sum), acc[l]);
+                    }
+                }
+            }
+            acc
+        }
+    }
 }
 
 /// Q5_0 with AVX-512 VNNI and VL at 256 bits (`vpdpbusd`; 32 registers: four tokens).
@@ -431,9 +524,36 @@ pub(super) mod q5_0_vnni {
         features = "avx2,fma,f16c,avx512vnni,avx512vl",
         dot_u8_i8 = dot_u8_i8_vnni,
         toks = 4,
-        tile_lanes = biased_lanes,
+        tile_lanes = biased_all_lanes,
+        small = (group_one_safe, 1),
         tile_ext = Some((q5_0_lane_bias, Q5_0_LANE_BIAS_BLOCK))
     );
+
+    /// [`biased_lanes`] for all eight lanes: the low and the high four in two passes over the
+    /// group (in L1 after the first), each keeping its accumulators in registers.
+    ///
+    /// # Safety
+    /// As for [`biased_lanes`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    unsafe fn biased_all_lanes<const T: usize>(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        as_: usize,
+    ) -> [[__m256; 8]; T] {
+        // SAFETY: caller's contract, passed on.
+        let (lo, hi) = unsafe {
+            (
+                biased_lanes::<T, 0, 4>(nb, w, a, as_),
+                biased_lanes::<T, 4, 4>(nb, w, a, as_),
+            )
+        };
+        std::array::from_fn(|t| {
+            let ([l0, l1, l2, l3], [l4, l5, l6, l7]) = (lo[t], hi[t]);
+            [l0, l1, l2, l3, l4, l5, l6, l7]
+        })
+    }
 
     /// [`lanes`] for activation rows extended by `q5_0_lane_bias`: the quants go in unsigned
     /// (`q + 16`) and each lane sum starts from the activation's bias, which leaves one
@@ -493,5 +613,210 @@ pub(super) mod q5_0_vnni {
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
     fn dot_u8_i8_vnni(u: __m256i, s: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    }
+}
+
+/// Q8_0 on AVX2 + FMA + F16C, for every x86 tier: the quants are whole bytes, so a lane's
+/// vector is one load, and the sign trick (`|q|` once per lane and block, the weight's sign
+/// moved onto the broadcast activation quad per token) keeps `vpmaddubsw`'s pairs within i16
+/// (`|q|, |y| <= 127`).
+pub(super) mod q8_0_plain {
+    use super::*;
+
+    /// Tokens per prefill call: two passes of four lanes, whose eight accumulators, two scale
+    /// vectors and the lane's `q`, `|q|` and temporaries fit the sixteen registers.
+    const TOKS: usize = 8;
+
+    pub(in crate::cpu::x86_64) const Q8_0: GroupKernels = GroupKernels {
+        one: group_one_safe,
+        tile: group_tile_safe,
+        toks: TOKS,
+        small: (group_pair_safe, 2),
+        tile_ext: None,
+    };
+
+    const SIZES: (usize, usize) = (Q8_0_GROUP_BLOCK, 34);
+
+    fn group_one_safe(
+        n: usize,
+        w: &[u8],
+        a: &[u8],
+        as_: usize,
+        out: &mut [f32],
+        os: (usize, usize),
+    ) {
+        let nb = group_blocks(n, w, a, as_, out, os, 1, SIZES);
+        // SAFETY: `Variant`s hand this out only after runtime detection of AVX2, FMA and F16C;
+        // `group_blocks` checked every buffer the kernel reads or writes.
+        unsafe { group_one(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
+    }
+
+    fn group_tile_safe(
+        n: usize,
+        w: &[u8],
+        a: &[u8],
+        as_: usize,
+        out: &mut [f32],
+        os: (usize, usize),
+    ) {
+        let nb = group_blocks(n, w, a, as_, out, os, TOKS, SIZES);
+        // SAFETY: as for `group_one_safe`.
+        unsafe { group_tile(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
+    }
+
+    fn group_pair_safe(
+        n: usize,
+        w: &[u8],
+        a: &[u8],
+        as_: usize,
+        out: &mut [f32],
+        os: (usize, usize),
+    ) {
+        let nb = group_blocks(n, w, a, as_, out, os, 2, SIZES);
+        // SAFETY: as for `group_one_safe`.
+        unsafe { group_pair(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
+    }
+
+    /// Two tokens, the low and the high lanes in two passes with their accumulators in
+    /// registers: the tile for a few tokens left over.
+    ///
+    /// # Safety
+    /// As for [`group_tile`], for two activation rows.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn group_pair(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        as_: usize,
+        out: *mut f32,
+        os: (usize, usize),
+    ) {
+        // SAFETY: caller's contract, passed on.
+        unsafe {
+            let lo = lanes::<2, 0, 4>(nb, w, a, as_);
+            let hi = lanes::<2, 4, 4>(nb, w, a, as_);
+            for t in 0..2 {
+                store(hsum8(lo[t], hi[t]), out, os, t);
+            }
+        }
+    }
+
+    /// One token: all eight lane accumulators in one pass.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C present; `w` valid for `nb` group blocks, `a` for `nb` Q8_0 blocks,
+    /// `out` for every `out[j * os.0]`, `j < 8`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn group_one(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        as_: usize,
+        out: *mut f32,
+        os: (usize, usize),
+    ) {
+        // SAFETY: caller's contract, passed on.
+        unsafe {
+            let [[l0, l1, l2, l3, l4, l5, l6, l7]] = lanes::<1, 0, 8>(nb, w, a, as_);
+            store(hsum8([l0, l1, l2, l3], [l4, l5, l6, l7]), out, os, 0);
+        }
+    }
+
+    /// [`TOKS`] tokens: the low and the high lanes in two passes over the group (in L1 after
+    /// the first).
+    ///
+    /// # Safety
+    /// As for [`group_one`], for `TOKS` activation rows `as_` bytes apart and every
+    /// `out[j * os.0 + t * os.1]`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn group_tile(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        as_: usize,
+        out: *mut f32,
+        os: (usize, usize),
+    ) {
+        // SAFETY: caller's contract, passed on.
+        unsafe {
+            let acc = all_lanes::<TOKS>(nb, w, a, as_);
+            for (t, [l0, l1, l2, l3, l4, l5, l6, l7]) in acc.into_iter().enumerate() {
+                store(hsum8([l0, l1, l2, l3], [l4, l5, l6, l7]), out, os, t);
+            }
+        }
+    }
+
+    /// The `NL` lane accumulators from lane `L0` on, for `T` tokens: lane `l` of ggml's Q8_0
+    /// dot is elements `4l..4l + 4` of a block, vector `l` of the group block here, and gets
+    /// `fma(d_w * d_a, lane_sum, acc)` per block.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C present; `w` valid for `nb` group blocks, each `a.add(t * as_)` for
+    /// `nb` Q8_0 blocks.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn lanes<const T: usize, const L0: usize, const NL: usize>(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        as_: usize,
+    ) -> [[__m256; NL]; T] {
+        // SAFETY: every read is inside group block `i < nb` or activation block `i` of token
+        // `t < T` (caller's contract).
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); NL]; T];
+            for i in 0..nb {
+                let x = w.add(i * Q8_0_GROUP_BLOCK);
+                let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
+                let xd = _mm256_cvtph_ps(loadu128(x));
+                let d: [__m256; T] = std::array::from_fn(|t| _mm256_mul_ps(xd, load_f16_x8(y[t])));
+                for l in L0..L0 + NL {
+                    let q = loadu(x.add(16 + 32 * l));
+                    let aq = _mm256_sign_epi8(q, q);
+                    for t in 0..T {
+                        let quad =
+                            _mm256_set1_epi32(y[t].add(2 + 4 * l).cast::<i32>().read_unaligned());
+                        let sum = dot_u8_i8(aq, _mm256_sign_epi8(quad, q));
+                        acc[t][l - L0] =
+                            _mm256_fmadd_ps(d[t], _mm256_cvtepi32_ps(sum), acc[t][l - L0]);
+                    }
+                }
+            }
+            acc
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn all_lanes<const T: usize>(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        as_: usize,
+    ) -> [[__m256; 8]; T] {
+        // SAFETY: every read is inside group block `i < nb` or activation block `i` of token
+        // `t < T` (caller's contract).
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 8]; T];
+            let mut d = [_mm256_setzero_ps(); T];
+            for i in 0..nb {
+                let x = w.add(i * Q8_0_GROUP_BLOCK);
+                let xd = _mm256_cvtph_ps(loadu128(x));
+                for (t, d) in d.iter_mut().enumerate() {
+                    *d = _mm256_mul_ps(xd, load_f16_x8(a.add(t * as_ + i * 34)));
+                }
+                for l in 0..8 {
+                    let q = loadu(x.add(16 + 32 * l));
+                    let aq = _mm256_sign_epi8(q, q);
+                    for (t, (acc, d)) in acc.iter_mut().zip(&d).enumerate() {
+                        let y = a.add(t * as_ + i * 34 + 2 + 4 * l);
+                        let quad = _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
+                        let sum = dot_u8_i8(aq, _mm256_sign_epi8(quad, q));
+                        acc[l] = _mm256_fmadd_ps(*d, _mm256_cvtepi32_ps(sum), acc[l]);
+                    }
+                }
+            }
+            acc
+        }
     }
 }

@@ -161,6 +161,10 @@ pub(super) fn group_kernels(v: Variant, ty: GgmlType) -> Option<GroupKernels> {
         (Variant::Avx2Vnni | Variant::Avx512Vnni, GgmlType::Q5_0) => {
             Some(interleaved::q5_0_vnni::Q5_0)
         }
+        (
+            Variant::Avx2 | Variant::Avx2Vnni | Variant::Avx512 | Variant::Avx512Vnni,
+            GgmlType::Q8_0,
+        ) => Some(interleaved::q8_0_plain::Q8_0),
         _ => None,
     }
 }
