@@ -50,6 +50,7 @@
 //! horizontal sum is left.
 
 use half::f16;
+use rayon::prelude::*;
 
 use crate::quant::{BlockAcc8, GgmlType};
 
@@ -120,11 +121,96 @@ pub fn can_interleave(ty: GgmlType, n_out: usize) -> bool {
 /// Repack a row-major matrix of `ty` (`n_out` rows of `n_in` elements) into groups; `None`
 /// when the format or the shape does not fit.
 pub fn interleave(ty: GgmlType, src: &[u8], n_in: usize, n_out: usize) -> Option<Vec<u8>> {
-    match ty {
-        GgmlType::Q4_1 => interleave_q4_1(src, n_in, n_out),
-        GgmlType::Q5_0 => interleave_q5_0(src, n_in, n_out),
-        GgmlType::Q8_0 => interleave_q8_0(src, n_in, n_out),
-        _ => None,
+    interleave_releasing(ty, src, n_in, n_out, |_| {})
+}
+
+/// `(eight source rows, row bytes, group)`: repack one group.
+type PackFn = fn(&[u8], usize, &mut [u8]);
+
+/// Source rows repacked per step of [`interleave_releasing`]: 512 groups, a few MiB.
+const CHUNK_GROUPS: usize = 512;
+
+/// [`interleave`] on the caller's rayon pool, handing each chunk of source rows to `release`
+/// as soon as it is repacked.
+/// The copy's pages become resident only as they are written (a zeroed allocation), so a
+/// caller that gives the file's pages back chunk by chunk holds one copy of the matrix plus a
+/// chunk at any time, never two whole copies (Gemma 3's tied output matrix is 171 MiB).
+pub fn interleave_releasing(
+    ty: GgmlType,
+    src: &[u8],
+    n_in: usize,
+    n_out: usize,
+    release: impl Fn(&[u8]) + Sync,
+) -> Option<Vec<u8>> {
+    let (block_bytes, pack): (usize, PackFn) = match ty {
+        GgmlType::Q4_1 => (20, pack_q4_1),
+        GgmlType::Q5_0 => (22, pack_q5_0),
+        GgmlType::Q8_0 => (34, pack_q8_0),
+        _ => return None,
+    };
+    let nb = n_in / 32;
+    let rb = nb * block_bytes;
+    if nb * 32 != n_in || !can_interleave(ty, n_out) || src.len() != rb * n_out {
+        return None;
+    }
+    let mut dst = vec![0u8; src.len()];
+    let chunk = rb * GROUP_ROWS * CHUNK_GROUPS;
+    src.par_chunks(chunk)
+        .zip(dst.par_chunks_mut(chunk))
+        .for_each(|(schunk, dchunk)| {
+            for (srows, drows) in schunk
+                .chunks_exact(rb * GROUP_ROWS)
+                .zip(dchunk.chunks_exact_mut(rb * GROUP_ROWS))
+            {
+                pack(srows, rb, drows);
+            }
+            release(schunk);
+        });
+    Some(dst)
+}
+
+/// One Q4_1 group: eight rows of `rb` bytes from `srows` into `drows` (layout in the module
+/// docs).
+fn pack_q4_1(srows: &[u8], rb: usize, drows: &mut [u8]) {
+    for (b, d) in drows.chunks_exact_mut(Q4_1_GROUP_BLOCK).enumerate() {
+        for j in 0..GROUP_ROWS {
+            let blk = &srows[j * rb + b * 20..][..20];
+            d[2 * j..2 * j + 2].copy_from_slice(&blk[0..2]);
+            d[16 + 2 * j..16 + 2 * j + 2].copy_from_slice(&blk[2..4]);
+            for v in 0..4 {
+                d[32 + 32 * v + 4 * j..][..4].copy_from_slice(&blk[4 + 4 * v..][..4]);
+            }
+        }
+    }
+}
+
+/// One Q5_0 group (layout in the module docs).
+fn pack_q5_0(srows: &[u8], rb: usize, drows: &mut [u8]) {
+    for (b, d) in drows.chunks_exact_mut(Q5_0_GROUP_BLOCK).enumerate() {
+        for j in 0..GROUP_ROWS {
+            let blk = &srows[j * rb + b * 22..][..22];
+            d[2 * j..2 * j + 2].copy_from_slice(&blk[0..2]);
+            let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+            for v in 0..4 {
+                d[16 + 32 * v + 4 * j..][..4].copy_from_slice(&blk[6 + 4 * v..][..4]);
+            }
+            for e in 0..4 {
+                d[144 + 4 * j + e] = (0..8).map(|l| (((qh >> (4 * l + e)) & 1) as u8) << l).sum();
+            }
+        }
+    }
+}
+
+/// One Q8_0 group (layout in the module docs).
+fn pack_q8_0(srows: &[u8], rb: usize, drows: &mut [u8]) {
+    for (b, d) in drows.chunks_exact_mut(Q8_0_GROUP_BLOCK).enumerate() {
+        for j in 0..GROUP_ROWS {
+            let blk = &srows[j * rb + b * 34..][..34];
+            d[2 * j..2 * j + 2].copy_from_slice(&blk[0..2]);
+            for l in 0..8 {
+                d[16 + 32 * l + 4 * j..][..4].copy_from_slice(&blk[2 + 4 * l..][..4]);
+            }
+        }
     }
 }
 
@@ -137,63 +223,6 @@ pub fn group_ref(ty: GgmlType, n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
         GgmlType::Q8_0 => q8_0_group_ref(n, w, a, out),
         _ => panic!("no interleaved layout for {ty:?}"),
     }
-}
-
-/// Repack a row-major Q4_1 matrix of `n_out` rows (each `n_in` elements) into groups.
-/// `src.len()` must be the matrix's bytes; returns `None` when the shape does not fit.
-pub fn interleave_q4_1(src: &[u8], n_in: usize, n_out: usize) -> Option<Vec<u8>> {
-    let nb = n_in / 32;
-    let rb = nb * 20;
-    if nb * 32 != n_in || !can_interleave(GgmlType::Q4_1, n_out) || src.len() != rb * n_out {
-        return None;
-    }
-    let mut dst = vec![0u8; src.len()];
-    for (srows, drows) in src
-        .chunks_exact(rb * GROUP_ROWS)
-        .zip(dst.chunks_exact_mut(rb * GROUP_ROWS))
-    {
-        for (b, d) in drows.chunks_exact_mut(Q4_1_GROUP_BLOCK).enumerate() {
-            for j in 0..GROUP_ROWS {
-                let blk = &srows[j * rb + b * 20..][..20];
-                d[2 * j..2 * j + 2].copy_from_slice(&blk[0..2]);
-                d[16 + 2 * j..16 + 2 * j + 2].copy_from_slice(&blk[2..4]);
-                for v in 0..4 {
-                    d[32 + 32 * v + 4 * j..][..4].copy_from_slice(&blk[4 + 4 * v..][..4]);
-                }
-            }
-        }
-    }
-    Some(dst)
-}
-
-/// Repack a row-major Q5_0 matrix into groups (layout in the module docs).
-pub fn interleave_q5_0(src: &[u8], n_in: usize, n_out: usize) -> Option<Vec<u8>> {
-    let nb = n_in / 32;
-    let rb = nb * 22;
-    if nb * 32 != n_in || !can_interleave(GgmlType::Q5_0, n_out) || src.len() != rb * n_out {
-        return None;
-    }
-    let mut dst = vec![0u8; src.len()];
-    for (srows, drows) in src
-        .chunks_exact(rb * GROUP_ROWS)
-        .zip(dst.chunks_exact_mut(rb * GROUP_ROWS))
-    {
-        for (b, d) in drows.chunks_exact_mut(Q5_0_GROUP_BLOCK).enumerate() {
-            for j in 0..GROUP_ROWS {
-                let blk = &srows[j * rb + b * 22..][..22];
-                d[2 * j..2 * j + 2].copy_from_slice(&blk[0..2]);
-                let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
-                for v in 0..4 {
-                    d[16 + 32 * v + 4 * j..][..4].copy_from_slice(&blk[6 + 4 * v..][..4]);
-                }
-                for e in 0..4 {
-                    d[144 + 4 * j + e] =
-                        (0..8).map(|l| (((qh >> (4 * l + e)) & 1) as u8) << l).sum();
-                }
-            }
-        }
-    }
-    Some(dst)
 }
 
 /// The scalar reference: one interleaved Q5_0 group against one Q8_0 activation row.
@@ -227,31 +256,6 @@ pub fn q5_0_group_ref(n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
     for (o, acc) in out.iter_mut().zip(acc) {
         *o = acc.sum();
     }
-}
-
-/// Repack a row-major Q8_0 matrix into groups (layout in the module docs).
-pub fn interleave_q8_0(src: &[u8], n_in: usize, n_out: usize) -> Option<Vec<u8>> {
-    let nb = n_in / 32;
-    let rb = nb * 34;
-    if nb * 32 != n_in || !can_interleave(GgmlType::Q8_0, n_out) || src.len() != rb * n_out {
-        return None;
-    }
-    let mut dst = vec![0u8; src.len()];
-    for (srows, drows) in src
-        .chunks_exact(rb * GROUP_ROWS)
-        .zip(dst.chunks_exact_mut(rb * GROUP_ROWS))
-    {
-        for (b, d) in drows.chunks_exact_mut(Q8_0_GROUP_BLOCK).enumerate() {
-            for j in 0..GROUP_ROWS {
-                let blk = &srows[j * rb + b * 34..][..34];
-                d[2 * j..2 * j + 2].copy_from_slice(&blk[0..2]);
-                for l in 0..8 {
-                    d[16 + 32 * l + 4 * j..][..4].copy_from_slice(&blk[2 + 4 * l..][..4]);
-                }
-            }
-        }
-    }
-    Some(dst)
 }
 
 /// The scalar reference: one interleaved Q8_0 group against one Q8_0 activation row.

@@ -99,8 +99,9 @@ impl Linear {
     }
 
     /// Repack the rows into interleaved groups when the kernels `k` have SIMD code for them
-    /// (`cpu::interleaved`), and hand the file's pages of this tensor back to the page cache, so
-    /// the copy does not count twice in the resident set. Returns whether it did.
+    /// (`cpu::interleaved`), handing the file's pages of this tensor back to the page cache
+    /// chunk by chunk as they are copied, so the copy never counts twice in the resident set.
+    /// Returns whether it did.
     pub fn interleave(&mut self, file: &GgufFile, k: &Kernels) -> bool {
         let ty = self.info.ty;
         if self.interleaved.is_some()
@@ -110,11 +111,13 @@ impl Linear {
             return false;
         }
         let data = file.tensor_data(&self.info);
-        let Some(packed) = interleaved::interleave(ty, data, self.n_in, self.n_out) else {
+        let release = |done: &[u8]| file.release(done);
+        let Some(packed) =
+            interleaved::interleave_releasing(ty, data, self.n_in, self.n_out, release)
+        else {
             return false;
         };
         self.interleaved = Some(Interleaved(Arc::new(packed)));
-        file.release(data);
         true
     }
 
