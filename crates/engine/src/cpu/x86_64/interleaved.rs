@@ -354,8 +354,10 @@ macro_rules! q5_0_kernels {
         ) {
             // SAFETY: caller's contract, passed on.
             unsafe {
-                let acc = $tile_lanes::<$toks>(nb, w, a, as_);
-                for (t, [l0, l1, l2, l3, l4, l5, l6, l7]) in acc.into_iter().enumerate() {
+                // Filled in place: returned by value, 64 vectors were copied once more.
+                let mut acc = [[_mm256_setzero_ps(); 8]; $toks];
+                $tile_lanes::<$toks>(nb, w, a, as_, &mut acc);
+                for (t, &[l0, l1, l2, l3, l4, l5, l6, l7]) in acc.iter().enumerate() {
                     store(hsum8([l0, l1, l2, l3], [l4, l5, l6, l7]), out, os, t);
                 }
             }
@@ -465,11 +467,11 @@ pub(super) mod q5_0_plain {
         }
     }
 
-    /// All eight lane accumulators of `T` tokens in one pass over the group. They outnumber
-    /// the registers, so they live in L1 (a load and a store beside each FMA, off the
-    /// critical ports), and in exchange each lane's quants are unpacked once per block for
-    /// all `T` tokens: the unpacking (nibble, fifth bit, bias, `|q|`) had cost more than the
-    /// products when two tokens shared it.
+    /// All eight lane accumulators of `T` tokens, added into `acc`, in one pass over the group.
+    /// They outnumber the registers, so they live in L1 (a load and a store beside each FMA,
+    /// off the critical ports), and in exchange each lane's quants are unpacked once per block
+    /// for all `T` tokens: the unpacking (nibble, fifth bit, bias, `|q|`) had cost more than
+    /// the products when two tokens shared it.
     ///
     /// # Safety
     /// As for [`lanes`].
@@ -480,13 +482,13 @@ pub(super) mod q5_0_plain {
         w: *const u8,
         a: *const u8,
         as_: usize,
-    ) -> [[__m256; 8]; T] {
+        acc: &mut [[__m256; 8]; T],
+    ) {
         // SAFETY: every read is inside group block `i < nb` or activation block `i` of token
         // `t < T` (caller's contract).
         unsafe {
             let low = _mm256_set1_epi8(0x0F);
             let bit4 = _mm256_set1_epi8(0x10);
-            let mut acc = [[_mm256_setzero_ps(); 8]; T];
             let mut d = [_mm256_setzero_ps(); T];
             for i in 0..nb {
                 let x = w.add(i * Q5_0_GROUP_BLOCK);
@@ -513,7 +515,6 @@ pub(super) mod q5_0_plain {
                     }
                 }
             }
-            acc
         }
     }
 }
@@ -541,7 +542,8 @@ pub(super) mod q5_0_vnni {
         w: *const u8,
         a: *const u8,
         as_: usize,
-    ) -> [[__m256; 8]; T] {
+        acc: &mut [[__m256; 8]; T],
+    ) {
         // SAFETY: caller's contract, passed on.
         let (lo, hi) = unsafe {
             (
@@ -549,10 +551,10 @@ pub(super) mod q5_0_vnni {
                 biased_lanes::<T, 4, 4>(nb, w, a, as_),
             )
         };
-        std::array::from_fn(|t| {
-            let ([l0, l1, l2, l3], [l4, l5, l6, l7]) = (lo[t], hi[t]);
-            [l0, l1, l2, l3, l4, l5, l6, l7]
-        })
+        for (acc, (lo, hi)) in acc.iter_mut().zip(lo.iter().zip(&hi)) {
+            acc[..4].copy_from_slice(lo);
+            acc[4..].copy_from_slice(hi);
+        }
     }
 
     /// [`lanes`] for activation rows extended by `q5_0_lane_bias`: the quants go in unsigned
@@ -739,8 +741,10 @@ pub(super) mod q8_0_plain {
     ) {
         // SAFETY: caller's contract, passed on.
         unsafe {
-            let acc = all_lanes::<TOKS>(nb, w, a, as_);
-            for (t, [l0, l1, l2, l3, l4, l5, l6, l7]) in acc.into_iter().enumerate() {
+            // Filled in place: returned by value, 64 vectors were copied once more.
+            let mut acc = [[_mm256_setzero_ps(); 8]; TOKS];
+            all_lanes::<TOKS>(nb, w, a, as_, &mut acc);
+            for (t, &[l0, l1, l2, l3, l4, l5, l6, l7]) in acc.iter().enumerate() {
                 store(hsum8([l0, l1, l2, l3], [l4, l5, l6, l7]), out, os, t);
             }
         }
@@ -786,6 +790,12 @@ pub(super) mod q8_0_plain {
         }
     }
 
+    /// All eight lane accumulators of `T` tokens, added into `acc`, in one pass over the group
+    /// with the accumulators in L1 (as Q5_0's `all_lanes`): each lane's `|q|` is formed once
+    /// per block for all `T` tokens.
+    ///
+    /// # Safety
+    /// As for [`lanes`].
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn all_lanes<const T: usize>(
@@ -793,11 +803,11 @@ pub(super) mod q8_0_plain {
         w: *const u8,
         a: *const u8,
         as_: usize,
-    ) -> [[__m256; 8]; T] {
+        acc: &mut [[__m256; 8]; T],
+    ) {
         // SAFETY: every read is inside group block `i < nb` or activation block `i` of token
         // `t < T` (caller's contract).
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 8]; T];
             let mut d = [_mm256_setzero_ps(); T];
             for i in 0..nb {
                 let x = w.add(i * Q8_0_GROUP_BLOCK);
@@ -816,7 +826,6 @@ pub(super) mod q8_0_plain {
                     }
                 }
             }
-            acc
         }
     }
 }
