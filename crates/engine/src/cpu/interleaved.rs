@@ -328,80 +328,55 @@ pub fn q4_1_group_ref(n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
     }
 }
 
-/// [`q4_1_group_ref`] as a [`GroupDotFn`] for one token.
-pub fn q4_1_group_ref_one(
-    n: usize,
-    w: &[u8],
-    a: &[u8],
-    _a_stride: usize,
-    out: &mut [f32],
-    (rs, _): (usize, usize),
-) {
-    let mut r = [0.0f32; GROUP_ROWS];
-    q4_1_group_ref(n, w, a, &mut r);
-    for (j, v) in r.into_iter().enumerate() {
-        out[j * rs] = v;
-    }
+/// The reference kernels of one layout: `$name` runs `$group_ref` for one token (a
+/// [`GroupDotFn`]), and `$kernels` uses it for every width.
+macro_rules! reference_kernels {
+    ($(#[$doc:meta])* $kernels:ident, $name:ident, $group_ref:ident) => {
+        #[doc = concat!("[`", stringify!($group_ref), "`] as a [`GroupDotFn`] for one token.")]
+        pub fn $name(
+            n: usize,
+            w: &[u8],
+            a: &[u8],
+            _a_stride: usize,
+            out: &mut [f32],
+            (rs, _): (usize, usize),
+        ) {
+            let mut r = [0.0f32; GROUP_ROWS];
+            $group_ref(n, w, a, &mut r);
+            for (j, v) in r.into_iter().enumerate() {
+                out[j * rs] = v;
+            }
+        }
+
+        $(#[$doc])*
+        pub const $kernels: GroupKernels = GroupKernels {
+            one: $name,
+            tile: $name,
+            toks: 1,
+            small: ($name, 1),
+            tile_ext: None,
+        };
+    };
 }
 
-/// The reference kernels (the scalar tier's, and any tier without SIMD ones).
-pub const Q4_1_REF: GroupKernels = GroupKernels {
-    one: q4_1_group_ref_one,
-    tile: q4_1_group_ref_one,
-    toks: 1,
-    small: (q4_1_group_ref_one, 1),
-    tile_ext: None,
-};
-
-/// [`q5_0_group_ref`] as a [`GroupDotFn`] for one token.
-pub fn q5_0_group_ref_one(
-    n: usize,
-    w: &[u8],
-    a: &[u8],
-    _a_stride: usize,
-    out: &mut [f32],
-    (rs, _): (usize, usize),
-) {
-    let mut r = [0.0f32; GROUP_ROWS];
-    q5_0_group_ref(n, w, a, &mut r);
-    for (j, v) in r.into_iter().enumerate() {
-        out[j * rs] = v;
-    }
-}
-
-/// The Q5_0 reference kernels.
-pub const Q5_0_REF: GroupKernels = GroupKernels {
-    one: q5_0_group_ref_one,
-    tile: q5_0_group_ref_one,
-    toks: 1,
-    small: (q5_0_group_ref_one, 1),
-    tile_ext: None,
-};
-
-/// [`q8_0_group_ref`] as a [`GroupDotFn`] for one token.
-pub fn q8_0_group_ref_one(
-    n: usize,
-    w: &[u8],
-    a: &[u8],
-    _a_stride: usize,
-    out: &mut [f32],
-    (rs, _): (usize, usize),
-) {
-    let mut r = [0.0f32; GROUP_ROWS];
-    q8_0_group_ref(n, w, a, &mut r);
-    for (j, v) in r.into_iter().enumerate() {
-        out[j * rs] = v;
-    }
-}
-
-/// The Q8_0 reference kernels.
-pub const Q8_0_REF: GroupKernels = GroupKernels {
-    one: q8_0_group_ref_one,
-    tile: q8_0_group_ref_one,
-    toks: 1,
-    small: (q8_0_group_ref_one, 1),
-    tile_ext: None,
-};
+reference_kernels!(
+    /// The reference kernels (the scalar tier's, and any tier without SIMD ones).
+    Q4_1_REF,
+    q4_1_group_ref_one,
+    q4_1_group_ref
+);
+reference_kernels!(
+    /// The Q5_0 reference kernels.
+    Q5_0_REF,
+    q5_0_group_ref_one,
+    q5_0_group_ref
+);
+reference_kernels!(
+    /// The Q8_0 reference kernels.
+    Q8_0_REF,
+    q8_0_group_ref_one,
+    q8_0_group_ref
+);
 
 #[cfg(test)]
 mod tests {

@@ -255,6 +255,53 @@ fn fifth_bits_to_bit4(v: __m256i, l: usize) -> __m256i {
     }
 }
 
+/// The two-token tile (`group_pair_safe`, and `group_pair` under the features `$feat`) of a
+/// module whose `lanes::<T, L0, NL>` keeps its accumulators in registers and whose `SIZES` are
+/// its group and activation block bytes: the low and the high lanes in two passes, the tile
+/// for a few tokens left over after the wide ones.
+macro_rules! pair_tile {
+    ($feat:literal) => {
+        fn group_pair_safe(
+            n: usize,
+            w: &[u8],
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+            os: (usize, usize),
+        ) {
+            let nb = group_blocks(n, w, a, as_, out, os, 2, SIZES);
+            // SAFETY: `Variant`s hand this build out only after runtime detection of its
+            // features; `group_blocks` checked every buffer the kernel reads or writes.
+            unsafe { group_pair(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
+        }
+
+        /// Two tokens, the low and the high lanes in two passes.
+        ///
+        /// # Safety
+        /// This build's features present; `w` valid for `nb` group blocks, two activation
+        /// rows `as_` bytes apart for `nb` blocks each, `out` for every
+        /// `out[j * os.0 + t * os.1]`, `j < 8`, `t < 2`.
+        #[target_feature(enable = $feat)]
+        unsafe fn group_pair(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+            out: *mut f32,
+            os: (usize, usize),
+        ) {
+            // SAFETY: caller's contract, passed on.
+            unsafe {
+                let lo = lanes::<2, 0, 4>(nb, w, a, as_);
+                let hi = lanes::<2, 4, 4>(nb, w, a, as_);
+                for t in 0..2 {
+                    store(hsum8(lo[t], hi[t]), out, os, t);
+                }
+            }
+        }
+    };
+}
+
 /// Builds the Q5_0 group kernels for the given target features and u8 x i8 primitive
 /// (`$dot(u, s)`: eight i32 sums of four products, `u` unsigned) with prefill tiles of `$toks`
 /// tokens (two passes of four lanes each, whose accumulators must fit the registers).
@@ -429,43 +476,7 @@ pub(super) mod q5_0_plain {
         tile_ext = None
     );
 
-    fn group_pair_safe(
-        n: usize,
-        w: &[u8],
-        a: &[u8],
-        as_: usize,
-        out: &mut [f32],
-        os: (usize, usize),
-    ) {
-        let nb = group_blocks(n, w, a, as_, out, os, 2, SIZES);
-        // SAFETY: `Variant`s hand this build out only after runtime detection of its
-        // features; `group_blocks` checked every buffer the kernel reads or writes.
-        unsafe { group_pair(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
-    }
-
-    /// Two tokens, the low and the high lanes in two passes with their accumulators in
-    /// registers: the tile for a few tokens left over.
-    ///
-    /// # Safety
-    /// As for [`group_tile`], for two activation rows.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn group_pair(
-        nb: usize,
-        w: *const u8,
-        a: *const u8,
-        as_: usize,
-        out: *mut f32,
-        os: (usize, usize),
-    ) {
-        // SAFETY: caller's contract, passed on.
-        unsafe {
-            let lo = lanes::<2, 0, 4>(nb, w, a, as_);
-            let hi = lanes::<2, 4, 4>(nb, w, a, as_);
-            for t in 0..2 {
-                store(hsum8(lo[t], hi[t]), out, os, t);
-            }
-        }
-    }
+    pair_tile!("avx2,fma,f16c");
 
     /// All eight lane accumulators of `T` tokens, added into `acc`, in one pass over the group.
     /// They outnumber the registers, so they live in L1 (a load and a store beside each FMA,
@@ -666,42 +677,7 @@ pub(super) mod q8_0_plain {
         unsafe { group_tile(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
     }
 
-    fn group_pair_safe(
-        n: usize,
-        w: &[u8],
-        a: &[u8],
-        as_: usize,
-        out: &mut [f32],
-        os: (usize, usize),
-    ) {
-        let nb = group_blocks(n, w, a, as_, out, os, 2, SIZES);
-        // SAFETY: as for `group_one_safe`.
-        unsafe { group_pair(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
-    }
-
-    /// Two tokens, the low and the high lanes in two passes with their accumulators in
-    /// registers: the tile for a few tokens left over.
-    ///
-    /// # Safety
-    /// As for [`group_tile`], for two activation rows.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn group_pair(
-        nb: usize,
-        w: *const u8,
-        a: *const u8,
-        as_: usize,
-        out: *mut f32,
-        os: (usize, usize),
-    ) {
-        // SAFETY: caller's contract, passed on.
-        unsafe {
-            let lo = lanes::<2, 0, 4>(nb, w, a, as_);
-            let hi = lanes::<2, 4, 4>(nb, w, a, as_);
-            for t in 0..2 {
-                store(hsum8(lo[t], hi[t]), out, os, t);
-            }
-        }
-    }
+    pair_tile!("avx2,fma,f16c");
 
     /// One token: all eight lane accumulators in one pass.
     ///
