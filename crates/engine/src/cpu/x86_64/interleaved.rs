@@ -426,18 +426,37 @@ macro_rules! q5_0_kernels {
             a: *const u8,
             as_: usize,
         ) -> [[__m256; NL]; T] {
+            let mut acc = [[_mm256_setzero_ps(); NL]; T];
+            // SAFETY: caller's contract, passed on.
+            unsafe { add_lanes::<T, L0, NL>(nb, w, a, as_, &mut acc) };
+            acc
+        }
+
+        /// [`lanes`], added into `acc`.
+        ///
+        /// # Safety
+        /// As for [`lanes`].
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn add_lanes<const T: usize, const L0: usize, const NL: usize>(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+            acc: &mut [[__m256; NL]; T],
+        ) {
             // SAFETY: every read is inside group block `i < nb` or activation block `i` of
             // token `t < T` (caller's contract).
             unsafe {
                 let low = _mm256_set1_epi8(0x0F);
                 let bit4 = _mm256_set1_epi8(0x10);
-                let mut acc = [[_mm256_setzero_ps(); NL]; T];
+                let mut d = [_mm256_setzero_ps(); T];
                 for i in 0..nb {
                     let x = w.add(i * Q5_0_GROUP_BLOCK);
-                    let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
                     let xd = _mm256_cvtph_ps(loadu128(x));
-                    let d: [__m256; T] =
-                        std::array::from_fn(|t| _mm256_mul_ps(xd, load_f16_x8(y[t])));
+                    for (t, d) in d.iter_mut().enumerate() {
+                        *d = _mm256_mul_ps(xd, load_f16_x8(a.add(t * as_ + i * 34)));
+                    }
                     let fifth = loadu(x.add(144));
                     for l in L0..L0 + NL {
                         let v = loadu(x.add(16 + 32 * (l % 4)));
@@ -449,17 +468,14 @@ macro_rules! q5_0_kernels {
                         let hi = _mm256_and_si256(fifth_bits_to_bit4(fifth, l), bit4);
                         let q = _mm256_sub_epi8(_mm256_or_si256(nib, hi), bit4);
                         let aq = _mm256_sign_epi8(q, q);
-                        for t in 0..T {
-                            let quad = _mm256_set1_epi32(
-                                y[t].add(2 + 4 * l).cast::<i32>().read_unaligned(),
-                            );
+                        for (t, (acc, d)) in acc.iter_mut().zip(&d).enumerate() {
+                            let y = a.add(t * as_ + i * 34 + 2 + 4 * l);
+                            let quad = _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
                             let sum = $dot(aq, _mm256_sign_epi8(quad, q));
-                            acc[t][l - L0] =
-                                _mm256_fmadd_ps(d[t], _mm256_cvtepi32_ps(sum), acc[t][l - L0]);
+                            acc[l - L0] = _mm256_fmadd_ps(*d, _mm256_cvtepi32_ps(sum), acc[l - L0]);
                         }
                     }
                 }
-                acc
             }
         }
     };
@@ -495,38 +511,8 @@ pub(super) mod q5_0_plain {
         as_: usize,
         acc: &mut [[__m256; 8]; T],
     ) {
-        // SAFETY: every read is inside group block `i < nb` or activation block `i` of token
-        // `t < T` (caller's contract).
-        unsafe {
-            let low = _mm256_set1_epi8(0x0F);
-            let bit4 = _mm256_set1_epi8(0x10);
-            let mut d = [_mm256_setzero_ps(); T];
-            for i in 0..nb {
-                let x = w.add(i * Q5_0_GROUP_BLOCK);
-                let xd = _mm256_cvtph_ps(loadu128(x));
-                for (t, d) in d.iter_mut().enumerate() {
-                    *d = _mm256_mul_ps(xd, load_f16_x8(a.add(t * as_ + i * 34)));
-                }
-                let fifth = loadu(x.add(144));
-                for l in 0..8 {
-                    let v = loadu(x.add(16 + 32 * (l % 4)));
-                    let nib = if l < 4 {
-                        _mm256_and_si256(v, low)
-                    } else {
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(v), low)
-                    };
-                    let hi = _mm256_and_si256(fifth_bits_to_bit4(fifth, l), bit4);
-                    let q = _mm256_sub_epi8(_mm256_or_si256(nib, hi), bit4);
-                    let aq = _mm256_sign_epi8(q, q);
-                    for (t, (acc, d)) in acc.iter_mut().zip(&d).enumerate() {
-                        let y = a.add(t * as_ + i * 34 + 2 + 4 * l);
-                        let quad = _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
-                        let sum = dot_u8_i8(aq, _mm256_sign_epi8(quad, q));
-                        acc[l] = _mm256_fmadd_ps(*d, _mm256_cvtepi32_ps(sum), acc[l]);
-                    }
-                }
-            }
-        }
+        // SAFETY: caller's contract, passed on.
+        unsafe { add_lanes::<T, 0, 8>(nb, w, a, as_, acc) }
     }
 }
 
@@ -726,13 +712,11 @@ pub(super) mod q8_0_plain {
         }
     }
 
-    /// The `NL` lane accumulators from lane `L0` on, for `T` tokens: lane `l` of ggml's Q8_0
-    /// dot is elements `4l..4l + 4` of a block, vector `l` of the group block here, and gets
-    /// `fma(d_w * d_a, lane_sum, acc)` per block.
+    /// The `NL` lane accumulators from lane `L0` on, for `T` tokens (see [`add_lanes`]), in
+    /// registers where they fit.
     ///
     /// # Safety
-    /// AVX2, FMA and F16C present; `w` valid for `nb` group blocks, each `a.add(t * as_)` for
-    /// `nb` Q8_0 blocks.
+    /// As for [`add_lanes`].
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn lanes<const T: usize, const L0: usize, const NL: usize>(
@@ -741,37 +725,17 @@ pub(super) mod q8_0_plain {
         a: *const u8,
         as_: usize,
     ) -> [[__m256; NL]; T] {
-        // SAFETY: every read is inside group block `i < nb` or activation block `i` of token
-        // `t < T` (caller's contract).
-        unsafe {
-            let mut acc = [[_mm256_setzero_ps(); NL]; T];
-            for i in 0..nb {
-                let x = w.add(i * Q8_0_GROUP_BLOCK);
-                let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
-                let xd = _mm256_cvtph_ps(loadu128(x));
-                let d: [__m256; T] = std::array::from_fn(|t| _mm256_mul_ps(xd, load_f16_x8(y[t])));
-                for l in L0..L0 + NL {
-                    let q = loadu(x.add(16 + 32 * l));
-                    let aq = _mm256_sign_epi8(q, q);
-                    for t in 0..T {
-                        let quad =
-                            _mm256_set1_epi32(y[t].add(2 + 4 * l).cast::<i32>().read_unaligned());
-                        let sum = dot_u8_i8(aq, _mm256_sign_epi8(quad, q));
-                        acc[t][l - L0] =
-                            _mm256_fmadd_ps(d[t], _mm256_cvtepi32_ps(sum), acc[t][l - L0]);
-                    }
-                }
-            }
-            acc
-        }
+        let mut acc = [[_mm256_setzero_ps(); NL]; T];
+        // SAFETY: caller's contract, passed on.
+        unsafe { add_lanes::<T, L0, NL>(nb, w, a, as_, &mut acc) };
+        acc
     }
 
-    /// All eight lane accumulators of `T` tokens, added into `acc`, in one pass over the group
-    /// with the accumulators in L1 (as Q5_0's `all_lanes`): each lane's `|q|` is formed once
-    /// per block for all `T` tokens.
+    /// All eight lane accumulators of `T` tokens, added into `acc` (in L1 for eight tokens, as
+    /// Q5_0's): each lane's `|q|` is formed once per block for all `T` tokens.
     ///
     /// # Safety
-    /// As for [`lanes`].
+    /// As for [`add_lanes`].
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn all_lanes<const T: usize>(
@@ -780,6 +744,26 @@ pub(super) mod q8_0_plain {
         a: *const u8,
         as_: usize,
         acc: &mut [[__m256; 8]; T],
+    ) {
+        // SAFETY: caller's contract, passed on.
+        unsafe { add_lanes::<T, 0, 8>(nb, w, a, as_, acc) }
+    }
+
+    /// Adds into `acc` the `NL` lane sums from lane `L0` on, for `T` tokens: lane `l` of
+    /// ggml's Q8_0 dot is elements `4l..4l + 4` of a block, vector `l` of the group block
+    /// here, and gets `fma(d_w * d_a, lane_sum, acc)` per block.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C present; `w` valid for `nb` group blocks, each `a.add(t * as_)` for
+    /// `nb` Q8_0 blocks.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn add_lanes<const T: usize, const L0: usize, const NL: usize>(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        as_: usize,
+        acc: &mut [[__m256; NL]; T],
     ) {
         // SAFETY: every read is inside group block `i < nb` or activation block `i` of token
         // `t < T` (caller's contract).
@@ -791,14 +775,14 @@ pub(super) mod q8_0_plain {
                 for (t, d) in d.iter_mut().enumerate() {
                     *d = _mm256_mul_ps(xd, load_f16_x8(a.add(t * as_ + i * 34)));
                 }
-                for l in 0..8 {
+                for l in L0..L0 + NL {
                     let q = loadu(x.add(16 + 32 * l));
                     let aq = _mm256_sign_epi8(q, q);
                     for (t, (acc, d)) in acc.iter_mut().zip(&d).enumerate() {
                         let y = a.add(t * as_ + i * 34 + 2 + 4 * l);
                         let quad = _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
                         let sum = dot_u8_i8(aq, _mm256_sign_epi8(quad, q));
-                        acc[l] = _mm256_fmadd_ps(*d, _mm256_cvtepi32_ps(sum), acc[l]);
+                        acc[l - L0] = _mm256_fmadd_ps(*d, _mm256_cvtepi32_ps(sum), acc[l - L0]);
                     }
                 }
             }
