@@ -53,34 +53,27 @@ fn group_blocks(
     nb
 }
 
+/// `fn $name(n, w, a, a_stride, out, os)`: a safe [`GroupDotFn`] over the kernel `$kernel` for
+/// `$toks` tokens of `$sizes` (group and activation block bytes), after [`group_blocks`] has
+/// checked every buffer.
+///
+/// [`GroupDotFn`]: crate::cpu::interleaved::GroupDotFn
+macro_rules! safe_group {
+    ($name:ident => $kernel:ident, $toks:expr, $sizes:expr) => {
+        fn $name(n: usize, w: &[u8], a: &[u8], as_: usize, out: &mut [f32], os: (usize, usize)) {
+            let nb = group_blocks(n, w, a, as_, out, os, $toks, $sizes);
+            // SAFETY: `Variant`s hand a build's kernels out only after runtime detection of
+            // its features; `group_blocks` checked every buffer the kernel reads or writes.
+            unsafe { $kernel(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
+        }
+    };
+}
+
 const Q4_1_SIZES: (usize, usize) = (Q4_1_GROUP_BLOCK, 36);
 
-fn q4_1_group_one(
-    n: usize,
-    w: &[u8],
-    a: &[u8],
-    a_stride: usize,
-    out: &mut [f32],
-    os: (usize, usize),
-) {
-    let nb = group_blocks(n, w, a, a_stride, out, os, 1, Q4_1_SIZES);
-    // SAFETY: `Variant::Avx2*` hand this out only after runtime detection of AVX2, FMA and
-    // F16C; `group_blocks` checked every buffer the kernel reads or writes.
-    unsafe { group_one(nb, w.as_ptr(), a.as_ptr(), a_stride, out.as_mut_ptr(), os) }
-}
+safe_group!(q4_1_group_one => group_one, 1, Q4_1_SIZES);
 
-fn q4_1_group_tile(
-    n: usize,
-    w: &[u8],
-    a: &[u8],
-    a_stride: usize,
-    out: &mut [f32],
-    os: (usize, usize),
-) {
-    let nb = group_blocks(n, w, a, a_stride, out, os, TILE_TOKS, Q4_1_SIZES);
-    // SAFETY: as for `q4_1_group_one`.
-    unsafe { group_tile(nb, w.as_ptr(), a.as_ptr(), a_stride, out.as_mut_ptr(), os) }
-}
+safe_group!(q4_1_group_tile => group_tile, TILE_TOKS, Q4_1_SIZES);
 
 /// One token: the eight lane accumulators fit the registers in one pass, then the m chain.
 ///
@@ -255,25 +248,86 @@ fn fifth_bits_to_bit4(v: __m256i, l: usize) -> __m256i {
     }
 }
 
+/// The unsafe kernels a format module builds on its `add_lanes::<T, L0, NL>` (lane sums added
+/// into accumulators) and its wide `$tile_lanes::<T>` (all eight lanes of `T` tokens), under
+/// the features `$feat`: `group_one` (one token), `group_tile` (`$toks` tokens) and `lanes`
+/// (the accumulators returned, in registers where they fit).
+macro_rules! group_fns {
+    ($feat:literal, $toks:expr, $tile_lanes:ident) => {
+        /// One token: all eight lane accumulators in one pass.
+        ///
+        /// # Safety
+        /// This build's features present; `w` valid for `nb` group blocks, `a` for `nb` Q8_0
+        /// blocks, `out` for every `out[j * os.0]`, `j < 8`.
+        #[target_feature(enable = $feat)]
+        unsafe fn group_one(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+            out: *mut f32,
+            os: (usize, usize),
+        ) {
+            // SAFETY: caller's contract, passed on.
+            unsafe {
+                let [[l0, l1, l2, l3, l4, l5, l6, l7]] = lanes::<1, 0, 8>(nb, w, a, as_);
+                store(hsum8([l0, l1, l2, l3], [l4, l5, l6, l7]), out, os, 0);
+            }
+        }
+
+        /// The wide tile's tokens, all eight lanes of each.
+        ///
+        /// # Safety
+        /// As for [`group_one`], for the tile's activation rows `as_` bytes apart and every
+        /// `out[j * os.0 + t * os.1]`.
+        #[target_feature(enable = $feat)]
+        unsafe fn group_tile(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+            out: *mut f32,
+            os: (usize, usize),
+        ) {
+            // SAFETY: caller's contract, passed on.
+            unsafe {
+                // Filled in place: returned by value, 64 vectors were copied once more.
+                let mut acc = [[_mm256_setzero_ps(); 8]; $toks];
+                $tile_lanes::<{ $toks }>(nb, w, a, as_, &mut acc);
+                for (t, &[l0, l1, l2, l3, l4, l5, l6, l7]) in acc.iter().enumerate() {
+                    store(hsum8([l0, l1, l2, l3], [l4, l5, l6, l7]), out, os, t);
+                }
+            }
+        }
+
+        /// The `NL` lane accumulators from lane `L0` on, for `T` tokens (see `add_lanes`), in
+        /// registers where they fit.
+        ///
+        /// # Safety
+        /// As for `add_lanes`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn lanes<const T: usize, const L0: usize, const NL: usize>(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+        ) -> [[__m256; NL]; T] {
+            let mut acc = [[_mm256_setzero_ps(); NL]; T];
+            // SAFETY: caller's contract, passed on.
+            unsafe { add_lanes::<T, L0, NL>(nb, w, a, as_, &mut acc) };
+            acc
+        }
+    };
+}
+
 /// The two-token tile (`group_pair_safe`, and `group_pair` under the features `$feat`) of a
 /// module whose `lanes::<T, L0, NL>` keeps its accumulators in registers and whose `SIZES` are
 /// its group and activation block bytes: the low and the high lanes in two passes, the tile
 /// for a few tokens left over after the wide ones.
 macro_rules! pair_tile {
     ($feat:literal) => {
-        fn group_pair_safe(
-            n: usize,
-            w: &[u8],
-            a: &[u8],
-            as_: usize,
-            out: &mut [f32],
-            os: (usize, usize),
-        ) {
-            let nb = group_blocks(n, w, a, as_, out, os, 2, SIZES);
-            // SAFETY: `Variant`s hand this build out only after runtime detection of its
-            // features; `group_blocks` checked every buffer the kernel reads or writes.
-            unsafe { group_pair(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
-        }
+        safe_group!(group_pair_safe => group_pair, 2, SIZES);
 
         /// Two tokens, the low and the high lanes in two passes.
         ///
@@ -336,106 +390,21 @@ macro_rules! q5_0_kernels {
             },
         );
 
-        fn group_one_safe(
-            n: usize,
-            w: &[u8],
-            a: &[u8],
-            as_: usize,
-            out: &mut [f32],
-            os: (usize, usize),
-        ) {
-            let nb = group_blocks(n, w, a, as_, out, os, 1, SIZES);
-            // SAFETY: `Variant`s hand this build out only after runtime detection of its
-            // features; `group_blocks` checked every buffer the kernel reads or writes.
-            unsafe { group_one(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
-        }
+        safe_group!(group_one_safe => group_one, 1, SIZES);
 
-        fn group_tile_safe(
-            n: usize,
-            w: &[u8],
-            a: &[u8],
-            as_: usize,
-            out: &mut [f32],
-            os: (usize, usize),
-        ) {
-            let nb = group_blocks(n, w, a, as_, out, os, $toks, TILE_SIZES);
-            // SAFETY: as for `group_one_safe`.
-            unsafe { group_tile(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
-        }
+        safe_group!(group_tile_safe => group_tile, $toks, TILE_SIZES);
 
-        /// One token: all eight lane accumulators in one pass.
-        ///
-        /// # Safety
-        /// This build's features present; `w` valid for `nb` group blocks, `a` for `nb` Q8_0
-        /// blocks, `out` for every `out[j * os.0]`, `j < 8`.
-        #[target_feature(enable = $feat)]
-        unsafe fn group_one(
-            nb: usize,
-            w: *const u8,
-            a: *const u8,
-            as_: usize,
-            out: *mut f32,
-            os: (usize, usize),
-        ) {
-            // SAFETY: caller's contract, passed on.
-            unsafe {
-                let [[l0, l1, l2, l3, l4, l5, l6, l7]] = lanes::<1, 0, 8>(nb, w, a, as_);
-                store(hsum8([l0, l1, l2, l3], [l4, l5, l6, l7]), out, os, 0);
-            }
-        }
+        group_fns!($feat, $toks, $tile_lanes);
 
-        /// `$toks` tokens: the low and the high lanes in two passes over the group (in L1
-        /// after the first).
-        ///
-        /// # Safety
-        /// As for [`group_one`], for `$toks` activation rows `as_` bytes apart and every
-        /// `out[j * os.0 + t * os.1]`.
-        #[target_feature(enable = $feat)]
-        unsafe fn group_tile(
-            nb: usize,
-            w: *const u8,
-            a: *const u8,
-            as_: usize,
-            out: *mut f32,
-            os: (usize, usize),
-        ) {
-            // SAFETY: caller's contract, passed on.
-            unsafe {
-                // Filled in place: returned by value, 64 vectors were copied once more.
-                let mut acc = [[_mm256_setzero_ps(); 8]; $toks];
-                $tile_lanes::<$toks>(nb, w, a, as_, &mut acc);
-                for (t, &[l0, l1, l2, l3, l4, l5, l6, l7]) in acc.iter().enumerate() {
-                    store(hsum8([l0, l1, l2, l3], [l4, l5, l6, l7]), out, os, t);
-                }
-            }
-        }
-
-        /// The `NL` lane accumulators from lane `L0` on, for `T` tokens. Lane `l`'s quants
-        /// are its nibbles with the fifth bit shifted in, minus 16; the sign trick moves each
-        /// quant's sign onto the activation (`|q| <= 16`, `|y| <= 127` keeps `vpmaddubsw`'s
-        /// pairs within i16), and each lane gets `fma(d_w * d_a, lane_sum, acc)` per block.
+        /// The `NL` lane sums from lane `L0` on, for `T` tokens, added into `acc`. Lane `l`'s
+        /// quants are its nibbles with the fifth bit shifted in, minus 16; the sign trick moves
+        /// each quant's sign onto the activation (`|q| <= 16`, `|y| <= 127` keeps
+        /// `vpmaddubsw`'s pairs within i16), and each lane gets `fma(d_w * d_a, lane_sum, acc)`
+        /// per block.
         ///
         /// # Safety
         /// This build's features present; `w` valid for `nb` group blocks, each
         /// `a.add(t * as_)` for `nb` Q8_0 blocks.
-        #[inline]
-        #[target_feature(enable = $feat)]
-        unsafe fn lanes<const T: usize, const L0: usize, const NL: usize>(
-            nb: usize,
-            w: *const u8,
-            a: *const u8,
-            as_: usize,
-        ) -> [[__m256; NL]; T] {
-            let mut acc = [[_mm256_setzero_ps(); NL]; T];
-            // SAFETY: caller's contract, passed on.
-            unsafe { add_lanes::<T, L0, NL>(nb, w, a, as_, &mut acc) };
-            acc
-        }
-
-        /// [`lanes`], added into `acc`.
-        ///
-        /// # Safety
-        /// As for [`lanes`].
         #[inline]
         #[target_feature(enable = $feat)]
         unsafe fn add_lanes<const T: usize, const L0: usize, const NL: usize>(
@@ -636,100 +605,13 @@ pub(super) mod q8_0_plain {
 
     const SIZES: (usize, usize) = (Q8_0_GROUP_BLOCK, 34);
 
-    fn group_one_safe(
-        n: usize,
-        w: &[u8],
-        a: &[u8],
-        as_: usize,
-        out: &mut [f32],
-        os: (usize, usize),
-    ) {
-        let nb = group_blocks(n, w, a, as_, out, os, 1, SIZES);
-        // SAFETY: `Variant`s hand this out only after runtime detection of AVX2, FMA and F16C;
-        // `group_blocks` checked every buffer the kernel reads or writes.
-        unsafe { group_one(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
-    }
+    safe_group!(group_one_safe => group_one, 1, SIZES);
 
-    fn group_tile_safe(
-        n: usize,
-        w: &[u8],
-        a: &[u8],
-        as_: usize,
-        out: &mut [f32],
-        os: (usize, usize),
-    ) {
-        let nb = group_blocks(n, w, a, as_, out, os, TOKS, SIZES);
-        // SAFETY: as for `group_one_safe`.
-        unsafe { group_tile(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
-    }
+    safe_group!(group_tile_safe => group_tile, TOKS, SIZES);
 
     pair_tile!("avx2,fma,f16c");
 
-    /// One token: all eight lane accumulators in one pass.
-    ///
-    /// # Safety
-    /// AVX2, FMA and F16C present; `w` valid for `nb` group blocks, `a` for `nb` Q8_0 blocks,
-    /// `out` for every `out[j * os.0]`, `j < 8`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn group_one(
-        nb: usize,
-        w: *const u8,
-        a: *const u8,
-        as_: usize,
-        out: *mut f32,
-        os: (usize, usize),
-    ) {
-        // SAFETY: caller's contract, passed on.
-        unsafe {
-            let [[l0, l1, l2, l3, l4, l5, l6, l7]] = lanes::<1, 0, 8>(nb, w, a, as_);
-            store(hsum8([l0, l1, l2, l3], [l4, l5, l6, l7]), out, os, 0);
-        }
-    }
-
-    /// [`TOKS`] tokens: the low and the high lanes in two passes over the group (in L1 after
-    /// the first).
-    ///
-    /// # Safety
-    /// As for [`group_one`], for `TOKS` activation rows `as_` bytes apart and every
-    /// `out[j * os.0 + t * os.1]`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn group_tile(
-        nb: usize,
-        w: *const u8,
-        a: *const u8,
-        as_: usize,
-        out: *mut f32,
-        os: (usize, usize),
-    ) {
-        // SAFETY: caller's contract, passed on.
-        unsafe {
-            // Filled in place: returned by value, 64 vectors were copied once more.
-            let mut acc = [[_mm256_setzero_ps(); 8]; TOKS];
-            all_lanes::<TOKS>(nb, w, a, as_, &mut acc);
-            for (t, &[l0, l1, l2, l3, l4, l5, l6, l7]) in acc.iter().enumerate() {
-                store(hsum8([l0, l1, l2, l3], [l4, l5, l6, l7]), out, os, t);
-            }
-        }
-    }
-
-    /// The `NL` lane accumulators from lane `L0` on, for `T` tokens (see [`add_lanes`]), in
-    /// registers where they fit.
-    ///
-    /// # Safety
-    /// As for [`add_lanes`].
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn lanes<const T: usize, const L0: usize, const NL: usize>(
-        nb: usize,
-        w: *const u8,
-        a: *const u8,
-        as_: usize,
-    ) -> [[__m256; NL]; T] {
-        let mut acc = [[_mm256_setzero_ps(); NL]; T];
-        // SAFETY: caller's contract, passed on.
-        unsafe { add_lanes::<T, L0, NL>(nb, w, a, as_, &mut acc) };
-        acc
-    }
+    group_fns!("avx2,fma,f16c", TOKS, all_lanes);
 
     /// All eight lane accumulators of `T` tokens, added into `acc` (in L1 for eight tokens, as
     /// Q5_0's): each lane's `|q|` is formed once per block for all `T` tokens.
