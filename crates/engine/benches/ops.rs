@@ -3,8 +3,9 @@
 //! at a depth, and a prefill block), RMSNorm and RoPE. `kernels.rs` has the dot products.
 //!
 //! `cargo bench -p backstop-engine --bench ops [-- FILTER]`; ids are
-//! `tile/{type}/{variant}/{n}` (one `TILE_ROWS x TILE_TOKS` call), `group/{type}/{n}/t{toks}`
-//! (eight interleaved rows by eight tokens), `matmul/{type}/{n_out}x{n_in}/t{n_tok}`,
+//! `tile/{type}/{variant}/{n}` (one `TILE_ROWS x TILE_TOKS` call), `group/{type}/{variant}/{n}/t{toks}`
+//! (eight interleaved rows by eight tokens, one
+//! token per call (`t1`) or in tiles), `matmul/{type}/{n_out}x{n_in}/t{n_tok}`,
 //! `attention/{decode|prefill}/...`, `rms_norm/{n}`, `rope/{layout}/{heads}x{head_dim}`.
 //! Shapes are SmolLM2-135M's (576 wide, 9 query heads, 3 KV heads of 64) and Gemma 3 270M's.
 
@@ -88,35 +89,51 @@ fn bench_tiles(c: &mut Criterion) {
     g.finish();
 }
 
-/// The interleaved group kernels, the same work as `tile/` per element pair: eight rows by
-/// eight tokens, in calls of each kernel's own tile width.
+/// The interleaved group kernels of every variant this CPU runs, the same work as `tile/` per
+/// element pair: eight rows by eight tokens, in calls of each kernel's own tile width, on
+/// activation rows extended as the tile reads them.
 fn bench_groups(c: &mut Criterion) {
     let mut g = c.benchmark_group("group");
-    let k = Kernels::detect();
-    for ty in [GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
-        let Some(gk) = k.group_kernels_simd(ty) else {
-            continue;
-        };
-        let n = 640;
-        let packed = interleaved::interleave(ty, &weights(ty, n, GROUP_ROWS), n, GROUP_ROWS)
-            .expect("a whole group");
-        let act = ty.vec_dot_type();
-        let arb = act.row_bytes(n).unwrap();
-        let mut a = vec![0u8; arb * 8];
-        let x = floats(&mut StdRng::seed_from_u64(2), n * 8);
-        for (src, dst) in x.chunks_exact(n).zip(a.chunks_exact_mut(arb)) {
-            quant::quantize_row(act, src, dst).unwrap();
-        }
-        let mut out = vec![0.0f32; GROUP_ROWS * 8];
-        g.throughput(Throughput::Elements((GROUP_ROWS * 8) as u64));
-        g.bench_function(format!("{}/{n}/t{}", ty.name(), gk.toks), |b| {
-            b.iter(|| {
-                for t in (0..8).step_by(gk.toks) {
-                    let a = black_box(&a[t * arb..]);
-                    (gk.tile)(n, black_box(&packed), a, arb, &mut out[t..], (8, 1));
+    for v in Variant::ALL.into_iter().filter(|v| v.is_supported()) {
+        for ty in [GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
+            let Some(gk) = v.group_kernels(ty) else {
+                continue;
+            };
+            let n = 640;
+            let packed = interleaved::interleave(ty, &weights(ty, n, GROUP_ROWS), n, GROUP_ROWS)
+                .expect("a whole group");
+            let act = ty.vec_dot_type();
+            let arb = act.row_bytes(n).unwrap();
+            let ext = gk.tile_ext.map_or(0, |(_, per_block)| n / 32 * per_block);
+            let mut a = vec![0u8; (arb + ext) * 8];
+            let x = floats(&mut StdRng::seed_from_u64(2), n * 8);
+            for (src, dst) in x.chunks_exact(n).zip(a.chunks_exact_mut(arb + ext)) {
+                let (row, tail) = dst.split_at_mut(arb);
+                quant::quantize_row(act, src, row).unwrap();
+                if let Some((extend, _)) = gk.tile_ext {
+                    extend(n, row, tail);
                 }
-            })
-        });
+            }
+            let stride = arb + ext;
+            let mut out = vec![0.0f32; GROUP_ROWS * 8];
+            g.throughput(Throughput::Elements((GROUP_ROWS * 8) as u64));
+            g.bench_function(format!("{}/{v}/{n}/t1", ty.name()), |b| {
+                b.iter(|| {
+                    for t in 0..8 {
+                        let a = black_box(&a[t * stride..]);
+                        (gk.one)(n, black_box(&packed), a, stride, &mut out[t..], (8, 1));
+                    }
+                })
+            });
+            g.bench_function(format!("{}/{v}/{n}/t{}", ty.name(), gk.toks), |b| {
+                b.iter(|| {
+                    for t in (0..8).step_by(gk.toks) {
+                        let a = black_box(&a[t * stride..]);
+                        (gk.tile)(n, black_box(&packed), a, stride, &mut out[t..], (8, 1));
+                    }
+                })
+            });
+        }
     }
     g.finish();
 }

@@ -89,24 +89,37 @@ pub struct GroupKernels {
 /// `(n, activation row, extension)`: see [`GroupKernels::tile_ext`].
 pub type ActExtendFn = fn(usize, &[u8], &mut [u8]);
 
-/// Bytes per block of [`q5_0_lane_bias`]'s extension.
-pub const Q5_0_LANE_BIAS_BLOCK: usize = 32;
+/// Bytes per block of a lane-bias extension ([`q5_0_lane_bias`], [`q8_0_lane_bias`]): one i32
+/// per lane.
+pub const LANE_BIAS_BLOCK: usize = 32;
 
 /// For a Q8_0 row of `n` elements: per block, per lane `l`, `-16 * (y[4l] + .. + y[4l + 3])`
 /// as a little-endian i32. A kernel that takes Q5_0's quants unsigned (`q + 16`, 0..=31)
 /// starts each lane sum there, so `bias + sum((q + 16) * y) = sum(q * y)` exactly.
 pub fn q5_0_lane_bias(n: usize, row: &[u8], ext: &mut [u8]) {
+    lane_bias(n, row, ext, 16);
+}
+
+/// [`q5_0_lane_bias`] for Q8_0 weights taken unsigned (`q + 128`, 0..=255):
+/// `-128 * (y[4l] + .. + y[4l + 3])`, so `bias + sum((q + 128) * y) = sum(q * y)` exactly
+/// (`|sum| <= 4 * 255 * 128` is far inside i32).
+pub fn q8_0_lane_bias(n: usize, row: &[u8], ext: &mut [u8]) {
+    lane_bias(n, row, ext, 128);
+}
+
+/// Per block of the Q8_0 row, per lane, `-offset * (sum of the lane's four quants)`.
+fn lane_bias(n: usize, row: &[u8], ext: &mut [u8], offset: i32) {
     let nb = n / 32;
     for (blk, e) in row[..nb * 34]
         .chunks_exact(34)
-        .zip(ext[..nb * Q5_0_LANE_BIAS_BLOCK].chunks_exact_mut(Q5_0_LANE_BIAS_BLOCK))
+        .zip(ext[..nb * LANE_BIAS_BLOCK].chunks_exact_mut(LANE_BIAS_BLOCK))
     {
         for (l, e) in e.chunks_exact_mut(4).enumerate() {
             let sum: i32 = blk[2 + 4 * l..][..4]
                 .iter()
                 .map(|&b| i32::from(b as i8))
                 .sum();
-            e.copy_from_slice(&(-16 * sum).to_le_bytes());
+            e.copy_from_slice(&(-offset * sum).to_le_bytes());
         }
     }
 }

@@ -1,29 +1,18 @@
 //! AVX2 kernels for the interleaved weight groups of `cpu::interleaved` (layout and the float
-//! operations they must reproduce are documented there). Q4_1's integer work is AVX2's
-//! `vpmaddubsw` + `vpmaddwd` on every AVX2 core, VNNI or not; Q5_0 has a second build with one
-//! `vpdpbusd` per lane sum where the CPU has AVX-512 VNNI (its weights are signed, so the sign
-//! trick's `vpsignb` is the only other integer operation per sum). The lane sums are exact, so
-//! every build gives the bits of the scalar reference, which are those of the row-major kernels.
+//! operations they must reproduce are documented there), each format built twice: `plain`
+//! forms its lane sums with `vpmaddubsw` + `vpmaddwd`, `vnni` (where the CPU has AVX-512 VNNI
+//! with VL) with one `vpdpbusd`, and has 32 registers for wider register tiles. Signed weights
+//! (Q5_0, Q8_0) take the sign trick in `plain`; the `vnni` tiles take them unsigned instead
+//! (`q + 16`, `q + 128`) against activation rows extended by each lane's bias, which leaves one
+//! `vpdpbusd` per lane sum and token. The lane sums are exact, so every build gives the bits of
+//! the scalar reference, which are those of the row-major kernels.
 
 use std::arch::x86_64::*;
 
 use super::avx2::{dot_u8_i8, load_f16_x8, loadu, loadu128};
 use crate::cpu::interleaved::{
-    q5_0_lane_bias, ActExtendFn, GroupKernels, GROUP_ROWS, Q4_1_GROUP_BLOCK, Q5_0_GROUP_BLOCK,
-    Q5_0_LANE_BIAS_BLOCK, Q8_0_GROUP_BLOCK,
-};
-
-/// Tokens per prefill call: a pass over the four low (or high) lanes of two tokens keeps
-/// eight accumulators, two scale vectors and the unpacking temporaries in the sixteen vector
-/// registers.
-const TILE_TOKS: usize = 2;
-
-pub(super) const Q4_1: GroupKernels = GroupKernels {
-    one: q4_1_group_one,
-    tile: q4_1_group_tile,
-    toks: TILE_TOKS,
-    small: (q4_1_group_one, 1),
-    tile_ext: None,
+    q5_0_lane_bias, q8_0_lane_bias, ActExtendFn, GroupKernels, GROUP_ROWS, LANE_BIAS_BLOCK,
+    Q4_1_GROUP_BLOCK, Q5_0_GROUP_BLOCK, Q8_0_GROUP_BLOCK,
 };
 
 /// The block count, after checking that the group holds `n` elements of eight rows in
@@ -69,60 +58,6 @@ macro_rules! safe_group {
     };
 }
 
-const Q4_1_SIZES: (usize, usize) = (Q4_1_GROUP_BLOCK, 36);
-
-safe_group!(q4_1_group_one => group_one, 1, Q4_1_SIZES);
-
-safe_group!(q4_1_group_tile => group_tile, TILE_TOKS, Q4_1_SIZES);
-
-/// One token: the eight lane accumulators fit the registers in one pass, then the m chain.
-///
-/// # Safety
-/// AVX2, FMA and F16C present; `w` valid for `nb` group blocks, `a` for `nb` Q8_1 blocks,
-/// `out` for every `out[j * os.0]`, `j < 8`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn group_one(
-    nb: usize,
-    w: *const u8,
-    a: *const u8,
-    as_: usize,
-    out: *mut f32,
-    os: (usize, usize),
-) {
-    // SAFETY: caller's contract, passed on.
-    unsafe {
-        let [[l0, l1, l2, l3, l4, l5, l6, l7]] = lanes::<1, 0, 8>(nb, w, a, as_);
-        let [m] = m_chain::<1>(nb, w, a, as_);
-        store(finish([l0, l1, l2, l3], [l4, l5, l6, l7], m), out, os, 0);
-    }
-}
-
-/// [`TILE_TOKS`] tokens: low lanes, high lanes and the m chains in three passes over the group
-/// (in L1 after the first), so that each pass keeps its accumulators in registers.
-///
-/// # Safety
-/// As for [`group_one`], for `TILE_TOKS` activation rows `as_` bytes apart and every
-/// `out[j * os.0 + t * os.1]`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn group_tile(
-    nb: usize,
-    w: *const u8,
-    a: *const u8,
-    as_: usize,
-    out: *mut f32,
-    os: (usize, usize),
-) {
-    // SAFETY: caller's contract, passed on.
-    unsafe {
-        let lo = lanes::<TILE_TOKS, 0, 4>(nb, w, a, as_);
-        let hi = lanes::<TILE_TOKS, 4, 4>(nb, w, a, as_);
-        let m = m_chain::<TILE_TOKS>(nb, w, a, as_);
-        for t in 0..TILE_TOKS {
-            store(finish(lo[t], hi[t], m[t]), out, os, t);
-        }
-    }
-}
-
 /// ggml's `hsum_float_8` of the eight lane accumulators, row by row (lanes are rows here),
 /// then `+ summs`: `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)) + m`.
 #[inline]
@@ -161,75 +96,176 @@ unsafe fn store(v: __m256, out: *mut f32, (rs, ts): (usize, usize), t: usize) {
     }
 }
 
-/// The `NL` lane accumulators from lane `L0` on, for `T` tokens: lane `l` of ggml's Q4_1 dot
-/// is elements `4l..4l + 4` of a block, the low nibbles of vector `l` for `l < 4` and the
-/// high nibbles of vector `l - 4` above, and gets `fma(d_w * d_a, lane_sum, acc)` per block.
-///
-/// # Safety
-/// AVX2, FMA and F16C present; `w` valid for `nb` group blocks, each `a.add(t * as_)` for `nb`
-/// Q8_1 blocks.
+/// Eight i32 sums of four u8 x i8 products each, by one `vpdpbusd`.
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn lanes<const T: usize, const L0: usize, const NL: usize>(
-    nb: usize,
-    w: *const u8,
-    a: *const u8,
-    as_: usize,
-) -> [[__m256; NL]; T] {
-    // SAFETY: every read is inside group block `i < nb` or activation block `i` of token
-    // `t < T` (caller's contract).
-    unsafe {
-        let low = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); NL]; T];
-        for i in 0..nb {
-            let x = w.add(i * Q4_1_GROUP_BLOCK);
-            let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 36));
-            let xd = _mm256_cvtph_ps(loadu128(x));
-            let d: [__m256; T] = std::array::from_fn(|t| _mm256_mul_ps(xd, load_f16_x8(y[t])));
-            for l in L0..L0 + NL {
-                let q = loadu(x.add(32 + 32 * (l % 4)));
-                let nib = if l < 4 {
-                    _mm256_and_si256(q, low)
-                } else {
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(q), low)
-                };
-                for t in 0..T {
-                    let quad =
-                        _mm256_set1_epi32(y[t].add(4 + 4 * l).cast::<i32>().read_unaligned());
-                    let sum = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, quad), ones);
-                    acc[t][l - L0] = _mm256_fmadd_ps(d[t], _mm256_cvtepi32_ps(sum), acc[t][l - L0]);
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+fn dot_u8_i8_vnni(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+}
+
+/// Builds the Q4_1 group kernels for the given target features and u8 x i8 primitive
+/// (`$dot(u, s)`, as [`dot_u8_i8`]) with prefill tiles of `$toks` tokens: low lanes, high lanes
+/// and the m chains in three passes, each keeping its `4 * $toks` accumulators in registers.
+/// The nibbles are unsigned, so a lane sum is one `$dot` with no sign work.
+macro_rules! q4_1_kernels {
+    (features = $feat:literal, dot_u8_i8 = $dot:path, toks = $toks:literal) => {
+        use super::*;
+
+        pub(in crate::cpu::x86_64) const Q4_1: GroupKernels = GroupKernels {
+            one: group_one_safe,
+            tile: group_tile_safe,
+            toks: $toks,
+            small: (group_one_safe, 1),
+            tile_ext: None,
+        };
+
+        const SIZES: (usize, usize) = (Q4_1_GROUP_BLOCK, 36);
+
+        safe_group!(group_one_safe => group_one, 1, SIZES);
+
+        safe_group!(group_tile_safe => group_tile, $toks, SIZES);
+
+        /// One token: the eight lane accumulators fit the registers in one pass, then the m
+        /// chain.
+        ///
+        /// # Safety
+        /// This build's features present; `w` valid for `nb` group blocks, `a` for `nb` Q8_1
+        /// blocks, `out` for every `out[j * os.0]`, `j < 8`.
+        #[target_feature(enable = $feat)]
+        unsafe fn group_one(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+            out: *mut f32,
+            os: (usize, usize),
+        ) {
+            // SAFETY: caller's contract, passed on.
+            unsafe {
+                let [[l0, l1, l2, l3, l4, l5, l6, l7]] = lanes::<1, 0, 8>(nb, w, a, as_);
+                let [m] = m_chain::<1>(nb, w, a, as_);
+                store(finish([l0, l1, l2, l3], [l4, l5, l6, l7], m), out, os, 0);
+            }
+        }
+
+        /// `$toks` tokens: low lanes, high lanes and the m chains in three passes over the
+        /// group (in L1 after the first), so that each pass keeps its accumulators in
+        /// registers.
+        ///
+        /// # Safety
+        /// As for [`group_one`], for `$toks` activation rows `as_` bytes apart and every
+        /// `out[j * os.0 + t * os.1]`.
+        #[target_feature(enable = $feat)]
+        unsafe fn group_tile(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+            out: *mut f32,
+            os: (usize, usize),
+        ) {
+            // SAFETY: caller's contract, passed on.
+            unsafe {
+                let lo = lanes::<$toks, 0, 4>(nb, w, a, as_);
+                let hi = lanes::<$toks, 4, 4>(nb, w, a, as_);
+                let m = m_chain::<$toks>(nb, w, a, as_);
+                for t in 0..$toks {
+                    store(finish(lo[t], hi[t], m[t]), out, os, t);
                 }
             }
         }
-        acc
-    }
-}
 
-/// The `m` terms, `summs = fma(m_w, s_a, summs)` block by block, for `T` tokens.
-///
-/// # Safety
-/// As for [`lanes`].
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn m_chain<const T: usize>(
-    nb: usize,
-    w: *const u8,
-    a: *const u8,
-    as_: usize,
-) -> [__m256; T] {
-    // SAFETY: as for `lanes`.
-    unsafe {
-        let mut acc = [_mm256_setzero_ps(); T];
-        for i in 0..nb {
-            let xm = _mm256_cvtph_ps(loadu128(w.add(i * Q4_1_GROUP_BLOCK + 16)));
-            for (t, acc) in acc.iter_mut().enumerate() {
-                let s = load_f16_x8(a.add(t * as_ + i * 36 + 2));
-                *acc = _mm256_fmadd_ps(xm, s, *acc);
+        /// The `NL` lane accumulators from lane `L0` on, for `T` tokens: lane `l` of ggml's
+        /// Q4_1 dot is elements `4l..4l + 4` of a block, the low nibbles of vector `l` for
+        /// `l < 4` and the high nibbles of vector `l - 4` above, and gets
+        /// `fma(d_w * d_a, lane_sum, acc)` per block.
+        ///
+        /// # Safety
+        /// This build's features present; `w` valid for `nb` group blocks, each
+        /// `a.add(t * as_)` for `nb` Q8_1 blocks.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn lanes<const T: usize, const L0: usize, const NL: usize>(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+        ) -> [[__m256; NL]; T] {
+            // SAFETY: every read is inside group block `i < nb` or activation block `i` of
+            // token `t < T` (caller's contract).
+            unsafe {
+                let low = _mm256_set1_epi8(0x0F);
+                let mut acc = [[_mm256_setzero_ps(); NL]; T];
+                for i in 0..nb {
+                    let x = w.add(i * Q4_1_GROUP_BLOCK);
+                    let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 36));
+                    let xd = _mm256_cvtph_ps(loadu128(x));
+                    let d: [__m256; T] =
+                        std::array::from_fn(|t| _mm256_mul_ps(xd, load_f16_x8(y[t])));
+                    for l in L0..L0 + NL {
+                        let q = loadu(x.add(32 + 32 * (l % 4)));
+                        let nib = if l < 4 {
+                            _mm256_and_si256(q, low)
+                        } else {
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(q), low)
+                        };
+                        for t in 0..T {
+                            let quad = _mm256_set1_epi32(
+                                y[t].add(4 + 4 * l).cast::<i32>().read_unaligned(),
+                            );
+                            let sum = $dot(nib, quad);
+                            acc[t][l - L0] =
+                                _mm256_fmadd_ps(d[t], _mm256_cvtepi32_ps(sum), acc[t][l - L0]);
+                        }
+                    }
+                }
+                acc
             }
         }
-        acc
-    }
+
+        /// The `m` terms, `summs = fma(m_w, s_a, summs)` block by block, for `T` tokens.
+        ///
+        /// # Safety
+        /// As for [`lanes`].
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn m_chain<const T: usize>(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+        ) -> [__m256; T] {
+            // SAFETY: as for `lanes`.
+            unsafe {
+                let mut acc = [_mm256_setzero_ps(); T];
+                for i in 0..nb {
+                    let xm = _mm256_cvtph_ps(loadu128(w.add(i * Q4_1_GROUP_BLOCK + 16)));
+                    for (t, acc) in acc.iter_mut().enumerate() {
+                        let s = load_f16_x8(a.add(t * as_ + i * 36 + 2));
+                        *acc = _mm256_fmadd_ps(xm, s, *acc);
+                    }
+                }
+                acc
+            }
+        }
+    };
+}
+
+/// Q4_1 on AVX2 + FMA + F16C (`vpmaddubsw` + `vpmaddwd`); two-token tiles, whose eight
+/// accumulators per pass, two scale vectors and the unpacking temporaries fit the sixteen
+/// registers.
+pub(super) mod q4_1_plain {
+    q4_1_kernels!(features = "avx2,fma,f16c", dot_u8_i8 = dot_u8_i8, toks = 2);
+}
+
+/// Q4_1 with AVX-512 VNNI and VL at 256 bits: one `vpdpbusd` per lane sum, and 32 registers
+/// for four-token tiles.
+pub(super) mod q4_1_vnni {
+    q4_1_kernels!(
+        features = "avx2,fma,f16c,avx512vnni,avx512vl",
+        dot_u8_i8 = dot_u8_i8_vnni,
+        toks = 4
+    );
 }
 
 /// `v` shifted so that bit `l` of each byte lands on bit 4 (other bits are masked off after).
@@ -493,7 +529,7 @@ pub(super) mod q5_0_vnni {
         toks = 4,
         tile_lanes = biased_all_lanes,
         small = (group_one_safe, 1),
-        tile_ext = Some((q5_0_lane_bias, Q5_0_LANE_BIAS_BLOCK))
+        tile_ext = Some((q5_0_lane_bias, LANE_BIAS_BLOCK))
     );
 
     /// [`biased_lanes`] for all eight lanes: the low and the high four in two passes over the
@@ -548,7 +584,7 @@ pub(super) mod q5_0_vnni {
                 let x = w.add(i * Q5_0_GROUP_BLOCK);
                 let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
                 let bias: [*const u8; T] =
-                    std::array::from_fn(|t| a.add(t * as_ + nb * 34 + i * Q5_0_LANE_BIAS_BLOCK));
+                    std::array::from_fn(|t| a.add(t * as_ + nb * 34 + i * LANE_BIAS_BLOCK));
                 let xd = _mm256_cvtph_ps(loadu128(x));
                 let d: [__m256; T] = std::array::from_fn(|t| _mm256_mul_ps(xd, load_f16_x8(y[t])));
                 let fifth = loadu(x.add(144));
@@ -574,13 +610,6 @@ pub(super) mod q5_0_vnni {
             }
             acc
         }
-    }
-
-    /// Eight i32 sums of four u8 x i8 products each, by one `vpdpbusd`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    fn dot_u8_i8_vnni(u: __m256i, s: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
     }
 }
 
@@ -668,6 +697,146 @@ pub(super) mod q8_0_plain {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Q8_0 with AVX-512 VNNI and VL at 256 bits. One token takes the sign trick with one
+/// `vpdpbusd`; the tile reads activation rows extended by `q8_0_lane_bias` and takes the
+/// weights unsigned (`q ^ 0x80 = q + 128`, once per lane and block for all tokens), so that a
+/// lane sum of a token is one `vpdpbusd` started from the activation's bias, with no sign work.
+pub(super) mod q8_0_vnni {
+    use super::*;
+
+    /// Tokens per prefill call: two passes of four lanes, whose accumulators fit the 32
+    /// registers.
+    const TOKS: usize = 4;
+
+    pub(in crate::cpu::x86_64) const Q8_0: GroupKernels = GroupKernels {
+        one: group_one_safe,
+        tile: group_tile_safe,
+        toks: TOKS,
+        small: (group_pair_safe, 2),
+        tile_ext: Some((q8_0_lane_bias, LANE_BIAS_BLOCK)),
+    };
+
+    const SIZES: (usize, usize) = (Q8_0_GROUP_BLOCK, 34);
+    /// Activation block bytes as the tile reads them: the block, then its lane biases.
+    const TILE_SIZES: (usize, usize) = (Q8_0_GROUP_BLOCK, 34 + LANE_BIAS_BLOCK);
+
+    safe_group!(group_one_safe => group_one, 1, SIZES);
+
+    safe_group!(group_tile_safe => group_tile, TOKS, TILE_SIZES);
+
+    pair_tile!("avx2,fma,f16c,avx512vnni,avx512vl");
+
+    group_fns!("avx2,fma,f16c,avx512vnni,avx512vl", TOKS, biased_lanes);
+
+    /// Adds into `acc` the lane sums of `T` tokens by the sign trick (`|q|` against the
+    /// activation with `q`'s sign), for the one-token and pair kernels, which read plain rows.
+    ///
+    /// # Safety
+    /// This build's features present; `w` valid for `nb` group blocks, each `a.add(t * as_)`
+    /// for `nb` Q8_0 blocks.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    unsafe fn add_lanes<const T: usize, const L0: usize, const NL: usize>(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        as_: usize,
+        acc: &mut [[__m256; NL]; T],
+    ) {
+        // SAFETY: every read is inside group block `i < nb` or activation block `i` of token
+        // `t < T` (caller's contract).
+        unsafe {
+            let mut d = [_mm256_setzero_ps(); T];
+            for i in 0..nb {
+                let x = w.add(i * Q8_0_GROUP_BLOCK);
+                let xd = _mm256_cvtph_ps(loadu128(x));
+                for (t, d) in d.iter_mut().enumerate() {
+                    *d = _mm256_mul_ps(xd, load_f16_x8(a.add(t * as_ + i * 34)));
+                }
+                for l in L0..L0 + NL {
+                    let q = loadu(x.add(16 + 32 * l));
+                    let aq = _mm256_sign_epi8(q, q);
+                    for (t, (acc, d)) in acc.iter_mut().zip(&d).enumerate() {
+                        let y = a.add(t * as_ + i * 34 + 2 + 4 * l);
+                        let quad = _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
+                        let sum = dot_u8_i8_vnni(aq, _mm256_sign_epi8(quad, q));
+                        acc[l - L0] = _mm256_fmadd_ps(*d, _mm256_cvtepi32_ps(sum), acc[l - L0]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// All eight lane sums of `T` tokens added into `acc`: the low and the high four lanes in
+    /// two passes over the group (in L1 after the first), each keeping its accumulators in
+    /// registers.
+    ///
+    /// # Safety
+    /// As for [`biased_half`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    unsafe fn biased_lanes<const T: usize>(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        as_: usize,
+        acc: &mut [[__m256; 8]; T],
+    ) {
+        // SAFETY: caller's contract, passed on.
+        let (lo, hi) = unsafe {
+            (
+                biased_half::<T, 0>(nb, w, a, as_),
+                biased_half::<T, 4>(nb, w, a, as_),
+            )
+        };
+        for (acc, (lo, hi)) in acc.iter_mut().zip(lo.iter().zip(&hi)) {
+            acc[..4].copy_from_slice(lo);
+            acc[4..].copy_from_slice(hi);
+        }
+    }
+
+    /// Lanes `L0..L0 + 4` of `T` tokens from activation rows extended by `q8_0_lane_bias`
+    /// (blocks of `34` bytes, then the `32`-byte biases of all blocks).
+    ///
+    /// # Safety
+    /// As for [`add_lanes`], with each activation row followed by its `nb` bias blocks.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    unsafe fn biased_half<const T: usize, const L0: usize>(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        as_: usize,
+    ) -> [[__m256; 4]; T] {
+        // SAFETY: every read is inside group block `i < nb`, activation block `i` of token
+        // `t < T` or its bias block (caller's contract).
+        unsafe {
+            let flip = _mm256_set1_epi8(-128);
+            let mut acc = [[_mm256_setzero_ps(); 4]; T];
+            for i in 0..nb {
+                let x = w.add(i * Q8_0_GROUP_BLOCK);
+                let xd = _mm256_cvtph_ps(loadu128(x));
+                let d: [__m256; T] = std::array::from_fn(|t| {
+                    _mm256_mul_ps(xd, load_f16_x8(a.add(t * as_ + i * 34)))
+                });
+                for l in L0..L0 + 4 {
+                    let u = _mm256_xor_si256(loadu(x.add(16 + 32 * l)), flip);
+                    for t in 0..T {
+                        let y = a.add(t * as_ + i * 34 + 2 + 4 * l);
+                        let b = a.add(t * as_ + nb * 34 + i * LANE_BIAS_BLOCK + 4 * l);
+                        let quad = _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
+                        let bias = _mm256_set1_epi32(b.cast::<i32>().read_unaligned());
+                        let sum = _mm256_dpbusd_epi32(bias, u, quad);
+                        acc[t][l - L0] =
+                            _mm256_fmadd_ps(d[t], _mm256_cvtepi32_ps(sum), acc[t][l - L0]);
+                    }
+                }
+            }
+            acc
         }
     }
 }
