@@ -288,11 +288,17 @@ fn check_groups(v: Variant, ty: GgmlType, g: GroupKernels, seed: u64) -> usize {
             }
             let mut tile = vec![f32::NAN; os * GROUP_ROWS];
             (g.tile)(n, &packed, &a, as_, &mut tile, (os, 1));
-            // The small tile on the first of the same rows.
-            let (small, small_toks) = g.small;
-            assert!(small_toks >= 1 && small_toks <= toks);
-            let mut narrow = vec![f32::NAN; os * GROUP_ROWS];
-            small(n, &packed, &a, as_, &mut narrow, (os, 1));
+            // Each narrow tile on the first of the same rows.
+            let narrow: Vec<(Vec<f32>, usize)> = g
+                .narrow
+                .iter()
+                .map(|&(kernel, k)| {
+                    assert!(k >= 1 && k < toks, "narrow tile of {k} tokens");
+                    let mut out = vec![f32::NAN; os * GROUP_ROWS];
+                    kernel(n, &packed, &a, as_, &mut out, (os, 1));
+                    (out, k)
+                })
+                .collect();
             let rb = rows.len() / GROUP_ROWS;
             for (t, ar) in arows.iter().enumerate() {
                 let mut want = [0.0f32; GROUP_ROWS];
@@ -307,12 +313,12 @@ fn check_groups(v: Variant, ty: GgmlType, g: GroupKernels, seed: u64) -> usize {
                         "{v} {} group n={n} {s:?} row {j} token {t}: tile {got_tile}, one {got_one}, ref {w}",
                         ty.name()
                     );
-                    if t < small_toks {
-                        let got = narrow[j * os + t];
+                    for (out, k) in narrow.iter().filter(|(_, k)| t < *k) {
+                        let got = out[j * os + t];
                         assert_eq!(
                             got.to_bits(),
                             w.to_bits(),
-                            "{v} {} group n={n} {s:?} row {j} token {t}: small tile {got}, ref {w}",
+                            "{v} {} group n={n} {s:?} row {j} token {t}: {k}-token tile {got}, ref {w}",
                             ty.name()
                         );
                     }

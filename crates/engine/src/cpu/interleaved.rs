@@ -76,10 +76,10 @@ pub struct GroupKernels {
     pub one: GroupDotFn,
     pub tile: GroupDotFn,
     pub toks: usize,
-    /// A narrower tile for the tokens left over after whole tiles, and its token count
-    /// (`(one, 1)` where there is none): with wide tiles, a batch of a few sequences would
-    /// otherwise run token by token.
-    pub small: (GroupDotFn, usize),
+    /// Narrower tiles for the tokens left over after whole tiles, widest first, each with its
+    /// token count (reading the rows as `tile` does): with wide tiles, a batch of a few
+    /// sequences, or the last few of a prompt, would otherwise run token by token.
+    pub narrow: &'static [(GroupDotFn, usize)],
     /// What the tile reads after each activation row, if anything: `(extend, bytes per
     /// block)`, `extend(n, row, ext)` writing `ext` from the row's `n` elements. The caller
     /// appends it once per matrix call; `one` reads the plain rows.
@@ -366,7 +366,7 @@ macro_rules! reference_kernels {
             one: $name,
             tile: $name,
             toks: 1,
-            small: ($name, 1),
+            narrow: &[],
             tile_ext: None,
         };
     };

@@ -161,12 +161,13 @@ fn matmul_groups(w: MatRef<'_>, g: GroupKernels, act: &[u8], n_tok: usize, t_out
         });
 }
 
-/// The kernel calls of one group for tokens `t0..t1`, widest first: whole tiles, then small
-/// tiles, then single tokens. `call(kernel, t)` runs `kernel` on the tokens from `t`; every
+/// The kernel calls of one group for tokens `t0..t1`, widest first: whole tiles, then the
+/// narrow ones, then single tokens. `call(kernel, t)` runs `kernel` on the tokens from `t`; every
 /// kernel gives each token the same bits, so the split changes only the speed.
 fn group_tiles(g: GroupKernels, t0: usize, t1: usize, mut call: impl FnMut(GroupDotFn, usize)) {
     let mut t = t0;
-    for (kernel, toks) in [(g.tile, g.toks), g.small, (g.one, 1)] {
+    let tiles = std::iter::once((g.tile, g.toks)).chain(g.narrow.iter().copied());
+    for (kernel, toks) in tiles.chain([(g.one, 1)]) {
         while t + toks <= t1 {
             call(kernel, t);
             t += toks;

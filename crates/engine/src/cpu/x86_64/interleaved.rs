@@ -44,7 +44,7 @@ fn group_blocks(
 
 /// `fn $name(n, w, a, a_stride, out, os)`: a safe [`GroupDotFn`] over the kernel `$kernel` for
 /// `$toks` tokens of `$sizes` (group and activation block bytes), after [`group_blocks`] has
-/// checked every buffer.
+/// checked every buffer; the form `$name<T>` is generic over the token count of `$kernel::<T>`.
 ///
 /// [`GroupDotFn`]: crate::cpu::interleaved::GroupDotFn
 macro_rules! safe_group {
@@ -54,6 +54,20 @@ macro_rules! safe_group {
             // SAFETY: `Variant`s hand a build's kernels out only after runtime detection of
             // its features; `group_blocks` checked every buffer the kernel reads or writes.
             unsafe { $kernel(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
+        }
+    };
+    ($name:ident<T> => $kernel:ident, $sizes:expr) => {
+        fn $name<const T: usize>(
+            n: usize,
+            w: &[u8],
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+            os: (usize, usize),
+        ) {
+            let nb = group_blocks(n, w, a, as_, out, os, T, $sizes);
+            // SAFETY: as in the first form.
+            unsafe { $kernel::<T>(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
         }
     };
 }
@@ -108,14 +122,19 @@ fn dot_u8_i8_vnni(u: __m256i, s: __m256i) -> __m256i {
 /// and the m chains in three passes, each keeping its `4 * $toks` accumulators in registers.
 /// The nibbles are unsigned, so a lane sum is one `$dot` with no sign work.
 macro_rules! q4_1_kernels {
-    (features = $feat:literal, dot_u8_i8 = $dot:path, toks = $toks:literal) => {
+    (
+        features = $feat:literal,
+        dot_u8_i8 = $dot:path,
+        toks = $toks:literal,
+        narrow = $narrow:expr
+    ) => {
         use super::*;
 
         pub(in crate::cpu::x86_64) const Q4_1: GroupKernels = GroupKernels {
             one: group_one_safe,
-            tile: group_tile_safe,
+            tile: group_tile_safe::<$toks>,
             toks: $toks,
-            small: (group_one_safe, 1),
+            narrow: $narrow,
             tile_ext: None,
         };
 
@@ -123,7 +142,7 @@ macro_rules! q4_1_kernels {
 
         safe_group!(group_one_safe => group_one, 1, SIZES);
 
-        safe_group!(group_tile_safe => group_tile, $toks, SIZES);
+        safe_group!(group_tile_safe<T> => group_tile, SIZES);
 
         /// One token: the eight lane accumulators fit the registers in one pass, then the m
         /// chain.
@@ -148,15 +167,14 @@ macro_rules! q4_1_kernels {
             }
         }
 
-        /// `$toks` tokens: low lanes, high lanes and the m chains in three passes over the
-        /// group (in L1 after the first), so that each pass keeps its accumulators in
-        /// registers.
+        /// `T` tokens: low lanes, high lanes and the m chains in three passes over the group
+        /// (in L1 after the first), so that each pass keeps its accumulators in registers.
         ///
         /// # Safety
-        /// As for [`group_one`], for `$toks` activation rows `as_` bytes apart and every
+        /// As for [`group_one`], for `T` activation rows `as_` bytes apart and every
         /// `out[j * os.0 + t * os.1]`.
         #[target_feature(enable = $feat)]
-        unsafe fn group_tile(
+        unsafe fn group_tile<const T: usize>(
             nb: usize,
             w: *const u8,
             a: *const u8,
@@ -166,10 +184,10 @@ macro_rules! q4_1_kernels {
         ) {
             // SAFETY: caller's contract, passed on.
             unsafe {
-                let lo = lanes::<$toks, 0, 4>(nb, w, a, as_);
-                let hi = lanes::<$toks, 4, 4>(nb, w, a, as_);
-                let m = m_chain::<$toks>(nb, w, a, as_);
-                for t in 0..$toks {
+                let lo = lanes::<T, 0, 4>(nb, w, a, as_);
+                let hi = lanes::<T, 4, 4>(nb, w, a, as_);
+                let m = m_chain::<T>(nb, w, a, as_);
+                for t in 0..T {
                     store(finish(lo[t], hi[t], m[t]), out, os, t);
                 }
             }
@@ -255,7 +273,12 @@ macro_rules! q4_1_kernels {
 /// accumulators per pass, two scale vectors and the unpacking temporaries fit the sixteen
 /// registers.
 pub(super) mod q4_1_plain {
-    q4_1_kernels!(features = "avx2,fma,f16c", dot_u8_i8 = dot_u8_i8, toks = 2);
+    q4_1_kernels!(
+        features = "avx2,fma,f16c",
+        dot_u8_i8 = dot_u8_i8,
+        toks = 2,
+        narrow = &[]
+    );
 }
 
 /// Q4_1 with AVX-512 VNNI and VL at 256 bits: one `vpdpbusd` per lane sum, and 32 registers
@@ -264,7 +287,8 @@ pub(super) mod q4_1_vnni {
     q4_1_kernels!(
         features = "avx2,fma,f16c,avx512vnni,avx512vl",
         dot_u8_i8 = dot_u8_i8_vnni,
-        toks = 4
+        toks = 4,
+        narrow = &[(group_tile_safe::<3>, 3), (group_tile_safe::<2>, 2)]
     );
 }
 
@@ -289,7 +313,7 @@ fn fifth_bits_to_bit4(v: __m256i, l: usize) -> __m256i {
 /// the features `$feat`: `group_one` (one token), `group_tile` (`$toks` tokens) and `lanes`
 /// (the accumulators returned, in registers where they fit).
 macro_rules! group_fns {
-    ($feat:literal, $toks:expr, $tile_lanes:ident) => {
+    ($feat:literal, $tile_lanes:ident) => {
         /// One token: all eight lane accumulators in one pass.
         ///
         /// # Safety
@@ -311,13 +335,13 @@ macro_rules! group_fns {
             }
         }
 
-        /// The wide tile's tokens, all eight lanes of each.
+        /// `T` tokens, all eight lanes of each.
         ///
         /// # Safety
-        /// As for [`group_one`], for the tile's activation rows `as_` bytes apart and every
-        /// `out[j * os.0 + t * os.1]`.
+        /// As for [`group_one`], for `T` activation rows (as the tile reads them) `as_` bytes
+        /// apart and every `out[j * os.0 + t * os.1]`.
         #[target_feature(enable = $feat)]
-        unsafe fn group_tile(
+        unsafe fn group_tile<const T: usize>(
             nb: usize,
             w: *const u8,
             a: *const u8,
@@ -328,8 +352,8 @@ macro_rules! group_fns {
             // SAFETY: caller's contract, passed on.
             unsafe {
                 // Filled in place: returned by value, 64 vectors were copied once more.
-                let mut acc = [[_mm256_setzero_ps(); 8]; $toks];
-                $tile_lanes::<{ $toks }>(nb, w, a, as_, &mut acc);
+                let mut acc = [[_mm256_setzero_ps(); 8]; T];
+                $tile_lanes::<T>(nb, w, a, as_, &mut acc);
                 for (t, &[l0, l1, l2, l3, l4, l5, l6, l7]) in acc.iter().enumerate() {
                     store(hsum8([l0, l1, l2, l3], [l4, l5, l6, l7]), out, os, t);
                 }
@@ -401,16 +425,16 @@ macro_rules! q5_0_kernels {
         dot_u8_i8 = $dot:path,
         toks = $toks:literal,
         tile_lanes = $tile_lanes:ident,
-        small = $small:expr,
+        narrow = $narrow:expr,
         tile_ext = $ext:expr
     ) => {
         use super::*;
 
         pub(in crate::cpu::x86_64) const Q5_0: GroupKernels = GroupKernels {
             one: group_one_safe,
-            tile: group_tile_safe,
+            tile: group_tile_safe::<$toks>,
             toks: $toks,
-            small: $small,
+            narrow: $narrow,
             tile_ext: EXT,
         };
 
@@ -428,9 +452,9 @@ macro_rules! q5_0_kernels {
 
         safe_group!(group_one_safe => group_one, 1, SIZES);
 
-        safe_group!(group_tile_safe => group_tile, $toks, TILE_SIZES);
+        safe_group!(group_tile_safe<T> => group_tile, TILE_SIZES);
 
-        group_fns!($feat, $toks, $tile_lanes);
+        group_fns!($feat, $tile_lanes);
 
         /// The `NL` lane sums from lane `L0` on, for `T` tokens, added into `acc`. Lane `l`'s
         /// quants are its nibbles with the fifth bit shifted in, minus 16; the sign trick moves
@@ -493,7 +517,7 @@ pub(super) mod q5_0_plain {
         dot_u8_i8 = dot_u8_i8,
         toks = 8,
         tile_lanes = all_lanes,
-        small = (group_pair_safe, 2),
+        narrow = &[(group_pair_safe, 2)],
         tile_ext = None
     );
 
@@ -528,7 +552,7 @@ pub(super) mod q5_0_vnni {
         dot_u8_i8 = dot_u8_i8_vnni,
         toks = 4,
         tile_lanes = biased_all_lanes,
-        small = (group_one_safe, 1),
+        narrow = &[(group_tile_safe::<3>, 3), (group_tile_safe::<2>, 2)],
         tile_ext = Some((q5_0_lane_bias, LANE_BIAS_BLOCK))
     );
 
@@ -626,9 +650,9 @@ pub(super) mod q8_0_plain {
 
     pub(in crate::cpu::x86_64) const Q8_0: GroupKernels = GroupKernels {
         one: group_one_safe,
-        tile: group_tile_safe,
+        tile: group_tile_safe::<TOKS>,
         toks: TOKS,
-        small: (group_pair_safe, 2),
+        narrow: &[(group_pair_safe, 2)],
         tile_ext: None,
     };
 
@@ -636,11 +660,11 @@ pub(super) mod q8_0_plain {
 
     safe_group!(group_one_safe => group_one, 1, SIZES);
 
-    safe_group!(group_tile_safe => group_tile, TOKS, SIZES);
+    safe_group!(group_tile_safe<T> => group_tile, SIZES);
 
     pair_tile!("avx2,fma,f16c");
 
-    group_fns!("avx2,fma,f16c", TOKS, all_lanes);
+    group_fns!("avx2,fma,f16c", all_lanes);
 
     /// All eight lane accumulators of `T` tokens, added into `acc` (in L1 for eight tokens, as
     /// Q5_0's): each lane's `|q|` is formed once per block for all `T` tokens.
@@ -714,9 +738,9 @@ pub(super) mod q8_0_vnni {
 
     pub(in crate::cpu::x86_64) const Q8_0: GroupKernels = GroupKernels {
         one: group_one_safe,
-        tile: group_tile_safe,
+        tile: group_tile_safe::<TOKS>,
         toks: TOKS,
-        small: (group_pair_safe, 2),
+        narrow: &[(group_tile_safe::<3>, 3), (group_tile_safe::<2>, 2)],
         tile_ext: Some((q8_0_lane_bias, LANE_BIAS_BLOCK)),
     };
 
@@ -726,11 +750,9 @@ pub(super) mod q8_0_vnni {
 
     safe_group!(group_one_safe => group_one, 1, SIZES);
 
-    safe_group!(group_tile_safe => group_tile, TOKS, TILE_SIZES);
+    safe_group!(group_tile_safe<T> => group_tile, TILE_SIZES);
 
-    pair_tile!("avx2,fma,f16c,avx512vnni,avx512vl");
-
-    group_fns!("avx2,fma,f16c,avx512vnni,avx512vl", TOKS, biased_lanes);
+    group_fns!("avx2,fma,f16c,avx512vnni,avx512vl", biased_lanes);
 
     /// Adds into `acc` the lane sums of `T` tokens by the sign trick (`|q|` against the
     /// activation with `q`'s sign), for the one-token and pair kernels, which read plain rows.
