@@ -18,6 +18,7 @@ use crate::ops::attention::{attention_with, AttnParams, F16_ACC_MAX_TOKENS};
 use crate::ops::matmul::{act_row_bytes, matmul, matvec_many, quantize_acts};
 use crate::ops::norm::{rms_norm, rms_norm_inplace};
 use crate::ops::rope::{RopeCache, RopeLayout};
+use crate::ops::rows_per_task;
 use crate::ops::vec::add_assign;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -653,18 +654,22 @@ impl Decoder {
             let qk_rows = s.q[..n * qd]
                 .par_chunks_mut(qd)
                 .zip(s.k[..n * kvd].par_chunks_mut(kvd));
-            qk_rows.enumerate().for_each(|(t, (q, kr))| {
-                if let Some(w) = &lw.q_norm {
-                    q.chunks_exact_mut(c.head_dim)
-                        .for_each(|h| rms_norm_inplace(h, w, c.rms_eps));
-                }
-                if let Some(w) = &lw.k_norm {
-                    kr.chunks_exact_mut(c.head_dim)
-                        .for_each(|h| rms_norm_inplace(h, w, c.rms_eps));
-                }
-                rope.apply(q, c.head_dim, pos[t]);
-                rope.apply(kr, c.head_dim, pos[t]);
-            });
+            let min = rows_per_task(qd + kvd);
+            qk_rows
+                .enumerate()
+                .with_min_len(min)
+                .for_each(|(t, (q, kr))| {
+                    if let Some(w) = &lw.q_norm {
+                        q.chunks_exact_mut(c.head_dim)
+                            .for_each(|h| rms_norm_inplace(h, w, c.rms_eps));
+                    }
+                    if let Some(w) = &lw.k_norm {
+                        kr.chunks_exact_mut(c.head_dim)
+                            .for_each(|h| rms_norm_inplace(h, w, c.rms_eps));
+                    }
+                    rope.apply(q, c.head_dim, pos[t]);
+                    rope.apply(kr, c.head_dim, pos[t]);
+                });
             let p = AttnParams {
                 n_head: c.n_head,
                 n_head_kv: c.n_head_kv,
@@ -749,6 +754,7 @@ impl Decoder {
             };
             gate.par_chunks_mut(ff)
                 .zip(up.par_chunks(ff))
+                .with_min_len(rows_per_task(ff))
                 .for_each(|(g, u)| act(g, u));
             quantize_acts(k, lw.w_down.info.ty, &s.gate[..n * ff], ff, &mut s.act);
             matmul(
@@ -794,6 +800,7 @@ fn norm_rows(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     } else {
         out.par_chunks_mut(d)
             .zip(x.par_chunks(d))
+            .with_min_len(rows_per_task(d))
             .for_each(|(o, r)| rms_norm(o, r, w, eps));
     }
 }
@@ -809,6 +816,7 @@ fn add_bias_rows(x: &mut [f32], bias: Option<&[f32]>) {
 fn residual_add(x: &mut [f32], y: &mut [f32], d: usize, post_norm: Option<&[f32]>, eps: f32) {
     x.par_chunks_mut(d)
         .zip(y.par_chunks_mut(d))
+        .with_min_len(rows_per_task(d))
         .for_each(|(x, y)| {
             if let Some(w) = post_norm {
                 rms_norm_inplace(y, w, eps);

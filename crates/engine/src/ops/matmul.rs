@@ -52,6 +52,7 @@ pub fn quantize_acts(k: &Kernels, ty: GgmlType, x: &[f32], n: usize, dst: &mut [
             } else {
                 dst.par_chunks_mut(rb)
                     .zip(x.par_chunks(n))
+                    .with_min_len(super::rows_per_task(n))
                     .for_each(|(d, row)| q(row, d));
             }
         }
@@ -189,6 +190,7 @@ fn extend_acts(
     let mut buf = vec![0u8; erb * n_tok];
     buf.par_chunks_mut(erb)
         .zip(act[..arb * n_tok].par_chunks(arb))
+        .with_min_len(super::rows_per_task(w.n_in))
         .for_each(|(e, a)| {
             e[..arb].copy_from_slice(a);
             extend(w.n_in, a, &mut e[arb..]);
