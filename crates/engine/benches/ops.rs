@@ -90,8 +90,8 @@ fn bench_tiles(c: &mut Criterion) {
 }
 
 /// The interleaved group kernels of every variant this CPU runs, the same work as `tile/` per
-/// element pair: eight rows by eight tokens, in calls of each kernel's own tile width, on
-/// activation rows extended as the tile reads them.
+/// element pair: eight rows by eight tokens, one at a time or in whole calls of each kernel's
+/// own tile width, on activation rows extended as the tile reads them.
 fn bench_groups(c: &mut Criterion) {
     let mut g = c.benchmark_group("group");
     for v in Variant::ALL.into_iter().filter(|v| v.is_supported()) {
@@ -125,9 +125,13 @@ fn bench_groups(c: &mut Criterion) {
                     }
                 })
             });
+            // Whole tiles within the eight tokens (a width that does not divide eight takes
+            // fewer: compare elements per second).
+            let tiled = 8 / gk.toks * gk.toks;
+            g.throughput(Throughput::Elements((GROUP_ROWS * tiled) as u64));
             g.bench_function(format!("{}/{v}/{n}/t{}", ty.name(), gk.toks), |b| {
                 b.iter(|| {
-                    for t in (0..8).step_by(gk.toks) {
+                    for t in (0..tiled).step_by(gk.toks) {
                         let a = black_box(&a[t * stride..]);
                         (gk.tile)(n, black_box(&packed), a, stride, &mut out[t..], (8, 1));
                     }

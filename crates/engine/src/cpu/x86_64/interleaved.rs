@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{dot_u8_i8, load_f16_x8, loadu, loadu128};
+use super::avx2::{dot_u8_i8, load_f16_x8, loadu, loadu128, prefetch_weights};
 use crate::cpu::interleaved::{
     q5_0_lane_bias, q8_0_lane_bias, ActExtendFn, GroupKernels, GROUP_ROWS, LANE_BIAS_BLOCK,
     Q4_1_GROUP_BLOCK, Q5_0_GROUP_BLOCK, Q8_0_GROUP_BLOCK,
@@ -216,6 +216,9 @@ macro_rules! q4_1_kernels {
                 let mut acc = [[_mm256_setzero_ps(); NL]; T];
                 for i in 0..nb {
                     let x = w.add(i * Q4_1_GROUP_BLOCK);
+                    if L0 == 0 {
+                        prefetch_weights(x, Q4_1_GROUP_BLOCK);
+                    }
                     let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 36));
                     let xd = _mm256_cvtph_ps(loadu128(x));
                     let d: [__m256; T] =
@@ -482,6 +485,9 @@ macro_rules! q5_0_kernels {
                 let mut d = [_mm256_setzero_ps(); T];
                 for i in 0..nb {
                     let x = w.add(i * Q5_0_GROUP_BLOCK);
+                    if L0 == 0 {
+                        prefetch_weights(x, Q5_0_GROUP_BLOCK);
+                    }
                     let xd = _mm256_cvtph_ps(loadu128(x));
                     for (t, d) in d.iter_mut().enumerate() {
                         *d = _mm256_mul_ps(xd, load_f16_x8(a.add(t * as_ + i * 34)));
@@ -606,6 +612,9 @@ pub(super) mod q5_0_vnni {
             let mut acc = [[_mm256_setzero_ps(); NL]; T];
             for i in 0..nb {
                 let x = w.add(i * Q5_0_GROUP_BLOCK);
+                if L0 == 0 {
+                    prefetch_weights(x, Q5_0_GROUP_BLOCK);
+                }
                 let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
                 let bias: [*const u8; T] =
                     std::array::from_fn(|t| a.add(t * as_ + nb * 34 + i * LANE_BIAS_BLOCK));
@@ -706,6 +715,9 @@ pub(super) mod q8_0_plain {
             let mut d = [_mm256_setzero_ps(); T];
             for i in 0..nb {
                 let x = w.add(i * Q8_0_GROUP_BLOCK);
+                if L0 == 0 {
+                    prefetch_weights(x, Q8_0_GROUP_BLOCK);
+                }
                 let xd = _mm256_cvtph_ps(loadu128(x));
                 for (t, d) in d.iter_mut().enumerate() {
                     *d = _mm256_mul_ps(xd, load_f16_x8(a.add(t * as_ + i * 34)));
@@ -775,6 +787,9 @@ pub(super) mod q8_0_vnni {
             let mut d = [_mm256_setzero_ps(); T];
             for i in 0..nb {
                 let x = w.add(i * Q8_0_GROUP_BLOCK);
+                if L0 == 0 {
+                    prefetch_weights(x, Q8_0_GROUP_BLOCK);
+                }
                 let xd = _mm256_cvtph_ps(loadu128(x));
                 for (t, d) in d.iter_mut().enumerate() {
                     *d = _mm256_mul_ps(xd, load_f16_x8(a.add(t * as_ + i * 34)));
@@ -841,6 +856,9 @@ pub(super) mod q8_0_vnni {
             let mut acc = [[_mm256_setzero_ps(); 4]; T];
             for i in 0..nb {
                 let x = w.add(i * Q8_0_GROUP_BLOCK);
+                if L0 == 0 {
+                    prefetch_weights(x, Q8_0_GROUP_BLOCK);
+                }
                 let xd = _mm256_cvtph_ps(loadu128(x));
                 let d: [__m256; T] = std::array::from_fn(|t| {
                     _mm256_mul_ps(xd, load_f16_x8(a.add(t * as_ + i * 34)))
