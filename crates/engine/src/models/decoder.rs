@@ -14,7 +14,7 @@ use super::weights::{Linear, SharedFile};
 use super::ModelError;
 use crate::cpu::Kernels;
 use crate::ops::activation::{gelu_f16_table, gelu_tanh_mul, silu_mul};
-use crate::ops::attention::{attention_with, AttnParams, F16_ACC_MAX_TOKENS};
+use crate::ops::attention::{attention_with, decode_head_f16, AttnParams, F16_ACC_MAX_TOKENS};
 use crate::ops::matmul::{act_row_bytes, matmul, matvec_many, quantize_acts};
 use crate::ops::norm::{rms_norm, rms_norm_inplace};
 use crate::ops::rope::{RopeCache, RopeLayout};
@@ -691,26 +691,55 @@ impl Decoder {
                 let vc = seg.v_cache[layer].reinterpret_cast_mut::<f16>();
                 vc[pos0 * kvd..(pos0 + m) * kvd]
                     .convert_from_f32_slice(&s.v[r.start * kvd..r.end * kvd]);
-                // Rows before `f16_from` in f32, the rest in f16: each query reads only
-                // keys up to its own position, so the split changes no row's result.
-                let split = r.start + seg.f16_from;
-                for (sub, f16_acc) in [(r.start..split, false), (split..r.end, true)] {
-                    if sub.is_empty() {
-                        continue;
+            }
+            let one_f16_row_each = c.head_dim <= 256
+                && segs
+                    .iter()
+                    .all(|seg| seg.rows.len() == 1 && seg.f16_from == 0);
+            if one_f16_row_each && segs.len() > 1 {
+                // A decode step of several sequences: every head of every row in one pass
+                // on the pool. Per sequence, each short pass's fork and join cost more than
+                // its heads' work.
+                let segs = &*segs;
+                let q = &s.q[..n * qd];
+                s.attn[..n * qd]
+                    .par_chunks_mut(c.head_dim)
+                    .enumerate()
+                    .for_each(|(idx, out)| {
+                        let (row, h) = (idx / c.n_head, idx % c.n_head);
+                        let seg = &segs[row];
+                        let layer_off = l * seg.n_ctx * kvd;
+                        let filled = layer_off..layer_off + (seg.pos0 + 1) * kvd;
+                        let kc = seg.k_cache[filled.clone()].reinterpret_cast::<f16>();
+                        let vc = seg.v_cache[filled].reinterpret_cast::<f16>();
+                        let qh = &q[idx * c.head_dim..(idx + 1) * c.head_dim];
+                        decode_head_f16(&p, qh, kc, vc, seg.pos0, h, out);
+                    });
+            } else {
+                for seg in segs.iter() {
+                    let (pos0, r) = (seg.pos0, seg.rows.clone());
+                    let layer_off = l * seg.n_ctx * kvd;
+                    // Rows before `f16_from` in f32, the rest in f16: each query reads only
+                    // keys up to its own position, so the split changes no row's result.
+                    let split = r.start + seg.f16_from;
+                    for (sub, f16_acc) in [(r.start..split, false), (split..r.end, true)] {
+                        if sub.is_empty() {
+                            continue;
+                        }
+                        let p0 = pos0 + (sub.start - r.start);
+                        let filled = layer_off..layer_off + (p0 + sub.len()) * kvd;
+                        let kc = seg.k_cache[filled.clone()].reinterpret_cast::<f16>();
+                        let vc = seg.v_cache[filled].reinterpret_cast::<f16>();
+                        attention_with(
+                            &p,
+                            &s.q[sub.start * qd..sub.end * qd],
+                            kc,
+                            vc,
+                            p0,
+                            f16_acc,
+                            &mut s.attn[sub.start * qd..sub.end * qd],
+                        );
                     }
-                    let p0 = pos0 + (sub.start - r.start);
-                    let filled = layer_off..layer_off + (p0 + sub.len()) * kvd;
-                    let kc = seg.k_cache[filled.clone()].reinterpret_cast::<f16>();
-                    let vc = seg.v_cache[filled].reinterpret_cast::<f16>();
-                    attention_with(
-                        &p,
-                        &s.q[sub.start * qd..sub.end * qd],
-                        kc,
-                        vc,
-                        p0,
-                        f16_acc,
-                        &mut s.attn[sub.start * qd..sub.end * qd],
-                    );
                 }
             }
             quantize_acts(k, lw.wo.info.ty, &s.attn[..n * qd], qd, &mut s.act);

@@ -91,8 +91,6 @@ pub fn attention_with(
     out: &mut [f32],
 ) {
     let hd = p.head_dim;
-    let kv_dim = p.n_head_kv * hd;
-    let group = p.n_head / p.n_head_kv;
     let n_tok = q.len() / (p.n_head * hd);
     let f16_path = f16_acc && hd <= 256;
     let fma = has_fma();
@@ -168,25 +166,40 @@ pub fn attention_with(
     }
     out.par_chunks_mut(hd).enumerate().for_each(|(idx, acc)| {
         let (t, h) = (idx / p.n_head, idx % p.n_head);
-        let pos = pos0 + t;
-        let kvh = h / group;
         let qh = &q[idx * hd..(idx + 1) * hd];
-        let keys = (first_key(p, pos)..=pos).map(|j| j * kv_dim + kvh * hd);
-        #[cfg(target_arch = "x86_64")]
-        if fma {
-            if hd.is_multiple_of(32) && has_f16c() {
-                // SAFETY: AVX2, FMA and F16C checked; `hd` is a multiple of 32 and every key
-                // offset leaves `hd` elements in both caches.
-                unsafe { one_query_f16_avx2(p, qh, k_cache, v_cache, keys, kv_dim, acc) };
-            } else {
-                // SAFETY: `has_fma` checked that this CPU has FMA and AVX2.
-                unsafe { one_query_f16_fma(p, qh, k_cache, v_cache, keys, acc) };
-            }
-            return;
-        }
-        let _ = fma;
-        one_query_f16(p, qh, k_cache, v_cache, keys, acc);
+        decode_head_f16(p, qh, k_cache, v_cache, pos0 + t, h, acc);
     });
+}
+
+/// Query head `h` of the row at position `pos` (`qh`, `head_dim` elements) against its
+/// sequence's cache on ggml's one-query f16 path (as [`attention_with`] with `f16_acc`), into
+/// `out`. For callers that spread many sequences' decode rows over the pool in one pass.
+pub fn decode_head_f16(
+    p: &AttnParams,
+    qh: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
+    pos: usize,
+    h: usize,
+    out: &mut [f32],
+) {
+    let hd = p.head_dim;
+    let kv_dim = p.n_head_kv * hd;
+    let kvh = h / (p.n_head / p.n_head_kv);
+    let keys = (first_key(p, pos)..=pos).map(|j| j * kv_dim + kvh * hd);
+    #[cfg(target_arch = "x86_64")]
+    if has_fma() {
+        if hd.is_multiple_of(32) && hd <= 256 && has_f16c() {
+            // SAFETY: AVX2, FMA and F16C checked; `hd` is a multiple of 32 (at most 256) and
+            // every key offset leaves `hd` elements in both caches (checked by the kernel).
+            unsafe { one_query_f16_avx2(p, qh, k_cache, v_cache, keys, kv_dim, out) };
+        } else {
+            // SAFETY: `has_fma` checked that this CPU has FMA and AVX2.
+            unsafe { one_query_f16_fma(p, qh, k_cache, v_cache, keys, out) };
+        }
+        return;
+    }
+    one_query_f16(p, qh, k_cache, v_cache, keys, out);
 }
 
 /// Queries per prefill task: each key and value row is read once per block (from L2 into L1)
