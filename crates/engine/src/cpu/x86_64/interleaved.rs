@@ -646,7 +646,57 @@ pub(super) mod q5_0_vnni {
     }
 }
 
-/// Q8_0 on AVX2 + FMA + F16C, for every x86 tier: the quants are whole bytes, so a lane's
+/// `add_lanes::<T, L0, NL>` of a Q8_0 module under the features `$feat`, with `$dot` (u8 x i8
+/// quad sums, as [`dot_u8_i8`]): the sign trick (`|q|` once per lane and block, the weight's
+/// sign moved onto the broadcast activation quad per token), on plain activation rows.
+macro_rules! q8_0_sign_lanes {
+    ($feat:literal, $dot:path) => {
+        /// Adds into `acc` the `NL` lane sums from lane `L0` on, for `T` tokens: lane `l` of
+        /// ggml's Q8_0 dot is elements `4l..4l + 4` of a block, vector `l` of the group block
+        /// here, and gets `fma(d_w * d_a, lane_sum, acc)` per block.
+        ///
+        /// # Safety
+        /// This build's features present; `w` valid for `nb` group blocks, each
+        /// `a.add(t * as_)` for `nb` Q8_0 blocks.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn add_lanes<const T: usize, const L0: usize, const NL: usize>(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+            acc: &mut [[__m256; NL]; T],
+        ) {
+            // SAFETY: every read is inside group block `i < nb` or activation block `i` of
+            // token `t < T` (caller's contract).
+            unsafe {
+                let mut d = [_mm256_setzero_ps(); T];
+                for i in 0..nb {
+                    let x = w.add(i * Q8_0_GROUP_BLOCK);
+                    if L0 == 0 {
+                        prefetch_weights(x, Q8_0_GROUP_BLOCK);
+                    }
+                    let xd = _mm256_cvtph_ps(loadu128(x));
+                    for (t, d) in d.iter_mut().enumerate() {
+                        *d = _mm256_mul_ps(xd, load_f16_x8(a.add(t * as_ + i * 34)));
+                    }
+                    for l in L0..L0 + NL {
+                        let q = loadu(x.add(16 + 32 * l));
+                        let aq = _mm256_sign_epi8(q, q);
+                        for (t, (acc, d)) in acc.iter_mut().zip(&d).enumerate() {
+                            let y = a.add(t * as_ + i * 34 + 2 + 4 * l);
+                            let quad = _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
+                            let sum = $dot(aq, _mm256_sign_epi8(quad, q));
+                            acc[l - L0] = _mm256_fmadd_ps(*d, _mm256_cvtepi32_ps(sum), acc[l - L0]);
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+
+/// Q8_0 on AVX2 + FMA + F16C, for CPUs without VNNI: the quants are whole bytes, so a lane's
 /// vector is one load, and the sign trick (`|q|` once per lane and block, the weight's sign
 /// moved onto the broadcast activation quad per token) keeps `vpmaddubsw`'s pairs within i16
 /// (`|q|, |y| <= 127`).
@@ -693,48 +743,7 @@ pub(super) mod q8_0_plain {
         unsafe { add_lanes::<T, 0, 8>(nb, w, a, as_, acc) }
     }
 
-    /// Adds into `acc` the `NL` lane sums from lane `L0` on, for `T` tokens: lane `l` of
-    /// ggml's Q8_0 dot is elements `4l..4l + 4` of a block, vector `l` of the group block
-    /// here, and gets `fma(d_w * d_a, lane_sum, acc)` per block.
-    ///
-    /// # Safety
-    /// AVX2, FMA and F16C present; `w` valid for `nb` group blocks, each `a.add(t * as_)` for
-    /// `nb` Q8_0 blocks.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn add_lanes<const T: usize, const L0: usize, const NL: usize>(
-        nb: usize,
-        w: *const u8,
-        a: *const u8,
-        as_: usize,
-        acc: &mut [[__m256; NL]; T],
-    ) {
-        // SAFETY: every read is inside group block `i < nb` or activation block `i` of token
-        // `t < T` (caller's contract).
-        unsafe {
-            let mut d = [_mm256_setzero_ps(); T];
-            for i in 0..nb {
-                let x = w.add(i * Q8_0_GROUP_BLOCK);
-                if L0 == 0 {
-                    prefetch_weights(x, Q8_0_GROUP_BLOCK);
-                }
-                let xd = _mm256_cvtph_ps(loadu128(x));
-                for (t, d) in d.iter_mut().enumerate() {
-                    *d = _mm256_mul_ps(xd, load_f16_x8(a.add(t * as_ + i * 34)));
-                }
-                for l in L0..L0 + NL {
-                    let q = loadu(x.add(16 + 32 * l));
-                    let aq = _mm256_sign_epi8(q, q);
-                    for (t, (acc, d)) in acc.iter_mut().zip(&d).enumerate() {
-                        let y = a.add(t * as_ + i * 34 + 2 + 4 * l);
-                        let quad = _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
-                        let sum = dot_u8_i8(aq, _mm256_sign_epi8(quad, q));
-                        acc[l - L0] = _mm256_fmadd_ps(*d, _mm256_cvtepi32_ps(sum), acc[l - L0]);
-                    }
-                }
-            }
-        }
-    }
+    q8_0_sign_lanes!("avx2,fma,f16c", dot_u8_i8);
 }
 
 /// Q8_0 with AVX-512 VNNI and VL at 256 bits. One token takes the sign trick with one
@@ -766,47 +775,7 @@ pub(super) mod q8_0_vnni {
 
     group_fns!("avx2,fma,f16c,avx512vnni,avx512vl", biased_lanes);
 
-    /// Adds into `acc` the lane sums of `T` tokens by the sign trick (`|q|` against the
-    /// activation with `q`'s sign), for the one-token and pair kernels, which read plain rows.
-    ///
-    /// # Safety
-    /// This build's features present; `w` valid for `nb` group blocks, each `a.add(t * as_)`
-    /// for `nb` Q8_0 blocks.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    unsafe fn add_lanes<const T: usize, const L0: usize, const NL: usize>(
-        nb: usize,
-        w: *const u8,
-        a: *const u8,
-        as_: usize,
-        acc: &mut [[__m256; NL]; T],
-    ) {
-        // SAFETY: every read is inside group block `i < nb` or activation block `i` of token
-        // `t < T` (caller's contract).
-        unsafe {
-            let mut d = [_mm256_setzero_ps(); T];
-            for i in 0..nb {
-                let x = w.add(i * Q8_0_GROUP_BLOCK);
-                if L0 == 0 {
-                    prefetch_weights(x, Q8_0_GROUP_BLOCK);
-                }
-                let xd = _mm256_cvtph_ps(loadu128(x));
-                for (t, d) in d.iter_mut().enumerate() {
-                    *d = _mm256_mul_ps(xd, load_f16_x8(a.add(t * as_ + i * 34)));
-                }
-                for l in L0..L0 + NL {
-                    let q = loadu(x.add(16 + 32 * l));
-                    let aq = _mm256_sign_epi8(q, q);
-                    for (t, (acc, d)) in acc.iter_mut().zip(&d).enumerate() {
-                        let y = a.add(t * as_ + i * 34 + 2 + 4 * l);
-                        let quad = _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
-                        let sum = dot_u8_i8_vnni(aq, _mm256_sign_epi8(quad, q));
-                        acc[l - L0] = _mm256_fmadd_ps(*d, _mm256_cvtepi32_ps(sum), acc[l - L0]);
-                    }
-                }
-            }
-        }
-    }
+    q8_0_sign_lanes!("avx2,fma,f16c,avx512vnni,avx512vl", dot_u8_i8_vnni);
 
     /// All eight lane sums of `T` tokens added into `acc`: the low and the high four lanes in
     /// two passes over the group (in L1 after the first), each keeping its accumulators in
