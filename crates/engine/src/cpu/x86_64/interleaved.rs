@@ -419,6 +419,91 @@ macro_rules! pair_tile {
     };
 }
 
+/// The lane sums of a VNNI tile on unsigned weights, under the features `$feat`, for group
+/// blocks of `$gb` bytes whose lane `l` at `x` is `$unsigned(x, l)` (the quants plus the offset
+/// that the activation rows' lane biases undo, as `q5_0_lane_bias` and `q8_0_lane_bias` write
+/// them): `biased_lanes::<T, L0, NL>`, one `vpdpbusd` per lane sum started from the bias, and
+/// `biased_all_lanes::<T>`, all eight lanes added into `acc` in two passes over the group (in
+/// L1 after the first), each keeping its accumulators in registers.
+macro_rules! biased_lane_sums {
+    ($feat:literal, $gb:expr, $unsigned:ident) => {
+        /// All eight lane sums of `T` tokens, added into `acc` (see [`biased_lanes`]).
+        ///
+        /// # Safety
+        /// As for [`biased_lanes`].
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn biased_all_lanes<const T: usize>(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+            acc: &mut [[__m256; 8]; T],
+        ) {
+            // SAFETY: caller's contract, passed on.
+            let (lo, hi) = unsafe {
+                (
+                    biased_lanes::<T, 0, 4>(nb, w, a, as_),
+                    biased_lanes::<T, 4, 4>(nb, w, a, as_),
+                )
+            };
+            for (acc, (lo, hi)) in acc.iter_mut().zip(lo.iter().zip(&hi)) {
+                acc[..4].copy_from_slice(lo);
+                acc[4..].copy_from_slice(hi);
+            }
+        }
+
+        /// The `NL` lane accumulators from lane `L0` on, for `T` activation rows extended by
+        /// their lane biases (blocks of `34` bytes, then the `32`-byte biases of all blocks):
+        /// each lane gets `fma(d_w * d_a, bias + sum(u * y), acc)` per block.
+        ///
+        /// # Safety
+        /// This build's features present; `w` valid for `nb` group blocks, each
+        /// `a.add(t * as_)` for `nb` Q8_0 blocks followed by their `nb` bias blocks.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn biased_lanes<const T: usize, const L0: usize, const NL: usize>(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+        ) -> [[__m256; NL]; T] {
+            // SAFETY: every read is inside group block `i < nb`, activation block `i` of
+            // token `t < T` or its bias block (caller's contract).
+            unsafe {
+                let mut acc = [[_mm256_setzero_ps(); NL]; T];
+                for i in 0..nb {
+                    let x = w.add(i * $gb);
+                    if L0 == 0 {
+                        prefetch_weights(x, $gb);
+                    }
+                    let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
+                    let bias: [*const u8; T] =
+                        std::array::from_fn(|t| a.add(t * as_ + nb * 34 + i * LANE_BIAS_BLOCK));
+                    let xd = _mm256_cvtph_ps(loadu128(x));
+                    let d: [__m256; T] =
+                        std::array::from_fn(|t| _mm256_mul_ps(xd, load_f16_x8(y[t])));
+                    for l in L0..L0 + NL {
+                        let u = $unsigned(x, l);
+                        for t in 0..T {
+                            let quad = _mm256_set1_epi32(
+                                y[t].add(2 + 4 * l).cast::<i32>().read_unaligned(),
+                            );
+                            let b = _mm256_set1_epi32(
+                                bias[t].add(4 * l).cast::<i32>().read_unaligned(),
+                            );
+                            let sum = _mm256_dpbusd_epi32(b, u, quad);
+                            acc[t][l - L0] =
+                                _mm256_fmadd_ps(d[t], _mm256_cvtepi32_ps(sum), acc[t][l - L0]);
+                        }
+                    }
+                }
+                acc
+            }
+        }
+    };
+}
+
 /// Builds the Q5_0 group kernels for the given target features and u8 x i8 primitive
 /// (`$dot(u, s)`: eight i32 sums of four products, `u` unsigned) with prefill tiles of `$toks`
 /// tokens (two passes of four lanes each, whose accumulators must fit the registers).
@@ -562,87 +647,29 @@ pub(super) mod q5_0_vnni {
         tile_ext = Some((q5_0_lane_bias, LANE_BIAS_BLOCK))
     );
 
-    /// [`biased_lanes`] for all eight lanes: the low and the high four in two passes over the
-    /// group (in L1 after the first), each keeping its accumulators in registers.
-    ///
-    /// # Safety
-    /// As for [`biased_lanes`].
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    unsafe fn biased_all_lanes<const T: usize>(
-        nb: usize,
-        w: *const u8,
-        a: *const u8,
-        as_: usize,
-        acc: &mut [[__m256; 8]; T],
-    ) {
-        // SAFETY: caller's contract, passed on.
-        let (lo, hi) = unsafe {
-            (
-                biased_lanes::<T, 0, 4>(nb, w, a, as_),
-                biased_lanes::<T, 4, 4>(nb, w, a, as_),
-            )
-        };
-        for (acc, (lo, hi)) in acc.iter_mut().zip(lo.iter().zip(&hi)) {
-            acc[..4].copy_from_slice(lo);
-            acc[4..].copy_from_slice(hi);
-        }
-    }
+    biased_lane_sums!(
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        Q5_0_GROUP_BLOCK,
+        unsigned_lane
+    );
 
-    /// [`lanes`] for activation rows extended by `q5_0_lane_bias`: the quants go in unsigned
-    /// (`q + 16`) and each lane sum starts from the activation's bias, which leaves one
-    /// `vpdpbusd` per lane sum and no sign work (activation blocks of `34` bytes, then the
-    /// `32`-byte biases of all blocks).
+    /// Lane `l` of the group block at `x` as unsigned quants, `q + 16` (0..=31): its nibbles
+    /// with the fifth bit shifted in.
     ///
     /// # Safety
-    /// As for [`lanes`], with each activation row followed by its `nb` bias blocks.
+    /// This build's features present; `x` valid for one group block.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    unsafe fn biased_lanes<const T: usize, const L0: usize, const NL: usize>(
-        nb: usize,
-        w: *const u8,
-        a: *const u8,
-        as_: usize,
-    ) -> [[__m256; NL]; T] {
-        // SAFETY: every read is inside group block `i < nb`, activation block `i` of token
-        // `t < T` or its bias block (caller's contract).
-        unsafe {
-            let low = _mm256_set1_epi8(0x0F);
-            let bit4 = _mm256_set1_epi8(0x10);
-            let mut acc = [[_mm256_setzero_ps(); NL]; T];
-            for i in 0..nb {
-                let x = w.add(i * Q5_0_GROUP_BLOCK);
-                if L0 == 0 {
-                    prefetch_weights(x, Q5_0_GROUP_BLOCK);
-                }
-                let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 34));
-                let bias: [*const u8; T] =
-                    std::array::from_fn(|t| a.add(t * as_ + nb * 34 + i * LANE_BIAS_BLOCK));
-                let xd = _mm256_cvtph_ps(loadu128(x));
-                let d: [__m256; T] = std::array::from_fn(|t| _mm256_mul_ps(xd, load_f16_x8(y[t])));
-                let fifth = loadu(x.add(144));
-                for l in L0..L0 + NL {
-                    let v = loadu(x.add(16 + 32 * (l % 4)));
-                    let nib = if l < 4 {
-                        _mm256_and_si256(v, low)
-                    } else {
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(v), low)
-                    };
-                    let u =
-                        _mm256_or_si256(nib, _mm256_and_si256(fifth_bits_to_bit4(fifth, l), bit4));
-                    for t in 0..T {
-                        let quad =
-                            _mm256_set1_epi32(y[t].add(2 + 4 * l).cast::<i32>().read_unaligned());
-                        let b =
-                            _mm256_set1_epi32(bias[t].add(4 * l).cast::<i32>().read_unaligned());
-                        let sum = _mm256_dpbusd_epi32(b, u, quad);
-                        acc[t][l - L0] =
-                            _mm256_fmadd_ps(d[t], _mm256_cvtepi32_ps(sum), acc[t][l - L0]);
-                    }
-                }
-            }
-            acc
-        }
+    unsafe fn unsigned_lane(x: *const u8, l: usize) -> __m256i {
+        let (low, bit4) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x10));
+        // SAFETY: inside the group block (caller's contract).
+        let (v, fifth) = unsafe { (loadu(x.add(16 + 32 * (l % 4))), loadu(x.add(144))) };
+        let nib = if l < 4 {
+            _mm256_and_si256(v, low)
+        } else {
+            _mm256_and_si256(_mm256_srli_epi16::<4>(v), low)
+        };
+        _mm256_or_si256(nib, _mm256_and_si256(fifth_bits_to_bit4(fifth, l), bit4))
     }
 }
 
@@ -773,79 +800,25 @@ pub(super) mod q8_0_vnni {
 
     safe_group!(group_tile_safe<T> => group_tile, TILE_SIZES);
 
-    group_fns!("avx2,fma,f16c,avx512vnni,avx512vl", biased_lanes);
+    group_fns!("avx2,fma,f16c,avx512vnni,avx512vl", biased_all_lanes);
 
     q8_0_sign_lanes!("avx2,fma,f16c,avx512vnni,avx512vl", dot_u8_i8_vnni);
 
-    /// All eight lane sums of `T` tokens added into `acc`: the low and the high four lanes in
-    /// two passes over the group (in L1 after the first), each keeping its accumulators in
-    /// registers.
-    ///
-    /// # Safety
-    /// As for [`biased_half`].
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    unsafe fn biased_lanes<const T: usize>(
-        nb: usize,
-        w: *const u8,
-        a: *const u8,
-        as_: usize,
-        acc: &mut [[__m256; 8]; T],
-    ) {
-        // SAFETY: caller's contract, passed on.
-        let (lo, hi) = unsafe {
-            (
-                biased_half::<T, 0>(nb, w, a, as_),
-                biased_half::<T, 4>(nb, w, a, as_),
-            )
-        };
-        for (acc, (lo, hi)) in acc.iter_mut().zip(lo.iter().zip(&hi)) {
-            acc[..4].copy_from_slice(lo);
-            acc[4..].copy_from_slice(hi);
-        }
-    }
+    biased_lane_sums!(
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        Q8_0_GROUP_BLOCK,
+        unsigned_lane
+    );
 
-    /// Lanes `L0..L0 + 4` of `T` tokens from activation rows extended by `q8_0_lane_bias`
-    /// (blocks of `34` bytes, then the `32`-byte biases of all blocks).
+    /// Lane `l` of the group block at `x` as unsigned quants, `q ^ 0x80 = q + 128`.
     ///
     /// # Safety
-    /// As for [`add_lanes`], with each activation row followed by its `nb` bias blocks.
+    /// This build's features present; `x` valid for one group block.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    unsafe fn biased_half<const T: usize, const L0: usize>(
-        nb: usize,
-        w: *const u8,
-        a: *const u8,
-        as_: usize,
-    ) -> [[__m256; 4]; T] {
-        // SAFETY: every read is inside group block `i < nb`, activation block `i` of token
-        // `t < T` or its bias block (caller's contract).
-        unsafe {
-            let flip = _mm256_set1_epi8(-128);
-            let mut acc = [[_mm256_setzero_ps(); 4]; T];
-            for i in 0..nb {
-                let x = w.add(i * Q8_0_GROUP_BLOCK);
-                if L0 == 0 {
-                    prefetch_weights(x, Q8_0_GROUP_BLOCK);
-                }
-                let xd = _mm256_cvtph_ps(loadu128(x));
-                let d: [__m256; T] = std::array::from_fn(|t| {
-                    _mm256_mul_ps(xd, load_f16_x8(a.add(t * as_ + i * 34)))
-                });
-                for l in L0..L0 + 4 {
-                    let u = _mm256_xor_si256(loadu(x.add(16 + 32 * l)), flip);
-                    for t in 0..T {
-                        let y = a.add(t * as_ + i * 34 + 2 + 4 * l);
-                        let b = a.add(t * as_ + nb * 34 + i * LANE_BIAS_BLOCK + 4 * l);
-                        let quad = _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
-                        let bias = _mm256_set1_epi32(b.cast::<i32>().read_unaligned());
-                        let sum = _mm256_dpbusd_epi32(bias, u, quad);
-                        acc[t][l - L0] =
-                            _mm256_fmadd_ps(d[t], _mm256_cvtepi32_ps(sum), acc[t][l - L0]);
-                    }
-                }
-            }
-            acc
-        }
+    unsafe fn unsigned_lane(x: *const u8, l: usize) -> __m256i {
+        // SAFETY: inside the group block (caller's contract).
+        let q = unsafe { loadu(x.add(16 + 32 * l)) };
+        _mm256_xor_si256(q, _mm256_set1_epi8(-128))
     }
 }
