@@ -696,10 +696,10 @@ impl Decoder {
                 && segs
                     .iter()
                     .all(|seg| seg.rows.len() == 1 && seg.f16_from == 0);
-            if one_f16_row_each && segs.len() > 1 {
-                // A decode step of several sequences: every head of every row in one pass
-                // on the pool. Per sequence, each short pass's fork and join cost more than
-                // its heads' work.
+            if one_f16_row_each {
+                // A decode step: every head of every sequence's row in one pass on the pool
+                // (per sequence, each short pass's fork and join cost more than its heads'
+                // work); a lone row gets what `attention_with` gives it.
                 let segs = &*segs;
                 let q = &s.q[..n * qd];
                 s.attn[..n * qd]
