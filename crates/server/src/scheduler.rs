@@ -361,11 +361,12 @@ impl Scheduler {
         for s in slots.iter_mut() {
             let Some(run) = &s.run else { continue };
             if run.job.events.is_closed() {
+                self.release(s, clock);
                 self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-                self.release(s, clock);
             } else if cancel && run.next.is_none() {
-                let _ = run.job.events.send(Event::ShuttingDown);
-                self.release(s, clock);
+                if let Some(run) = self.release(s, clock) {
+                    let _ = run.job.events.send(Event::ShuttingDown);
+                }
             }
         }
     }
@@ -450,11 +451,10 @@ impl Scheduler {
             let why = e.to_string();
             for (s, part) in slots.iter_mut().zip(plan.iter()) {
                 if part.is_some() {
-                    if let Some(run) = &s.run {
+                    s.session.truncate(0);
+                    if let Some(run) = self.release(s, clock) {
                         let _ = run.job.events.send(Event::Failed(why.clone()));
                     }
-                    s.session.truncate(0);
-                    self.release(s, clock);
                 }
             }
             return;
@@ -523,28 +523,31 @@ impl Scheduler {
                 metrics
                     .generated_tokens
                     .fetch_add(outcome.tokens.len() as u64, Ordering::Relaxed);
-                if *client_gone {
-                    metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                let gone = *client_gone;
+                let run = self.release(slot, clock).expect("running");
+                if gone {
+                    self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    let _ = job.events.send(Event::Done(outcome));
+                    let _ = run.job.events.send(Event::Done(outcome));
                 }
-                self.release(slot, clock);
             }
             Err(e) => {
-                let _ = job.events.send(Event::Failed(e.to_string()));
                 session.truncate(0);
-                self.release(slot, clock);
+                let run = self.release(slot, clock).expect("running");
+                let _ = run.job.events.send(Event::Failed(e.to_string()));
             }
         }
     }
 
-    /// The slot's sequence is over; its cache stays for prefix reuse.
-    fn release(&self, slot: &mut Slot, clock: u64) {
-        if slot.run.take().is_some() {
-            slot.last_used = clock;
-            self.running.fetch_sub(1, Ordering::Relaxed);
-            self.in_system.fetch_sub(1, Ordering::Relaxed);
-        }
+    /// The slot's sequence is over; its cache stays for prefix reuse. The counters drop
+    /// before the caller tells the client, so a client that reads `/metrics` right after its
+    /// answer never sees its own sequence still running.
+    fn release(&self, slot: &mut Slot, clock: u64) -> Option<Running> {
+        let run = slot.run.take()?;
+        slot.last_used = clock;
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        self.in_system.fetch_sub(1, Ordering::Relaxed);
+        Some(run)
     }
 }
 
