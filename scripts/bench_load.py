@@ -72,6 +72,8 @@ def stream(port, prompt, max_tokens, out, start_at=None, stop=None):
     body = json.dumps({
         "model": "m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
         "stream": True, "stream_options": {"include_usage": True},
+        # Fixed lengths: a stream that ended early would leave fewer running than intended.
+        "ignore_eos": True,
     })
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     t0 = time.time()

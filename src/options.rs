@@ -224,6 +224,7 @@ impl SamplingArgs {
             max_tokens,
             sampling,
             stop: self.stop.clone(),
+            ignore_eos: false,
         })
     }
 }

@@ -180,6 +180,53 @@ fn stop_sequences_cut_the_text_and_are_reported() {
 }
 
 #[test]
+fn ignore_eos_runs_the_answer_to_max_tokens() {
+    let s = Server::ready(&["-c", "1024"]);
+    let body = |ignore: Option<bool>| {
+        let mut b = json!({"model": "m", "max_tokens": 64, "temperature": 0,
+                           "messages": [{"role": "user", "content": "Say only the word yes."}]});
+        if let Some(i) = ignore {
+            b["ignore_eos"] = json!(i);
+        }
+        b.to_string()
+    };
+    let short = s.post_json("/v1/chat/completions", &body(None)).json();
+    let plain = s
+        .post_json("/v1/chat/completions", &body(Some(false)))
+        .json();
+    assert_eq!(short["choices"], plain["choices"]);
+    assert_eq!(short["choices"][0]["finish_reason"], "stop");
+    let n_short = short["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(n_short < 64, "the model should end this answer early");
+
+    let long = s
+        .post_json("/v1/chat/completions", &body(Some(true)))
+        .json();
+    assert_eq!(long["choices"][0]["finish_reason"], "length");
+    assert_eq!(long["usage"]["completion_tokens"], 64);
+    // Greedy: the same tokens up to where the end of generation was the best choice.
+    let text = |r: &Value| {
+        r["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(
+        text(&long).starts_with(&text(&short)),
+        "{:?} / {:?}",
+        text(&long),
+        text(&short)
+    );
+
+    let with_json = json!({"model": "m", "max_tokens": 8, "ignore_eos": true,
+                           "response_format": {"type": "json_object"},
+                           "messages": [{"role": "user", "content": "hi"}]});
+    let r = s.post_json("/v1/chat/completions", &with_json.to_string());
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["param"], "ignore_eos");
+}
+
+#[test]
 fn bad_requests_get_json_4xx_and_the_server_keeps_serving() {
     let s = Server::ready(&["-c", "256", "--max-body-bytes", "2000"]);
     let ok_msgs = r#""messages":[{"role":"user","content":"hi"}]"#;

@@ -174,6 +174,7 @@ fn decode_table(name: &str, engine: &Engine) {
         max_tokens: 48,
         sampling: SamplingParams::greedy(),
         stop: vec![],
+        ignore_eos: false,
     };
     let (mut free, mut bound) = ((0usize, 0.0f64), (0usize, 0.0f64));
     let t = engine.template.as_ref().unwrap();

@@ -83,6 +83,9 @@ pub struct GenerateParams {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+    /// llama.cpp's `ignore_eos`: end-of-generation tokens are never sampled, so the answer
+    /// runs to `max_tokens` (or a stop string). For benchmarks that need fixed lengths.
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerateParams {
@@ -91,6 +94,7 @@ impl Default for GenerateParams {
             max_tokens: 256,
             sampling: SamplingParams::default(),
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }
@@ -387,7 +391,17 @@ impl Engine {
         // Reuse the cached prefix, but always evaluate at least one token to get logits.
         let n_cached = session.reusable_prefix(prompt).min(prompt.len() - 1);
         session.truncate(n_cached);
-        let mut sampler = Sampler::new(params.sampling.clone(), self.model.cfg.n_vocab);
+        let mut sampling = params.sampling.clone();
+        if params.ignore_eos {
+            let eog = self.tokenizer.eog_ids();
+            sampling
+                .logit_bias
+                .retain(|(id, _)| eog.binary_search(id).is_err());
+            sampling
+                .logit_bias
+                .extend(eog.iter().map(|&id| (id, f32::NEG_INFINITY)));
+        }
+        let mut sampler = Sampler::new(sampling, self.model.cfg.n_vocab);
         for &t in prompt {
             sampler.accept(t);
         }

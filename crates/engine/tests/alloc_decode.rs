@@ -48,6 +48,7 @@ fn decode_steps_allocate_nothing() {
             max_tokens: n,
             sampling: SamplingParams::greedy(),
             stop: vec![],
+            ignore_eos: false,
         };
         let mut text_len = 0;
         let before = ALLOCS.load(Ordering::SeqCst);

@@ -43,6 +43,7 @@ fn generate(
         max_tokens,
         sampling: SamplingParams::greedy(),
         stop: vec![],
+        ignore_eos: false,
     };
     let mut text = String::new();
     let o = engine

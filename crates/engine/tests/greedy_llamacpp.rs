@@ -37,6 +37,7 @@ fn check_model(model: &str, reference: &str) {
             max_tokens: want.len(),
             sampling: SamplingParams::greedy(),
             stop: vec![],
+            ignore_eos: false,
         };
         let out = engine
             .generate(&mut session, &tokens, &params, &mut |_| true)

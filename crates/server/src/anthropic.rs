@@ -327,6 +327,7 @@ fn params(r: &MessagesRequest) -> Result<GenerateParams, ApiError> {
         max_tokens: budget.unwrap_or(usize::MAX),
         sampling: p,
         stop,
+        ignore_eos: false,
     })
 }
 

@@ -270,6 +270,13 @@ async fn prepare(
     } else {
         None
     };
+    if req.params.ignore_eos && grammar.is_some() {
+        // A grammar's answer ends with end of generation, which ignore_eos never samples.
+        return Err(ApiError::invalid(
+            Some("ignore_eos"),
+            "'ignore_eos' cannot be combined with tools or a JSON response_format",
+        ));
+    }
     // A finished call's arguments go out as they come, not parsed as a call of their own.
     if open_tool.is_some() {
         shown.clear();

@@ -35,6 +35,7 @@ struct SamplingFields {
     frequency_penalty: Option<f64>,
     seed: Option<i64>,
     logit_bias: Option<HashMap<String, f64>>,
+    ignore_eos: Option<bool>,
     stop: Option<Stop>,
     n: Option<i64>,
 }
@@ -184,6 +185,7 @@ fn generate_params(s: SamplingFields, budget: Option<usize>) -> Result<GenerateP
         max_tokens: budget.unwrap_or(usize::MAX),
         sampling: p,
         stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+        ignore_eos: s.ignore_eos.unwrap_or(false),
     })
 }
 
