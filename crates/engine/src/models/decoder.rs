@@ -159,6 +159,9 @@ pub struct Scratch {
     scratch: Vec<f32>,
     /// (n_ubatch): each row's position in its sequence.
     pos: Vec<usize>,
+    /// (ropes, n_ubatch, pairs): each row's RoPE angles (sin, cos) for each distinct RoPE,
+    /// computed once per pass instead of once per layer and head.
+    angles: Vec<(f32, f32)>,
 }
 
 /// A forward pass over several sequences at once: the shared scratch, and the logits of each
@@ -372,6 +375,11 @@ impl Decoder {
         }
     }
 
+    /// Entries per row of an angle table: the most pairs any of the model's RoPEs rotates.
+    fn rope_pairs(&self) -> usize {
+        self.ropes.iter().map(RopeCache::pairs).max().unwrap_or(0)
+    }
+
     /// Apply per-pair RoPE frequency factors (`rope_freqs.weight`) to every layer's RoPE.
     pub(super) fn with_rope_factors(mut self, factors: Option<Vec<f32>>) -> Self {
         if factors.is_some() {
@@ -412,6 +420,7 @@ impl Decoder {
             up: vec![0.0; ub * c.n_ff],
             scratch: vec![0.0; (ub * max_out).max(lm_rows * c.n_vocab)],
             pos: vec![0; ub],
+            angles: vec![(0.0, 1.0); self.ropes.len() * ub * self.rope_pairs()],
         }
     }
 
@@ -618,6 +627,17 @@ impl Decoder {
             }
         }
 
+        let pairs = self.rope_pairs();
+        let ub = s.pos.len();
+        for (r, rope) in self.ropes.iter().enumerate() {
+            let pos = &s.pos[..n];
+            s.angles[r * ub * pairs..(r * ub + n) * pairs]
+                .par_chunks_mut(pairs)
+                .zip(pos.par_iter())
+                .with_min_len(rows_per_task(pairs * 16))
+                .for_each(|(table, &p)| rope.angles(p, table));
+        }
+
         for (l, lw) in self.layers.iter().enumerate() {
             // --- attention block ---
             norm_rows(&mut s.xn[..n * d], &s.x[..n * d], &lw.attn_norm, c.rms_eps);
@@ -648,9 +668,9 @@ impl Decoder {
             add_bias_rows(&mut s.k[..n * kvd], lw.bk.as_deref());
             add_bias_rows(&mut s.v[..n * kvd], lw.bv.as_deref());
             let rope = &self.ropes[self.layer_rope[l]];
+            let angles = &s.angles[self.layer_rope[l] * ub * pairs..][..n * pairs];
             // Per token, on the pool: serial, these element-wise steps were a sixth of Gemma 3's
             // two-thread prefill.
-            let pos = &s.pos[..n];
             let qk_rows = s.q[..n * qd]
                 .par_chunks_mut(qd)
                 .zip(s.k[..n * kvd].par_chunks_mut(kvd));
@@ -667,8 +687,9 @@ impl Decoder {
                         kr.chunks_exact_mut(c.head_dim)
                             .for_each(|h| rms_norm_inplace(h, w, c.rms_eps));
                     }
-                    rope.apply(q, c.head_dim, pos[t]);
-                    rope.apply(kr, c.head_dim, pos[t]);
+                    let table = &angles[t * pairs..(t + 1) * pairs];
+                    rope.apply_angles(q, c.head_dim, table);
+                    rope.apply_angles(kr, c.head_dim, table);
                 });
             let p = AttnParams {
                 n_head: c.n_head,

@@ -45,19 +45,39 @@ impl RopeCache {
         self
     }
 
+    /// Rotated pairs per head: the length of an angle table ([`RopeCache::angles`]).
+    pub fn pairs(&self) -> usize {
+        self.n_rot / 2
+    }
+
+    /// Each pair's `(sin, cos)` at position `pos`, into `table` (`pairs()` entries). The same
+    /// for every head and every layer sharing this RoPE, so a pass computes it once per row.
+    pub fn angles(&self, pos: usize, table: &mut [(f32, f32)]) {
+        let mut theta = pos as f32;
+        for (i, sc) in table[..self.pairs()].iter_mut().enumerate() {
+            let t = match &self.factors {
+                Some(f) => theta / f[i],
+                None => theta,
+            };
+            *sc = (t * self.freq_scale).sin_cos();
+            theta *= self.theta_scale;
+        }
+    }
+
     /// Rotate every head of `x` (n_heads * head_dim, heads contiguous) for position `pos`.
     pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
+        let mut table = vec![(0.0, 1.0); self.pairs()];
+        self.angles(pos, &mut table);
+        self.apply_angles(x, head_dim, &table);
+    }
+
+    /// [`RopeCache::apply`] with the row's angles already computed ([`RopeCache::angles`]).
+    pub fn apply_angles(&self, x: &mut [f32], head_dim: usize, table: &[(f32, f32)]) {
         debug_assert_eq!(x.len() % head_dim, 0);
-        let half = self.n_rot / 2;
+        let half = self.pairs();
+        let table = &table[..half];
         for head in x.chunks_exact_mut(head_dim) {
-            let mut theta = pos as f32;
-            for i in 0..half {
-                let t = match &self.factors {
-                    Some(f) => theta / f[i],
-                    None => theta,
-                };
-                let (sin, cos) = (t * self.freq_scale).sin_cos();
-                theta *= self.theta_scale;
+            for (i, &(sin, cos)) in table.iter().enumerate() {
                 let (a, b) = match self.layout {
                     RopeLayout::Normal => (2 * i, 2 * i + 1),
                     RopeLayout::Neox => (i, i + half),
