@@ -361,8 +361,8 @@ impl Scheduler {
         for s in slots.iter_mut() {
             let Some(run) = &s.run else { continue };
             if run.job.events.is_closed() {
-                self.release(s, clock);
                 self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                self.release(s, clock);
             } else if cancel && run.next.is_none() {
                 if let Some(run) = self.release(s, clock) {
                     let _ = run.job.events.send(Event::ShuttingDown);
@@ -524,10 +524,11 @@ impl Scheduler {
                     .generated_tokens
                     .fetch_add(outcome.tokens.len() as u64, Ordering::Relaxed);
                 let gone = *client_gone;
-                let run = self.release(slot, clock).expect("running");
                 if gone {
-                    self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-                } else {
+                    metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                }
+                let run = self.release(slot, clock).expect("running");
+                if !gone {
                     let _ = run.job.events.send(Event::Done(outcome));
                 }
             }
@@ -541,7 +542,8 @@ impl Scheduler {
 
     /// The slot's sequence is over; its cache stays for prefix reuse. The counters drop
     /// before the caller tells the client, so a client that reads `/metrics` right after its
-    /// answer never sees its own sequence still running.
+    /// answer never sees its own sequence still running; a cancellation is counted before
+    /// this, so once the running count shows a departed client gone, so does the cancel count.
     fn release(&self, slot: &mut Slot, clock: u64) -> Option<Running> {
         let run = slot.run.take()?;
         slot.last_used = clock;

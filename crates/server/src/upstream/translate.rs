@@ -597,6 +597,7 @@ fn openai_request_to_anthropic(
             "response_format" if str_at(value, "type") == Some("text") => {}
             "presence_penalty" | "frequency_penalty" if value.as_f64() == Some(0.0) => {}
             "logit_bias" if value.as_object().is_some_and(Map::is_empty) => {}
+            "ignore_eos" if value.as_bool() == Some(false) => {}
             "modalities" if *value == json!(["text"]) => {}
             "service_tier" if matches!(value.as_str(), Some("auto" | "default")) => {}
             other => return Err(field_untranslatable(other, ANTHROPIC)),
@@ -2235,6 +2236,7 @@ mod tests {
             ("presence_penalty", json!(0.5), "presence_penalty"),
             ("frequency_penalty", json!(-0.1), "frequency_penalty"),
             ("logit_bias", json!({"50256": -100}), "logit_bias"),
+            ("ignore_eos", json!(true), "ignore_eos"),
             ("seed", json!(1), "seed"),
             ("audio", json!({"voice": "x"}), "audio"),
             ("modalities", json!(["text", "audio"]), "modalities"),
@@ -2321,6 +2323,7 @@ mod tests {
             ("reasoning_effort", Value::Null),
             ("temperature", json!(1)),
             ("logit_bias", json!({})),
+            ("ignore_eos", json!(false)),
         ] {
             assert!(to_anthropic(&with(&base, ok.0, ok.1)).is_ok(), "{}", ok.0);
         }
