@@ -190,6 +190,10 @@ pub struct SamplingArgs {
     /// Stop when this text is generated (repeatable).
     #[arg(long = "stop", value_name = "TEXT")]
     pub stop: Vec<String>,
+    /// Never sample end of generation: the answer runs to --max-tokens (llama-cli's
+    /// --ignore-eos).
+    #[arg(long = "ignore-eos")]
+    pub ignore_eos: bool,
 }
 
 impl SamplingArgs {
@@ -224,7 +228,7 @@ impl SamplingArgs {
             max_tokens,
             sampling,
             stop: self.stop.clone(),
-            ignore_eos: false,
+            ignore_eos: self.ignore_eos,
         })
     }
 }

@@ -136,6 +136,22 @@ fn chat_mode_formats_with_the_file_template() {
 }
 
 #[test]
+fn ignore_eos_runs_to_max_tokens() {
+    let m = model();
+    let m = m.to_str().unwrap();
+    let args = ["run", "-m", m, "-n", "40", "--temp", "0", "-t", "2"];
+    let prompt = "Say only the word yes.";
+    let short = run(&[&args[..], &[prompt]].concat(), None);
+    let long = run(&[&args[..], &["--ignore-eos", prompt]].concat(), None);
+    assert!(short.status.success() && long.status.success());
+    let (s_err, l_err) = (text(&short.stderr), text(&long.stderr));
+    assert!(s_err.contains("stop: EndOfGeneration"), "{s_err}");
+    assert!(l_err.contains("generation: 40 tokens"), "{l_err}");
+    // Greedy: the same text up to where the end of generation was the best choice.
+    assert!(text(&long.stdout).starts_with(text(&short.stdout).trim_end()));
+}
+
+#[test]
 fn interactive_chat_reuses_the_conversation_and_quits_on_bye() {
     let m = model();
     let out = run(
