@@ -228,8 +228,14 @@ fn bench_norm_rope(c: &mut Criterion) {
         let (heads, hd) = (9usize, 64usize);
         let cache = RopeCache::new(layout, hd, 10000.0, 1.0);
         let mut x = floats(&mut rng, heads * hd);
+        // As a forward pass runs it: the row's angles once, then every head rotated.
+        let mut table = vec![(0.0, 1.0); cache.pairs()];
+        cache.angles(517, &mut table);
         g.bench_function(format!("{name}/{heads}x{hd}"), |b| {
-            b.iter(|| cache.apply(black_box(&mut x), hd, 517))
+            b.iter(|| cache.apply_angles(black_box(&mut x), hd, &table))
+        });
+        g.bench_function(format!("{name}/angles/{}", cache.pairs()), |b| {
+            b.iter(|| cache.angles(black_box(517), &mut table))
         });
     }
     g.finish();

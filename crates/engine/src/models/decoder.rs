@@ -634,6 +634,7 @@ impl Decoder {
             s.angles[r * ub * pairs..(r * ub + n) * pairs]
                 .par_chunks_mut(pairs)
                 .zip(pos.par_iter())
+                // A `sin_cos` costs some sixteen element-wise steps.
                 .with_min_len(rows_per_task(pairs * 16))
                 .for_each(|(table, &p)| rope.angles(p, table));
         }
