@@ -137,6 +137,23 @@ fn bench_groups(c: &mut Criterion) {
                     }
                 })
             });
+            if let Some((two, toks)) = gk.two_groups {
+                let packed2 =
+                    interleaved::interleave(ty, &weights(ty, n, 2 * GROUP_ROWS), n, 2 * GROUP_ROWS)
+                        .expect("two whole groups");
+                let mut out2 = vec![0.0f32; 2 * GROUP_ROWS * 8];
+                // Sixteen rows: compare elements per second with the one-group tiles.
+                let tiled = 8 / toks * toks;
+                g.throughput(Throughput::Elements((2 * GROUP_ROWS * tiled) as u64));
+                g.bench_function(format!("{}/{v}/{n}/two{toks}", ty.name()), |b| {
+                    b.iter(|| {
+                        for t in (0..tiled).step_by(toks) {
+                            let a = black_box(&a[t * stride..]);
+                            two(n, black_box(&packed2), a, stride, &mut out2[t..], (8, 1));
+                        }
+                    })
+                });
+            }
         }
     }
     g.finish();

@@ -443,6 +443,71 @@ fn check_f32_helpers(v: Variant) -> usize {
     cases
 }
 
+/// The two-group kernel ([`GroupKernels::two_groups`]), where the variant has one, against the
+/// scalar group reference of each of its two groups, bit for bit (with gaps between activation
+/// rows and output columns, and with sixteen rows side by side as prefill writes them).
+fn check_two_groups(v: Variant, ty: GgmlType, g: GroupKernels, seed: u64) -> usize {
+    let Some((two, toks)) = g.two_groups else {
+        return 0;
+    };
+    let mut rng = StdRng::seed_from_u64(seed ^ (ty as u64) << 32);
+    let mut cases = 0;
+    for n in lengths(ty) {
+        for s in [Scale::Normal, Scale::Tiny, Scale::Huge] {
+            let rows: Vec<u8> = (0..2 * GROUP_ROWS)
+                .flat_map(|_| random_row(&mut rng, ty, n, s))
+                .collect();
+            let packed = interleaved::interleave(ty, &rows, n, 2 * GROUP_ROWS).unwrap();
+            let gb = packed.len() / 2;
+            let arows: Vec<Vec<u8>> = (0..toks)
+                .map(|t| random_act(&mut rng, ty, n, s, t % 2 == 0))
+                .collect();
+            let trows: Vec<Vec<u8>> = arows
+                .iter()
+                .map(|r| match g.tile_ext {
+                    Some((extend, per_block)) => {
+                        let mut e = r.clone();
+                        e.resize(r.len() + n / 32 * per_block, 0);
+                        extend(n, r, &mut e[r.len()..]);
+                        e
+                    }
+                    None => r.clone(),
+                })
+                .collect();
+            let as_ = trows[0].len() + 3;
+            let mut a = vec![0u8; as_ * toks];
+            for (t, row) in trows.iter().enumerate() {
+                a[t * as_..t * as_ + row.len()].copy_from_slice(row);
+            }
+            // Rows apart (decode's transposed scratch) and side by side (prefill's output).
+            let os_cols = toks + 1;
+            let mut by_rows = vec![f32::NAN; os_cols * 2 * GROUP_ROWS];
+            two(n, &packed, &a, as_, &mut by_rows, (os_cols, 1));
+            let os_rows = 2 * GROUP_ROWS + 4;
+            let mut by_toks = vec![f32::NAN; os_rows * toks];
+            two(n, &packed, &a, as_, &mut by_toks, (1, os_rows));
+            for (t, ar) in arows.iter().enumerate() {
+                for (gi, group) in packed.chunks_exact(gb).enumerate() {
+                    let mut want = [0.0f32; GROUP_ROWS];
+                    interleaved::group_ref(ty, n, group, ar, &mut want);
+                    for (j, w) in want.iter().enumerate() {
+                        let r = gi * GROUP_ROWS + j;
+                        let (got_r, got_t) = (by_rows[r * os_cols + t], by_toks[t * os_rows + r]);
+                        assert_eq!(
+                            (got_r.to_bits(), got_t.to_bits()),
+                            (w.to_bits(), w.to_bits()),
+                            "{v} {} two groups n={n} {s:?} row {r} token {t}: {got_r} / {got_t}, ref {w}",
+                            ty.name()
+                        );
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    cases
+}
+
 /// Runs every check of one variant, or says plainly that the host cannot run it.
 fn run_variant(v: Variant) {
     if let Some(missing) = v.missing_features() {
@@ -455,6 +520,7 @@ fn run_variant(v: Variant) {
     let mut tiles = Vec::new();
     let mut row_tiles = Vec::new();
     let mut groups = Vec::new();
+    let mut two_groups = Vec::new();
     for ty in GgmlType::ALL {
         match v.vec_dot(ty) {
             Some(f) => {
@@ -474,6 +540,11 @@ fn run_variant(v: Variant) {
         if let Some(g) = v.group_kernels(ty) {
             cases += check_groups(v, ty, g, 45);
             groups.push(ty.name());
+            let pairs = check_two_groups(v, ty, g, 46);
+            if pairs > 0 {
+                cases += pairs;
+                two_groups.push(ty.name());
+            }
         }
     }
     cases += check_quantizers(v);
@@ -481,7 +552,8 @@ fn run_variant(v: Variant) {
     eprintln!(
         "{v}: {cases} cases passed; own vec_dot for {own:?}; none of its own for {fallback:?} \
          (its tier uses a lower variant or the reference); prefill tiles for {tiles:?}, decode \
-         row tiles for {row_tiles:?}, interleaved groups for {groups:?}"
+         row tiles for {row_tiles:?}, interleaved groups for {groups:?}, two-group kernels \
+         for {two_groups:?}"
     );
     assert!(
         cases > 0 && !own.is_empty(),

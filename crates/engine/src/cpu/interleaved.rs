@@ -84,6 +84,12 @@ pub struct GroupKernels {
     /// block)`, `extend(n, row, ext)` writing `ext` from the row's `n` elements. The caller
     /// appends it once per matrix call; `one` reads the plain rows.
     pub tile_ext: Option<(ActExtendFn, usize)>,
+    /// Where the CPU runs 512-bit vectors: a kernel over two adjacent groups (`2 * GROUP_ROWS`
+    /// rows, the second group's `n / 32` blocks right after the first's) and its token count,
+    /// reading the activation rows as `tile` does. A vector holds one lane of sixteen rows, so
+    /// each integer product, convert and FMA serves twice the rows of the 256-bit tiles'; the
+    /// bits are the same.
+    pub two_groups: Option<(GroupDotFn, usize)>,
 }
 
 /// `(n, activation row, extension)`: see [`GroupKernels::tile_ext`].
@@ -368,6 +374,7 @@ macro_rules! reference_kernels {
             toks: 1,
             narrow: &[],
             tile_ext: None,
+            two_groups: None,
         };
     };
 }

@@ -150,14 +150,13 @@ fn matmul_groups(w: MatRef<'_>, g: GroupKernels, act: &[u8], n_tok: usize, t_out
         .enumerate()
         .for_each(|(blk, o)| {
             let g0 = blk * ROWS_PER_TASK / GROUP_ROWS;
+            let groups = &w.data[g0 * gb..][..o.len() / (GROUP_ROWS * n_tok) * gb];
             for t0 in (0..n_tok).step_by(TOKEN_TILE) {
                 let t1 = (t0 + TOKEN_TILE).min(n_tok);
-                for (gi, og) in o.chunks_exact_mut(GROUP_ROWS * n_tok).enumerate() {
-                    let wg = &w.data[(g0 + gi) * gb..][..gb];
-                    group_tiles(g, t0, t1, |kernel, t| {
-                        kernel(w.n_in, wg, &act[t * arb..], arb, &mut og[t..], (n_tok, 1));
-                    });
-                }
+                groups_tiles(g, gb, groups, t0, t1, |kernel, wg, gi, t| {
+                    let og = &mut o[gi * GROUP_ROWS * n_tok + t..];
+                    kernel(w.n_in, wg, &act[t * arb..], arb, og, (n_tok, 1));
+                });
             }
         });
 }
@@ -172,6 +171,33 @@ fn group_tiles(g: GroupKernels, t0: usize, t1: usize, mut call: impl FnMut(Group
         while t + toks <= t1 {
             call(kernel, t);
             t += toks;
+        }
+    }
+}
+
+/// The kernel calls of consecutive groups `w` (whole groups of `gb` bytes) for tokens
+/// `t0..t1`: each pair of groups by the two-group kernel, if there is one, for as many whole
+/// tiles of its tokens as fit, then each group's remaining tokens by [`group_tiles`].
+/// `call(kernel, weights, group, t)` runs `kernel` on the weights from group `group` (of
+/// `w`) and the tokens from `t`; every kernel gives each (row, token) the same bits.
+fn groups_tiles(
+    g: GroupKernels,
+    gb: usize,
+    w: &[u8],
+    t0: usize,
+    t1: usize,
+    mut call: impl FnMut(GroupDotFn, &[u8], usize, usize),
+) {
+    for (pi, wp) in w.chunks(2 * gb).enumerate() {
+        let mut t = t0;
+        if let (Some((two, toks)), true) = (g.two_groups, wp.len() == 2 * gb) {
+            while t + toks <= t1 {
+                call(two, wp, 2 * pi, t);
+                t += toks;
+            }
+        }
+        for (gi, wg) in wp.chunks_exact(gb).enumerate() {
+            group_tiles(g, t, t1, |kernel, t| call(kernel, wg, 2 * pi + gi, t));
         }
     }
 }
@@ -226,13 +252,11 @@ fn matmul_groups_by_tokens(
         .for_each(|(tb, o)| {
             let t0 = tb * TOKEN_TILE;
             let nt = o.len() / n_out;
-            for (gi, wg) in w.data.chunks_exact(gb).enumerate() {
+            groups_tiles(g, gb, w.data, 0, nt, |kernel, wg, gi, t| {
+                let a = &act[(t0 + t) * arb..];
                 let r0 = gi * GROUP_ROWS;
-                group_tiles(g, 0, nt, |kernel, t| {
-                    let a = &act[(t0 + t) * arb..];
-                    kernel(w.n_in, wg, a, arb, &mut o[t * n_out + r0..], (1, n_out));
-                });
-            }
+                kernel(w.n_in, wg, a, arb, &mut o[t * n_out + r0..], (1, n_out));
+            });
         });
 }
 

@@ -11,13 +11,14 @@ use std::arch::x86_64::*;
 
 use super::avx2::{dot_u8_i8, load_f16_x8, loadu, loadu128, prefetch_weights};
 use crate::cpu::interleaved::{
-    q5_0_lane_bias, q8_0_lane_bias, ActExtendFn, GroupKernels, GROUP_ROWS, LANE_BIAS_BLOCK,
-    Q4_1_GROUP_BLOCK, Q5_0_GROUP_BLOCK, Q8_0_GROUP_BLOCK,
+    q5_0_lane_bias, q8_0_lane_bias, ActExtendFn, GroupDotFn, GroupKernels, GROUP_ROWS,
+    LANE_BIAS_BLOCK, Q4_1_GROUP_BLOCK, Q5_0_GROUP_BLOCK, Q8_0_GROUP_BLOCK,
 };
 
-/// The block count, after checking that the group holds `n` elements of eight rows in
+/// The block count, after checking that `w` holds `rows / 8` groups of `n` elements in
 /// `(group block, activation block)` bytes `sizes`, the `toks` activation rows (`a_stride`
-/// apart) theirs, and `out` every `out[j * rs + t * ts]` (rows or tokens side by side).
+/// apart) theirs, and `out` every `out[j * rs + t * ts]`, `j < rows` (rows or tokens side by
+/// side).
 #[allow(clippy::too_many_arguments)]
 fn group_blocks(
     n: usize,
@@ -26,31 +27,35 @@ fn group_blocks(
     a_stride: usize,
     out: &[f32],
     (rs, ts): (usize, usize),
-    toks: usize,
+    (rows, toks): (usize, usize),
     (gb, ab): (usize, usize),
 ) -> usize {
     let nb = n / 32;
     assert!(
         nb * 32 == n
-            && w.len() >= nb * gb
+            && w.len() >= nb * gb * (rows / GROUP_ROWS)
             && (toks == 1 || a_stride >= nb * ab)
             && a.len() >= (toks - 1) * a_stride + nb * ab
-            && (rs >= toks || ts >= GROUP_ROWS)
-            && out.len() > (GROUP_ROWS - 1) * rs + (toks - 1) * ts,
+            && (rs >= toks || ts >= rows)
+            && out.len() > (rows - 1) * rs + (toks - 1) * ts,
         "interleaved group: {toks} tokens of {n} elements do not fit the buffers"
     );
     nb
 }
 
 /// `fn $name(n, w, a, a_stride, out, os)`: a safe [`GroupDotFn`] over the kernel `$kernel` for
-/// `$toks` tokens of `$sizes` (group and activation block bytes), after [`group_blocks`] has
-/// checked every buffer; the form `$name<T>` is generic over the token count of `$kernel::<T>`.
+/// `$toks` tokens of `$sizes` (group and activation block bytes) and one group of rows (or
+/// `$rows`), after [`group_blocks`] has checked every buffer; the form `$name<T>` is generic
+/// over the token count of `$kernel::<T>`.
 ///
 /// [`GroupDotFn`]: crate::cpu::interleaved::GroupDotFn
 macro_rules! safe_group {
     ($name:ident => $kernel:ident, $toks:expr, $sizes:expr) => {
+        safe_group!($name => $kernel, $toks, $sizes, GROUP_ROWS);
+    };
+    ($name:ident => $kernel:ident, $toks:expr, $sizes:expr, $rows:expr) => {
         fn $name(n: usize, w: &[u8], a: &[u8], as_: usize, out: &mut [f32], os: (usize, usize)) {
-            let nb = group_blocks(n, w, a, as_, out, os, $toks, $sizes);
+            let nb = group_blocks(n, w, a, as_, out, os, ($rows, $toks), $sizes);
             // SAFETY: `Variant`s hand a build's kernels out only after runtime detection of
             // its features; `group_blocks` checked every buffer the kernel reads or writes.
             unsafe { $kernel(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
@@ -65,7 +70,7 @@ macro_rules! safe_group {
             out: &mut [f32],
             os: (usize, usize),
         ) {
-            let nb = group_blocks(n, w, a, as_, out, os, T, $sizes);
+            let nb = group_blocks(n, w, a, as_, out, os, (GROUP_ROWS, T), $sizes);
             // SAFETY: as in the first form.
             unsafe { $kernel::<T>(nb, w.as_ptr(), a.as_ptr(), as_, out.as_mut_ptr(), os) }
         }
@@ -126,7 +131,8 @@ macro_rules! q4_1_kernels {
         features = $feat:literal,
         dot_u8_i8 = $dot:path,
         toks = $toks:literal,
-        narrow = $narrow:expr
+        narrow = $narrow:expr,
+        two_groups = $two:expr
     ) => {
         use super::*;
 
@@ -136,6 +142,7 @@ macro_rules! q4_1_kernels {
             toks: $toks,
             narrow: $narrow,
             tile_ext: None,
+            two_groups: $two,
         };
 
         const SIZES: (usize, usize) = (Q4_1_GROUP_BLOCK, 36);
@@ -280,7 +287,8 @@ pub(super) mod q4_1_plain {
         features = "avx2,fma,f16c",
         dot_u8_i8 = dot_u8_i8,
         toks = 2,
-        narrow = &[]
+        narrow = &[],
+        two_groups = None
     );
 }
 
@@ -291,8 +299,127 @@ pub(super) mod q4_1_vnni {
         features = "avx2,fma,f16c,avx512vnni,avx512vl",
         dot_u8_i8 = dot_u8_i8_vnni,
         toks = 4,
-        narrow = &[(group_tile_safe::<3>, 3), (group_tile_safe::<2>, 2)]
+        narrow = &[(group_tile_safe::<3>, 3), (group_tile_safe::<2>, 2)],
+        two_groups = Some(TWO_GROUPS)
     );
+
+    /// Tokens per two-group call, as the 256-bit tile: its three passes keep 16, 16 and 4
+    /// accumulators in registers.
+    const TWO_TOKS: usize = 4;
+
+    /// The two-group kernel ([`GroupKernels::two_groups`]) and its token count.
+    const TWO_GROUPS: (GroupDotFn, usize) = (two_groups_safe, TWO_TOKS);
+
+    safe_group!(two_groups_safe => two_groups, TWO_TOKS, SIZES, 2 * GROUP_ROWS);
+
+    /// Sixteen rows (two adjacent groups) by `TWO_TOKS` tokens in 512-bit vectors, lane `l`
+    /// of the first group's rows in the low half and of the second's in the high half: the
+    /// 256-bit tile's three passes, each instruction serving sixteen rows.
+    ///
+    /// # Safety
+    /// The two-group features present; `w` valid for `2 * nb` group blocks, each
+    /// `a.add(t * as_)` for `nb` Q8_1 blocks, `out` for every `out[j * os.0 + t * os.1]`,
+    /// `j < 16`, `t < TWO_TOKS`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn two_groups(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        as_: usize,
+        out: *mut f32,
+        os: (usize, usize),
+    ) {
+        // SAFETY: caller's contract, passed on.
+        unsafe {
+            let lo = lanes_512::<TWO_TOKS, 0>(nb, w, a, as_);
+            let hi = lanes_512::<TWO_TOKS, 4>(nb, w, a, as_);
+            let m = m_chain_512::<TWO_TOKS>(nb, w, a, as_);
+            for t in 0..TWO_TOKS {
+                store16(_mm512_add_ps(hsum8_512(lo[t], hi[t]), m[t]), out, os, t);
+            }
+        }
+    }
+
+    /// Lanes `L0..L0 + 4` of sixteen rows for `T` tokens, as `lanes`.
+    ///
+    /// # Safety
+    /// As for [`two_groups`], for `T` tokens.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn lanes_512<const T: usize, const L0: usize>(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        as_: usize,
+    ) -> [[__m512; 4]; T] {
+        // SAFETY: every read is inside group block `i < nb` of either group or activation
+        // block `i` of token `t < T` (caller's contract).
+        unsafe {
+            let low = _mm512_set1_epi8(0x0F);
+            let second = nb * Q4_1_GROUP_BLOCK;
+            let mut acc = [[_mm512_setzero_ps(); 4]; T];
+            for i in 0..nb {
+                let x = w.add(i * Q4_1_GROUP_BLOCK);
+                if L0 == 0 {
+                    prefetch_weights(x, Q4_1_GROUP_BLOCK);
+                    prefetch_weights(x.add(second), Q4_1_GROUP_BLOCK);
+                }
+                // The next pair's groups, one per pass (see `biased_two_groups`).
+                prefetch_block(x.wrapping_add((2 + L0 / 4) * second), Q4_1_GROUP_BLOCK);
+                let y: [*const u8; T] = std::array::from_fn(|t| a.add(t * as_ + i * 36));
+                let xd = _mm512_cvtph_ps(load128_pair(x, second));
+                let d: [__m512; T] = std::array::from_fn(|t| {
+                    let bits = y[t].cast::<i16>().read_unaligned();
+                    _mm512_mul_ps(xd, _mm512_cvtph_ps(_mm256_set1_epi16(bits)))
+                });
+                for l in L0..L0 + 4 {
+                    let q = load_pair(x.add(32 + 32 * (l % 4)), second);
+                    let nib = if l < 4 {
+                        _mm512_and_si512(q, low)
+                    } else {
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(q), low)
+                    };
+                    for t in 0..T {
+                        let quad =
+                            _mm512_set1_epi32(y[t].add(4 + 4 * l).cast::<i32>().read_unaligned());
+                        let sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), nib, quad);
+                        acc[t][l - L0] =
+                            _mm512_fmadd_ps(d[t], _mm512_cvtepi32_ps(sum), acc[t][l - L0]);
+                    }
+                }
+            }
+            acc
+        }
+    }
+
+    /// The `m` terms of sixteen rows for `T` tokens, as `m_chain`.
+    ///
+    /// # Safety
+    /// As for [`lanes_512`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn m_chain_512<const T: usize>(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        as_: usize,
+    ) -> [__m512; T] {
+        // SAFETY: as for `lanes_512`.
+        unsafe {
+            let second = nb * Q4_1_GROUP_BLOCK;
+            let mut acc = [_mm512_setzero_ps(); T];
+            for i in 0..nb {
+                let x = w.add(i * Q4_1_GROUP_BLOCK + 16);
+                let xm = _mm512_cvtph_ps(load128_pair(x, second));
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let bits = a.add(t * as_ + i * 36 + 2).cast::<i16>().read_unaligned();
+                    let s = _mm512_cvtph_ps(_mm256_set1_epi16(bits));
+                    *acc = _mm512_fmadd_ps(xm, s, *acc);
+                }
+            }
+            acc
+        }
+    }
 }
 
 /// `v` shifted so that bit `l` of each byte lands on bit 4 (other bits are masked off after).
@@ -308,6 +435,22 @@ fn fifth_bits_to_bit4(v: __m256i, l: usize) -> __m256i {
         5 => _mm256_srli_epi16::<1>(v),
         6 => _mm256_srli_epi16::<2>(v),
         _ => _mm256_srli_epi16::<3>(v),
+    }
+}
+
+/// [`fifth_bits_to_bit4`] on 512 bits.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn fifth_bits_to_bit4_512(v: __m512i, l: usize) -> __m512i {
+    match l {
+        0 => _mm512_slli_epi16::<4>(v),
+        1 => _mm512_slli_epi16::<3>(v),
+        2 => _mm512_slli_epi16::<2>(v),
+        3 => _mm512_slli_epi16::<1>(v),
+        4 => v,
+        5 => _mm512_srli_epi16::<1>(v),
+        6 => _mm512_srli_epi16::<2>(v),
+        _ => _mm512_srli_epi16::<3>(v),
     }
 }
 
@@ -504,6 +647,179 @@ macro_rules! biased_lane_sums {
     };
 }
 
+/// The two-group kernel ([`GroupKernels::two_groups`]) of a VNNI format on unsigned weights:
+/// [`biased_lane_sums`] for sixteen rows in 512-bit vectors, lane `l` of the first group's
+/// rows in the low half and of the second group's in the high half, so one `vpdpbusd`, one
+/// convert and one FMA per lane and token serve sixteen rows. `$unsigned2(x, second, l)` gives
+/// lane `l` of group block `x` and of the one `second` bytes after it, unsigned; `$gb` is the
+/// group block's bytes and `TILE_SIZES` the module's. Each half is the 256-bit tile's
+/// arithmetic, so the bits are its.
+///
+/// On Zen 5 a 512-bit `vpdpbusd` + convert + FMA issues at the rate of the 256-bit ones, so
+/// this does a compute-bound prefill's integer and float work in about half the instructions.
+macro_rules! biased_two_groups {
+    ($gb:expr, $unsigned2:ident) => {
+        /// Tokens per two-group call: four lanes of four tokens per pass (16 accumulators),
+        /// as the 256-bit tile.
+        const TWO_TOKS: usize = 4;
+
+        /// The two-group kernel and its token count.
+        const TWO_GROUPS: (GroupDotFn, usize) = (two_groups_safe, TWO_TOKS);
+
+        safe_group!(two_groups_safe => two_groups, TWO_TOKS, TILE_SIZES, 2 * GROUP_ROWS);
+
+        /// Sixteen rows (two adjacent groups) by `TWO_TOKS` tokens: the low and the high
+        /// lanes in two passes, then ggml's horizontal sum per row.
+        ///
+        /// # Safety
+        /// The two-group features present; `w` valid for `2 * nb` group blocks, each
+        /// `a.add(t * as_)` for `nb` Q8_0 blocks and their `nb` bias blocks, `out` for every
+        /// `out[j * os.0 + t * os.1]`, `j < 16`, `t < TWO_TOKS`.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn two_groups(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+            out: *mut f32,
+            os: (usize, usize),
+        ) {
+            // SAFETY: caller's contract, passed on.
+            unsafe {
+                let lo = biased_lanes_512::<TWO_TOKS, 0>(nb, w, a, as_);
+                let hi = biased_lanes_512::<TWO_TOKS, 4>(nb, w, a, as_);
+                for t in 0..TWO_TOKS {
+                    store16(hsum8_512(lo[t], hi[t]), out, os, t);
+                }
+            }
+        }
+
+        /// Lanes `L0..L0 + 4` of sixteen rows for `T` tokens: each lane gets
+        /// `fma(d_w * d_a, bias + sum(u * y), acc)` per block, as in `biased_lanes`.
+        ///
+        /// # Safety
+        /// As for [`two_groups`], for `T` tokens.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn biased_lanes_512<const T: usize, const L0: usize>(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+        ) -> [[__m512; 4]; T] {
+            // SAFETY: every read is inside group block `i < nb` of either group, activation
+            // block `i` of token `t < T` or its bias block (caller's contract).
+            unsafe {
+                let second = nb * $gb;
+                let mut acc = [[_mm512_setzero_ps(); 4]; T];
+                for i in 0..nb {
+                    let x = w.add(i * $gb);
+                    if L0 == 0 {
+                        prefetch_weights(x, $gb);
+                        prefetch_weights(x.add(second), $gb);
+                    }
+                    // The next pair's groups, one per pass, while this pair's later passes
+                    // and calls compute from L1 (a hint: past the matrix it does nothing).
+                    prefetch_block(x.wrapping_add((2 + L0 / 4) * second), $gb);
+                    let xd = _mm512_cvtph_ps(load128_pair(x, second));
+                    let d: [__m512; T] = std::array::from_fn(|t| {
+                        let bits = a.add(t * as_ + i * 34).cast::<i16>().read_unaligned();
+                        _mm512_mul_ps(xd, _mm512_cvtph_ps(_mm256_set1_epi16(bits)))
+                    });
+                    for l in L0..L0 + 4 {
+                        let u = $unsigned2(x, second, l);
+                        for t in 0..T {
+                            let y = a.add(t * as_ + i * 34 + 2 + 4 * l);
+                            let b = a.add(t * as_ + nb * 34 + i * LANE_BIAS_BLOCK + 4 * l);
+                            let quad = _mm512_set1_epi32(y.cast::<i32>().read_unaligned());
+                            let bias = _mm512_set1_epi32(b.cast::<i32>().read_unaligned());
+                            let sum = _mm512_dpbusd_epi32(bias, u, quad);
+                            acc[t][l - L0] =
+                                _mm512_fmadd_ps(d[t], _mm512_cvtepi32_ps(sum), acc[t][l - L0]);
+                        }
+                    }
+                }
+                acc
+            }
+        }
+    };
+}
+
+/// The 256-bit vectors at `x` and `x + second` as one 512-bit vector (`x`'s in the low half).
+///
+/// # Safety
+/// The two-group features present; 32 bytes readable at both.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn load_pair(x: *const u8, second: usize) -> __m512i {
+    // SAFETY: caller's contract.
+    unsafe { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(loadu(x)), loadu(x.add(second))) }
+}
+
+/// Prefetch the `bytes` at `x` (a hint: any address).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch_block(x: *const u8, bytes: usize) {
+    for off in (0..bytes).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(x.wrapping_add(off).cast());
+    }
+}
+
+/// The 128-bit vectors at `x` and `x + second` as one 256-bit vector (`x`'s in the low half).
+///
+/// # Safety
+/// 16 bytes readable at both.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load128_pair(x: *const u8, second: usize) -> __m256i {
+    // SAFETY: caller's contract.
+    unsafe {
+        _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(loadu128(x)), loadu128(x.add(second)))
+    }
+}
+
+/// [`hsum8`] of sixteen rows' lane accumulators.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn hsum8_512(lo: [__m512; 4], hi: [__m512; 4]) -> __m512 {
+    let r: [__m512; 4] = std::array::from_fn(|k| _mm512_add_ps(lo[k], hi[k]));
+    _mm512_add_ps(_mm512_add_ps(r[0], r[2]), _mm512_add_ps(r[1], r[3]))
+}
+
+/// [`store`] for sixteen rows: one store where they are side by side.
+///
+/// # Safety
+/// `out` valid for every `out[j * rs + t * ts]`, `j < 16`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn store16(v: __m512, out: *mut f32, (rs, ts): (usize, usize), t: usize) {
+    // SAFETY: caller's contract.
+    unsafe {
+        if rs == 1 {
+            _mm512_storeu_ps(out.add(t * ts), v);
+            return;
+        }
+        let mut r = [0.0f32; 2 * GROUP_ROWS];
+        _mm512_storeu_ps(r.as_mut_ptr(), v);
+        for (j, v) in r.into_iter().enumerate() {
+            *out.add(j * rs + t * ts) = v;
+        }
+    }
+}
+
+/// `g` without its two-group kernel unless the CPU has the 512-bit features it runs on (F
+/// and BW, which every CPU with VNNI and VL has; checked all the same).
+pub(super) fn two_groups_if_512(g: GroupKernels) -> GroupKernels {
+    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+        g
+    } else {
+        GroupKernels {
+            two_groups: None,
+            ..g
+        }
+    }
+}
+
 /// Builds the Q5_0 group kernels for the given target features and u8 x i8 primitive
 /// (`$dot(u, s)`: eight i32 sums of four products, `u` unsigned) with prefill tiles of `$toks`
 /// tokens (two passes of four lanes each, whose accumulators must fit the registers).
@@ -514,7 +830,8 @@ macro_rules! q5_0_kernels {
         toks = $toks:literal,
         tile_lanes = $tile_lanes:ident,
         narrow = $narrow:expr,
-        tile_ext = $ext:expr
+        tile_ext = $ext:expr,
+        two_groups = $two:expr
     ) => {
         use super::*;
 
@@ -524,6 +841,7 @@ macro_rules! q5_0_kernels {
             toks: $toks,
             narrow: $narrow,
             tile_ext: EXT,
+            two_groups: $two,
         };
 
         const EXT: Option<(ActExtendFn, usize)> = $ext;
@@ -609,7 +927,8 @@ pub(super) mod q5_0_plain {
         toks = 8,
         tile_lanes = all_lanes,
         narrow = &[(group_pair_safe, 2)],
-        tile_ext = None
+        tile_ext = None,
+        two_groups = None
     );
 
     pair_tile!("avx2,fma,f16c");
@@ -644,7 +963,8 @@ pub(super) mod q5_0_vnni {
         toks = 4,
         tile_lanes = biased_all_lanes,
         narrow = &[(group_tile_safe::<3>, 3), (group_tile_safe::<2>, 2)],
-        tile_ext = Some((q5_0_lane_bias, LANE_BIAS_BLOCK))
+        tile_ext = Some((q5_0_lane_bias, LANE_BIAS_BLOCK)),
+        two_groups = Some(TWO_GROUPS)
     );
 
     biased_lane_sums!(
@@ -652,6 +972,34 @@ pub(super) mod q5_0_vnni {
         Q5_0_GROUP_BLOCK,
         unsigned_lane
     );
+
+    biased_two_groups!(Q5_0_GROUP_BLOCK, unsigned_lane_pair);
+
+    /// [`unsigned_lane`] of the group blocks at `x` and `x + second`, in one 512-bit vector.
+    ///
+    /// # Safety
+    /// The two-group features present; `x` and `x + second` valid for one group block each.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn unsigned_lane_pair(x: *const u8, second: usize, l: usize) -> __m512i {
+        let (low, bit4) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x10));
+        // SAFETY: inside the group blocks (caller's contract).
+        let (v, fifth) = unsafe {
+            (
+                load_pair(x.add(16 + 32 * (l % 4)), second),
+                load_pair(x.add(144), second),
+            )
+        };
+        let nib = if l < 4 {
+            _mm512_and_si512(v, low)
+        } else {
+            _mm512_and_si512(_mm512_srli_epi16::<4>(v), low)
+        };
+        _mm512_or_si512(
+            nib,
+            _mm512_and_si512(fifth_bits_to_bit4_512(fifth, l), bit4),
+        )
+    }
 
     /// Lane `l` of the group block at `x` as unsigned quants, `q + 16` (0..=31): its nibbles
     /// with the fifth bit shifted in.
@@ -740,6 +1088,7 @@ pub(super) mod q8_0_plain {
         toks: TOKS,
         narrow: &[(group_pair_safe, 2)],
         tile_ext: None,
+        two_groups: None,
     };
 
     const SIZES: (usize, usize) = (Q8_0_GROUP_BLOCK, 34);
@@ -790,6 +1139,7 @@ pub(super) mod q8_0_vnni {
         toks: TOKS,
         narrow: &[(group_tile_safe::<3>, 3), (group_tile_safe::<2>, 2)],
         tile_ext: Some((q8_0_lane_bias, LANE_BIAS_BLOCK)),
+        two_groups: Some(TWO_GROUPS),
     };
 
     const SIZES: (usize, usize) = (Q8_0_GROUP_BLOCK, 34);
@@ -809,6 +1159,20 @@ pub(super) mod q8_0_vnni {
         Q8_0_GROUP_BLOCK,
         unsigned_lane
     );
+
+    biased_two_groups!(Q8_0_GROUP_BLOCK, unsigned_lane_pair);
+
+    /// [`unsigned_lane`] of the group blocks at `x` and `x + second`, in one 512-bit vector.
+    ///
+    /// # Safety
+    /// The two-group features present; `x` and `x + second` valid for one group block each.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn unsigned_lane_pair(x: *const u8, second: usize, l: usize) -> __m512i {
+        // SAFETY: inside the group blocks (caller's contract).
+        let q = unsafe { load_pair(x.add(16 + 32 * l), second) };
+        _mm512_xor_si512(q, _mm512_set1_epi8(-128))
+    }
 
     /// Lane `l` of the group block at `x` as unsigned quants, `q ^ 0x80 = q + 128`.
     ///

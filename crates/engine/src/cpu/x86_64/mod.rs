@@ -155,15 +155,15 @@ pub(super) fn group_kernels(v: Variant, ty: GgmlType) -> Option<GroupKernels> {
     match (v, ty) {
         (Variant::Avx2 | Variant::Avx512, GgmlType::Q4_1) => Some(interleaved::q4_1_plain::Q4_1),
         (Variant::Avx2Vnni | Variant::Avx512Vnni, GgmlType::Q4_1) => {
-            Some(interleaved::q4_1_vnni::Q4_1)
+            Some(interleaved::two_groups_if_512(interleaved::q4_1_vnni::Q4_1))
         }
         (Variant::Avx2 | Variant::Avx512, GgmlType::Q5_0) => Some(interleaved::q5_0_plain::Q5_0),
         (Variant::Avx2Vnni | Variant::Avx512Vnni, GgmlType::Q5_0) => {
-            Some(interleaved::q5_0_vnni::Q5_0)
+            Some(interleaved::two_groups_if_512(interleaved::q5_0_vnni::Q5_0))
         }
         (Variant::Avx2 | Variant::Avx512, GgmlType::Q8_0) => Some(interleaved::q8_0_plain::Q8_0),
         (Variant::Avx2Vnni | Variant::Avx512Vnni, GgmlType::Q8_0) => {
-            Some(interleaved::q8_0_vnni::Q8_0)
+            Some(interleaved::two_groups_if_512(interleaved::q8_0_vnni::Q8_0))
         }
         _ => None,
     }
