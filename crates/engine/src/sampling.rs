@@ -315,7 +315,36 @@ impl SamplingParams {
 }
 
 /// Index of the largest logit; the lowest index wins a tie, as llama.cpp's greedy sampler.
+///
+/// The first index of the largest value (NaNs never win; index 0 if `logits[0]` is NaN). Two
+/// passes the compiler vectorises, the maximum in 16 lanes and then its first position: a
+/// scalar scan carrying its best index was a serial 3 % of a Gemma decode step of eight
+/// sequences (262144 logits each).
 pub fn argmax(logits: &[f32]) -> u32 {
+    let Some(&first) = logits.first() else {
+        return 0;
+    };
+    if first.is_nan() {
+        return 0;
+    }
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = logits.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    let max = lanes
+        .iter()
+        .chain(rest)
+        .fold(first, |m, &x| if x > m { x } else { m });
+    logits.iter().position(|&x| x == max).unwrap_or(0) as u32
+}
+
+/// The scalar scan [`argmax`] must agree with.
+#[cfg(test)]
+fn argmax_scan(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &l) in logits.iter().enumerate() {
         if l > logits[best] {
@@ -364,6 +393,34 @@ mod tests {
 
     fn logits() -> Vec<f32> {
         (0..100).map(|i| ((i * 37 % 100) as f32) / 10.0).collect()
+    }
+
+    #[test]
+    fn argmax_is_the_first_largest_as_a_scan_finds_it() {
+        let mut rng = 12345u64;
+        let mut next = || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (rng >> 33) as u32
+        };
+        for len in [0usize, 1, 2, 15, 16, 17, 33, 1000, 4099] {
+            for case in 0..20 {
+                // Few distinct values, so ties are common; some NaNs and infinities.
+                let v: Vec<f32> = (0..len)
+                    .map(|_| match next() % 50 {
+                        0 if case % 3 == 0 => f32::NAN,
+                        1 if case % 4 == 0 => f32::INFINITY,
+                        2 => f32::NEG_INFINITY,
+                        r => (r % 7) as f32 - 3.0,
+                    })
+                    .collect();
+                assert_eq!(argmax(&v), argmax_scan(&v), "{v:?}");
+            }
+        }
+        assert_eq!(argmax(&[f32::NAN, 1.0, 2.0]), 0);
+        assert_eq!(argmax(&[1.0, f32::NAN, 2.0, 2.0]), 2);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 40]), 0);
     }
 
     #[test]

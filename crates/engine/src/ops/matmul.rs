@@ -131,10 +131,14 @@ fn matvec_groups(w: MatRef<'_>, g: GroupKernels, out: &mut [f32], act: &[u8]) {
         });
 }
 
-/// Prefill for an interleaved matrix, on the terms of [`matmul`]: per token block, each group
-/// stays in L1 while its kernels take the tokens tile by tile ([`group_tiles`]; the same
-/// numbers whichever kernel takes a token).
-fn matmul_groups(w: MatRef<'_>, g: GroupKernels, act: &[u8], n_tok: usize, t_out: &mut [f32]) {
+/// An interleaved matrix for a few tokens (a batched decode step, a prompt chunk), on the terms
+/// of [`matmul`]: each task takes [`ROWS_PER_TASK`] rows; per token block each group stays in
+/// L1 while its kernels take the tokens tile by tile ([`group_tiles`]; the same numbers
+/// whichever kernel takes a token) into a block on the stack (`[tokens][rows]`, a token's
+/// rows side by side), whose runs are then copied to their rows of `out`. A transposed
+/// scratch copied back after had cost two more passes over the output: for Gemma's LM head,
+/// 8 MiB written, read and written again per decode step of eight sequences.
+fn matmul_groups(w: MatRef<'_>, g: GroupKernels, act: &[u8], n_tok: usize, out: &mut [f32]) {
     let gb = group_bytes(w);
     let arb = act_row_bytes(w.ty, w.n_in);
     let ext_buf;
@@ -145,20 +149,64 @@ fn matmul_groups(w: MatRef<'_>, g: GroupKernels, act: &[u8], n_tok: usize, t_out
         }
         None => (act, arb),
     };
-    t_out
-        .par_chunks_mut(ROWS_PER_TASK * n_tok)
-        .enumerate()
-        .for_each(|(blk, o)| {
-            let g0 = blk * ROWS_PER_TASK / GROUP_ROWS;
-            let groups = &w.data[g0 * gb..][..o.len() / (GROUP_ROWS * n_tok) * gb];
-            for t0 in (0..n_tok).step_by(TOKEN_TILE) {
-                let t1 = (t0 + TOKEN_TILE).min(n_tok);
+    let n_out = w.n_out;
+    let out = DisjointRows::new(&mut out[..n_tok * n_out]);
+    (0..n_out.div_ceil(ROWS_PER_TASK))
+        .into_par_iter()
+        .for_each(|blk| {
+            let r0 = blk * ROWS_PER_TASK;
+            let rows = ROWS_PER_TASK.min(n_out - r0);
+            let groups = &w.data[r0 / GROUP_ROWS * gb..][..rows / GROUP_ROWS * gb];
+            // Small enough that zeroing it per task costs nothing (a 64-token block, zeroed
+            // per task, had cost more than the copy it saved); the group stays in L1 across
+            // blocks anyway.
+            let mut block = [0.0f32; ROWS_PER_TASK * BLOCK_TOKENS];
+            for t0 in (0..n_tok).step_by(BLOCK_TOKENS) {
+                let t1 = (t0 + BLOCK_TOKENS).min(n_tok);
                 groups_tiles(g, gb, groups, t0, t1, |kernel, wg, gi, t| {
-                    let og = &mut o[gi * GROUP_ROWS * n_tok + t..];
-                    kernel(w.n_in, wg, &act[t * arb..], arb, og, (n_tok, 1));
+                    let ob = &mut block[(t - t0) * rows + gi * GROUP_ROWS..];
+                    kernel(w.n_in, wg, &act[t * arb..], arb, ob, (1, rows));
                 });
+                for t in t0..t1 {
+                    out.write(t * n_out + r0, &block[(t - t0) * rows..][..rows]);
+                }
             }
         });
+}
+
+/// Tokens per stack block of [`matmul_groups`]: a decode step of up to eight sequences in one.
+const BLOCK_TOKENS: usize = 8;
+
+/// An output matrix that tasks write in disjoint runs (each task its own rows of every
+/// token), through a raw pointer: the runs of one task are not one slice, and `&mut` slices
+/// of each would cost a table of them per call.
+struct DisjointRows<'a> {
+    ptr: *mut f32,
+    len: usize,
+    /// Holds the borrow of the output for as long as the writers run.
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: `write` is the only access, and its callers write disjoint runs (see `write`).
+unsafe impl Sync for DisjointRows<'_> {}
+
+impl<'a> DisjointRows<'a> {
+    fn new(out: &'a mut [f32]) -> Self {
+        DisjointRows {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+            _out: std::marker::PhantomData,
+        }
+    }
+
+    /// `out[at..at + src.len()] = src`. No two calls, on any threads, may write the same
+    /// element while the borrow `new` took lasts: `matmul_groups`' tasks own their rows.
+    fn write(&self, at: usize, src: &[f32]) {
+        assert!(at + src.len() <= self.len, "run past the output");
+        // SAFETY: in bounds (checked), the output is borrowed for `'a` (no other access), and the
+        // callers' runs are disjoint, so no element is written twice or read concurrently.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(at), src.len()) }
+    }
 }
 
 /// The kernel calls of one group for tokens `t0..t1`, widest first: whole tiles, then the
@@ -294,14 +342,7 @@ pub fn matmul(
         return;
     }
     if w.interleaved {
-        matmul_groups(
-            w,
-            group_kernels(k, w),
-            act,
-            n_tok,
-            &mut scratch[..w.n_out * n_tok],
-        );
-        transpose_back(scratch, w.n_out, n_tok, out);
+        matmul_groups(w, group_kernels(k, w), act, n_tok, out);
         return;
     }
     let tile = k.vec_dot_tile(w.ty);
