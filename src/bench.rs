@@ -185,7 +185,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             let mut session = engine.new_session(longest.max(16))?;
             // llama-bench names the ggml backend ("CPU"); ours says which engine and where.
             let backend = match &engine.backend {
-                Backend::Native => format!("CPU/{}", engine.kernels.tier),
+                Backend::Native => format!("CPU/{}", engine.kernels.best_variant().name()),
                 Backend::Candle(m) => format!("candle/{}", m.device),
             };
             for test in &tests {

@@ -175,6 +175,12 @@ impl Kernels {
         Tier::ALL.into_iter().filter(|t| t.is_supported()).collect()
     }
 
+    /// The variant whose kernels this table prefers (`avx2+vnni` on an AVX2 tier with
+    /// AVX-512 VNNI): what a benchmark's backend column names.
+    pub fn best_variant(&self) -> Variant {
+        self.variants()[0]
+    }
+
     /// The SIMD variants this table draws from, best first; the reference is always last.
     fn variants(&self) -> &'static [Variant] {
         // Checked here rather than trusted: `tier` is a public field, and handing out a SIMD

@@ -21,7 +21,41 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma")]
 unsafe fn silu_mul_fma(gate: &mut [f32], up: &[f32]) {
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 checked just above, FMA by this function's contract.
+        return unsafe { silu_mul_avx2(gate, up) };
+    }
     silu_mul_portable(gate, up)
+}
+
+/// [`silu_mul_portable`] with the groups of eight in vectors ([`ggml_v_expf8`]): the same
+/// operations per lane in the same order, so the same bits.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_avx2(gate: &mut [f32], up: &[f32]) {
+    use std::arch::x86_64::*;
+    debug_assert_eq!(gate.len(), up.len());
+    let split = gate.len() / 8 * 8;
+    let (gv, gt) = gate.split_at_mut(split);
+    let (uv, ut) = up.split_at(split);
+    for (g, u) in gv.chunks_exact_mut(8).zip(uv.chunks_exact(8)) {
+        // SAFETY: both chunks hold eight floats; AVX2 and FMA (this function's contract).
+        unsafe {
+            let x = _mm256_loadu_ps(g.as_ptr());
+            let e = ggml_v_expf8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+            let s = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+            _mm256_storeu_ps(
+                g.as_mut_ptr(),
+                _mm256_mul_ps(s, _mm256_loadu_ps(u.as_ptr())),
+            );
+        }
+    }
+    for (g, u) in gt.iter_mut().zip(ut) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
 }
 
 #[inline(always)]
@@ -71,6 +105,51 @@ pub fn ggml_v_expf(x: f32) -> f32 {
     } else {
         s2.mul_add(j, s2) * s1
     }
+}
+
+/// [`ggml_v_expf`] of eight lanes at once, as ggml's AVX2 `ggml_v_expf` computes them: the same
+/// operations per lane, so the same bits. Lanes with `|n| > 126` (`x` beyond about +-87, where
+/// the result over- or underflows) take the scalar function, all eight of them then.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub unsafe fn ggml_v_expf8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let c = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
+    let r = c(0x4b40_0000);
+    let z = _mm256_fmadd_ps(x, c(0x3fb8_aa3b), r);
+    let n = _mm256_sub_ps(z, r);
+    let b = _mm256_fnmadd_ps(n, c(0x35bf_be8e), _mm256_fnmadd_ps(n, c(0x3f31_7200), x));
+    let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
+    let k = _mm256_castsi256_ps(_mm256_add_epi32(
+        e,
+        _mm256_set1_epi32(1.0f32.to_bits() as i32),
+    ));
+    let u = _mm256_mul_ps(b, b);
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+            u,
+            _mm256_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+        ),
+        u,
+        _mm256_mul_ps(c(0x3f7f_fff6), b),
+    );
+    let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+    if _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(126.0))) == 0 {
+        return _mm256_fmadd_ps(j, k, k);
+    }
+    let mut v = [0.0f32; 8];
+    // SAFETY: `v` holds eight floats.
+    unsafe { _mm256_storeu_ps(v.as_mut_ptr(), x) };
+    for v in v.iter_mut() {
+        *v = ggml_v_expf(*v);
+    }
+    // SAFETY: as above.
+    unsafe { _mm256_loadu_ps(v.as_ptr()) }
 }
 
 /// GeGLU with the tanh approximation of GELU (Gemma family), as ggml's CPU backend computes it
@@ -159,6 +238,75 @@ mod tests {
         assert!((g[0]).abs() < 1e-7);
         assert!((g[1] - 2.0 * 0.731_058_6).abs() < 1e-5);
         assert!((g[2] + 2.0 * 0.268_941_43).abs() < 1e-5);
+    }
+
+    /// Inputs across every path of `ggml_v_expf`: the common range, the edges of `|n| <= 126`,
+    /// overflow and underflow, infinities and NaN, in random order so that special lanes
+    /// share vectors with common ones.
+    #[cfg(target_arch = "x86_64")]
+    fn exp_inputs() -> Vec<f32> {
+        let mut v: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.05).collect();
+        for edge in [87.0f32, 87.3, 87.4, 88.0, 88.8, 89.0, 133.0, 134.0, 200.0] {
+            for d in [-0.01f32, 0.0, 0.01] {
+                v.extend([edge + d, -edge - d]);
+            }
+        }
+        v.extend([
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            0.0,
+            -0.0,
+            1e-30,
+            -1e-30,
+        ]);
+        let mut seed = 7u64;
+        for i in (1..v.len()).rev() {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            v.swap(i, (seed >> 33) as usize % (i + 1));
+        }
+        v
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn ggml_v_expf8_is_the_scalar_lane_by_lane() {
+        use std::arch::x86_64::*;
+        if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+            eprintln!("SKIPPED: no AVX2 + FMA: ggml_v_expf8 NOT tested");
+            return;
+        }
+        let x = exp_inputs();
+        for c in x.chunks_exact(8) {
+            let mut got = [0.0f32; 8];
+            // SAFETY: AVX2 and FMA checked; both arrays hold eight floats.
+            unsafe {
+                _mm256_storeu_ps(got.as_mut_ptr(), ggml_v_expf8(_mm256_loadu_ps(c.as_ptr())))
+            };
+            for (x, g) in c.iter().zip(got) {
+                let want = ggml_v_expf(*x);
+                assert!(
+                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                    "exp({x}): {g} vs scalar {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn silu_mul_equals_the_portable_loop_bit_for_bit() {
+        let x = (-400..400).map(|i| i as f32 * 0.31).collect::<Vec<f32>>();
+        let up: Vec<f32> = (0..x.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
+        for len in [x.len(), 13, 8, 3] {
+            let (mut fast, mut slow) = (x[..len].to_vec(), x[..len].to_vec());
+            silu_mul(&mut fast, &up[..len]);
+            silu_mul_portable(&mut slow, &up[..len]);
+            for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+                assert_eq!(f.to_bits(), s.to_bits(), "element {i} of {len}: {f} vs {s}");
+            }
+        }
     }
 
     /// Our table equals ggml's entry for entry: its FNV-1a hash and a few entries were taken
