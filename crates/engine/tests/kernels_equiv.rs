@@ -251,6 +251,29 @@ fn check_tile(
     cases
 }
 
+/// The activation rows as a group tile reads them, and their stride: each row, its extension
+/// if the tile reads one ([`GroupKernels::tile_ext`]), then a gap of `gap` bytes.
+fn tile_rows(g: GroupKernels, n: usize, arows: &[Vec<u8>], gap: usize) -> (Vec<u8>, usize) {
+    let trows: Vec<Vec<u8>> = arows
+        .iter()
+        .map(|r| match g.tile_ext {
+            Some((extend, per_block)) => {
+                let mut e = r.clone();
+                e.resize(r.len() + n / 32 * per_block, 0);
+                extend(n, r, &mut e[r.len()..]);
+                e
+            }
+            None => r.clone(),
+        })
+        .collect();
+    let stride = trows[0].len() + gap;
+    let mut a = vec![0u8; stride * trows.len()];
+    for (t, row) in trows.iter().enumerate() {
+        a[t * stride..t * stride + row.len()].copy_from_slice(row);
+    }
+    (a, stride)
+}
+
 /// The kernels for interleaved row groups against the scalar group reference, bit for bit, one
 /// token, a tile of tokens and the small tile (with gaps between activation rows and output columns); the
 /// group reference in turn equals the row-major dot product of each row to the bit.
@@ -267,25 +290,8 @@ fn check_groups(v: Variant, ty: GgmlType, g: GroupKernels, seed: u64) -> usize {
             let arows: Vec<Vec<u8>> = (0..toks)
                 .map(|t| random_act(&mut rng, ty, n, s, t % 2 == 0))
                 .collect();
-            // The tile's rows: each activation row, its extension if the tile reads one, then
-            // a gap.
-            let trows: Vec<Vec<u8>> = arows
-                .iter()
-                .map(|r| match g.tile_ext {
-                    Some((extend, per_block)) => {
-                        let mut e = r.clone();
-                        e.resize(r.len() + n / 32 * per_block, 0);
-                        extend(n, r, &mut e[r.len()..]);
-                        e
-                    }
-                    None => r.clone(),
-                })
-                .collect();
-            let (as_, os) = (trows[0].len() + 5, toks + 2);
-            let mut a = vec![0u8; as_ * toks];
-            for (t, row) in trows.iter().enumerate() {
-                a[t * as_..t * as_ + row.len()].copy_from_slice(row);
-            }
+            let (a, as_) = tile_rows(g, n, &arows, 5);
+            let os = toks + 2;
             let mut tile = vec![f32::NAN; os * GROUP_ROWS];
             (g.tile)(n, &packed, &a, as_, &mut tile, (os, 1));
             // Each narrow tile on the first of the same rows.
@@ -462,23 +468,7 @@ fn check_two_groups(v: Variant, ty: GgmlType, g: GroupKernels, seed: u64) -> usi
             let arows: Vec<Vec<u8>> = (0..toks)
                 .map(|t| random_act(&mut rng, ty, n, s, t % 2 == 0))
                 .collect();
-            let trows: Vec<Vec<u8>> = arows
-                .iter()
-                .map(|r| match g.tile_ext {
-                    Some((extend, per_block)) => {
-                        let mut e = r.clone();
-                        e.resize(r.len() + n / 32 * per_block, 0);
-                        extend(n, r, &mut e[r.len()..]);
-                        e
-                    }
-                    None => r.clone(),
-                })
-                .collect();
-            let as_ = trows[0].len() + 3;
-            let mut a = vec![0u8; as_ * toks];
-            for (t, row) in trows.iter().enumerate() {
-                a[t * as_..t * as_ + row.len()].copy_from_slice(row);
-            }
+            let (a, as_) = tile_rows(g, n, &arows, 3);
             // Rows apart (decode's transposed scratch) and side by side (prefill's output).
             let os_cols = toks + 1;
             let mut by_rows = vec![f32::NAN; os_cols * 2 * GROUP_ROWS];
