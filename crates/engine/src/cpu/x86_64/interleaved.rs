@@ -122,6 +122,46 @@ fn dot_u8_i8_vnni(u: __m256i, s: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
 }
 
+/// The two-group kernel ([`GroupKernels::two_groups`]) of a module: `TWO_GROUPS` (the safe
+/// kernel and its `TWO_TOKS` tokens, four as the 256-bit tiles, for the same registers per
+/// pass) over `$sums::<T>(nb, w, a, as_)`, the module's sixteen finished row sums per token of
+/// two adjacent groups (the second group's `nb` blocks right after the first's), reading
+/// activation blocks of `$sizes`.
+macro_rules! two_group_kernel {
+    ($sizes:expr, $sums:ident) => {
+        /// Tokens per two-group call.
+        const TWO_TOKS: usize = 4;
+
+        /// The two-group kernel and its token count.
+        const TWO_GROUPS: (GroupDotFn, usize) = (two_groups_safe, TWO_TOKS);
+
+        safe_group!(two_groups_safe => two_groups, TWO_TOKS, $sizes, 2 * GROUP_ROWS);
+
+        /// Sixteen rows (two adjacent groups) by `TWO_TOKS` tokens.
+        ///
+        /// # Safety
+        /// The two-group features present; `w` valid for `2 * nb` group blocks, the
+        /// `TWO_TOKS` activation rows `as_` apart as `$sums` reads them, `out` for every
+        /// `out[j * os.0 + t * os.1]`, `j < 16`, `t < TWO_TOKS`.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn two_groups(
+            nb: usize,
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+            out: *mut f32,
+            os: (usize, usize),
+        ) {
+            // SAFETY: caller's contract, passed on.
+            unsafe {
+                for (t, v) in $sums::<TWO_TOKS>(nb, w, a, as_).into_iter().enumerate() {
+                    store16(v, out, os, t);
+                }
+            }
+        }
+    };
+}
+
 /// Builds the Q4_1 group kernels for the given target features and u8 x i8 primitive
 /// (`$dot(u, s)`, as [`dot_u8_i8`]) with prefill tiles of `$toks` tokens: low lanes, high lanes
 /// and the m chains in three passes, each keeping its `4 * $toks` accumulators in registers.
@@ -303,40 +343,29 @@ pub(super) mod q4_1_vnni {
         two_groups = Some(TWO_GROUPS)
     );
 
-    /// Tokens per two-group call, as the 256-bit tile: its three passes keep 16, 16 and 4
-    /// accumulators in registers.
-    const TWO_TOKS: usize = 4;
+    two_group_kernel!(SIZES, row_sums_512);
 
-    /// The two-group kernel ([`GroupKernels::two_groups`]) and its token count.
-    const TWO_GROUPS: (GroupDotFn, usize) = (two_groups_safe, TWO_TOKS);
-
-    safe_group!(two_groups_safe => two_groups, TWO_TOKS, SIZES, 2 * GROUP_ROWS);
-
-    /// Sixteen rows (two adjacent groups) by `TWO_TOKS` tokens in 512-bit vectors, lane `l`
-    /// of the first group's rows in the low half and of the second's in the high half: the
-    /// 256-bit tile's three passes, each instruction serving sixteen rows.
+    /// Sixteen rows' sums for `T` tokens in 512-bit vectors, lane `l` of the first group's
+    /// rows in the low half and of the second's in the high half: the 256-bit tile's three
+    /// passes (low lanes, high lanes, m chain), each instruction serving sixteen rows.
     ///
     /// # Safety
     /// The two-group features present; `w` valid for `2 * nb` group blocks, each
-    /// `a.add(t * as_)` for `nb` Q8_1 blocks, `out` for every `out[j * os.0 + t * os.1]`,
-    /// `j < 16`, `t < TWO_TOKS`.
+    /// `a.add(t * as_)` for `nb` Q8_1 blocks.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn two_groups(
+    unsafe fn row_sums_512<const T: usize>(
         nb: usize,
         w: *const u8,
         a: *const u8,
         as_: usize,
-        out: *mut f32,
-        os: (usize, usize),
-    ) {
+    ) -> [__m512; T] {
         // SAFETY: caller's contract, passed on.
         unsafe {
-            let lo = lanes_512::<TWO_TOKS, 0>(nb, w, a, as_);
-            let hi = lanes_512::<TWO_TOKS, 4>(nb, w, a, as_);
-            let m = m_chain_512::<TWO_TOKS>(nb, w, a, as_);
-            for t in 0..TWO_TOKS {
-                store16(_mm512_add_ps(hsum8_512(lo[t], hi[t]), m[t]), out, os, t);
-            }
+            let lo = lanes_512::<T, 0>(nb, w, a, as_);
+            let hi = lanes_512::<T, 4>(nb, w, a, as_);
+            let m = m_chain_512::<T>(nb, w, a, as_);
+            std::array::from_fn(|t| _mm512_add_ps(hsum8_512(lo[t], hi[t]), m[t]))
         }
     }
 
@@ -659,38 +688,27 @@ macro_rules! biased_lane_sums {
 /// this does a compute-bound prefill's integer and float work in about half the instructions.
 macro_rules! biased_two_groups {
     ($gb:expr, $unsigned2:ident) => {
-        /// Tokens per two-group call: four lanes of four tokens per pass (16 accumulators),
-        /// as the 256-bit tile.
-        const TWO_TOKS: usize = 4;
+        two_group_kernel!(TILE_SIZES, row_sums_512);
 
-        /// The two-group kernel and its token count.
-        const TWO_GROUPS: (GroupDotFn, usize) = (two_groups_safe, TWO_TOKS);
-
-        safe_group!(two_groups_safe => two_groups, TWO_TOKS, TILE_SIZES, 2 * GROUP_ROWS);
-
-        /// Sixteen rows (two adjacent groups) by `TWO_TOKS` tokens: the low and the high
-        /// lanes in two passes, then ggml's horizontal sum per row.
+        /// Sixteen rows' sums for `T` tokens: the low and the high lanes in two passes, then
+        /// ggml's horizontal sum per row.
         ///
         /// # Safety
         /// The two-group features present; `w` valid for `2 * nb` group blocks, each
-        /// `a.add(t * as_)` for `nb` Q8_0 blocks and their `nb` bias blocks, `out` for every
-        /// `out[j * os.0 + t * os.1]`, `j < 16`, `t < TWO_TOKS`.
+        /// `a.add(t * as_)` for `nb` Q8_0 blocks and their `nb` bias blocks.
+        #[inline]
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-        unsafe fn two_groups(
+        unsafe fn row_sums_512<const T: usize>(
             nb: usize,
             w: *const u8,
             a: *const u8,
             as_: usize,
-            out: *mut f32,
-            os: (usize, usize),
-        ) {
+        ) -> [__m512; T] {
             // SAFETY: caller's contract, passed on.
             unsafe {
-                let lo = biased_lanes_512::<TWO_TOKS, 0>(nb, w, a, as_);
-                let hi = biased_lanes_512::<TWO_TOKS, 4>(nb, w, a, as_);
-                for t in 0..TWO_TOKS {
-                    store16(hsum8_512(lo[t], hi[t]), out, os, t);
-                }
+                let lo = biased_lanes_512::<T, 0>(nb, w, a, as_);
+                let hi = biased_lanes_512::<T, 4>(nb, w, a, as_);
+                std::array::from_fn(|t| hsum8_512(lo[t], hi[t]))
             }
         }
 
