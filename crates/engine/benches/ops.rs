@@ -6,7 +6,7 @@
 //! `tile/{type}/{variant}/{n}` (one `TILE_ROWS x TILE_TOKS` call), `group/{type}/{variant}/{n}/t{toks}`
 //! (eight interleaved rows by eight tokens, one
 //! token per call (`t1`) or in tiles), `matmul/{type}/{n_out}x{n_in}/t{n_tok}`,
-//! `attention/{decode|prefill}/...`, `rms_norm/{n}`, `rope/{layout}/{heads}x{head_dim}`.
+//! `attention/{decode|prefill|chunk|decode-step}/...`, `rms_norm/{n}`, `rope/{layout}/{heads}x{head_dim}`.
 //! Shapes are SmolLM2-135M's (576 wide, 9 query heads, 3 KV heads of 64) and Gemma 3 270M's.
 
 use std::hint::black_box;
@@ -228,6 +228,65 @@ fn bench_attention(c: &mut Criterion) {
     g.finish();
 }
 
+/// A batched decode step's attention as the server meets it: eight sequences at a depth,
+/// each with its own cache per layer (SmolLM2 at depth 400: 74 MB in all), so key and value
+/// rows come from memory, not from a cache level; every layer's heads of all eight rows are
+/// spread over the default pool (all cores) in one pass, as `Decoder::forward_batch` does.
+/// Time per step.
+fn bench_attention_from_memory(c: &mut Criterion) {
+    use backstop_engine::ops::attention::{decode_heads_f16, decode_heads_per_task};
+    use rayon::prelude::*;
+    let mut g = c.benchmark_group("attention");
+    let mut rng = StdRng::seed_from_u64(6);
+    let shapes = [("smollm2", 9, 3, 64, 30), ("gemma3", 4, 1, 256, 18)];
+    for (name, n_head, n_head_kv, hd, layers) in shapes {
+        let p = AttnParams {
+            n_head,
+            n_head_kv,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            window: None,
+            softcap: None,
+        };
+        let (depth, rows) = (400, 8);
+        let f16s = |x: Vec<f32>| x.into_iter().map(half::f16::from_f32).collect::<Vec<_>>();
+        let kv_len = depth * n_head_kv * hd;
+        // One block, each cache starting on a cache line as the decoder's do.
+        let total = layers * rows * 2 * kv_len;
+        let block = f16s(floats(&mut rng, total + 32));
+        let start = (64 - block.as_ptr() as usize % 64) % 64 / 2;
+        let all = &block[start..start + total];
+        let caches: Vec<Vec<_>> = (0..layers)
+            .map(|l| {
+                (0..rows)
+                    .map(|r| {
+                        let o = (l * rows + r) * 2 * kv_len;
+                        (&all[o..o + kv_len], &all[o + kv_len..o + 2 * kv_len])
+                    })
+                    .collect()
+            })
+            .collect();
+        let q = floats(&mut rng, rows * n_head * hd);
+        let mut out = vec![0.0f32; q.len()];
+        let id = format!("decode-step/{rows}x{layers}@{depth}/{name}");
+        g.bench_function(id, |b| {
+            b.iter(|| {
+                for layer in &caches {
+                    let per_task = decode_heads_per_task(&p, rows, rayon::current_num_threads());
+                    let task = per_task * hd;
+                    out.par_chunks_mut(task).enumerate().for_each(|(i, o)| {
+                        let (row, h0) = (i * task / (n_head * hd), i * task % (n_head * hd) / hd);
+                        let (k, v) = &layer[row];
+                        let qs = &q[i * task..(i + 1) * task];
+                        decode_heads_f16(&p, black_box(qs), k, v, depth - 1, h0, o);
+                    });
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
 fn bench_norm_rope(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(5);
     let mut g = c.benchmark_group("rms_norm");
@@ -264,6 +323,7 @@ criterion_group! {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1))
         .sample_size(20);
-    targets = bench_tiles, bench_groups, bench_matmul, bench_attention, bench_norm_rope
+    targets = bench_tiles, bench_groups, bench_matmul, bench_attention, bench_attention_from_memory,
+        bench_norm_rope
 }
 criterion_main!(benches);

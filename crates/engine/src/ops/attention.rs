@@ -20,6 +20,9 @@ use super::activation::ggml_v_expf8;
 use super::expf::{self, expf8};
 use super::vec::{axpy, dot};
 
+#[cfg(target_arch = "x86_64")]
+mod heads_avx512;
+
 /// Batches smaller than this take ggml's one-query path (f16 query and accumulator).
 pub const F16_ACC_MAX_TOKENS: usize = 64;
 
@@ -165,11 +168,86 @@ pub fn attention_with(
             });
         return;
     }
-    out.par_chunks_mut(hd).enumerate().for_each(|(idx, acc)| {
-        let (t, h) = (idx / p.n_head, idx % p.n_head);
-        let qh = &q[idx * hd..(idx + 1) * hd];
-        decode_head_f16(p, qh, k_cache, v_cache, pos0 + t, h, acc);
-    });
+    let per_task = decode_heads_per_task(p, n_tok, rayon::current_num_threads());
+    let tasks_per_row = p.n_head / per_task;
+    out.par_chunks_mut(per_task * hd)
+        .enumerate()
+        .for_each(|(idx, acc)| {
+            let (t, h0) = (idx / tasks_per_row, idx % tasks_per_row * per_task);
+            let qs = &q[idx * per_task * hd..(idx + 1) * per_task * hd];
+            decode_heads_f16(p, qs, k_cache, v_cache, pos0 + t, h0, acc);
+        });
+}
+
+/// How many query heads of a KV group each decode task takes (a divisor of the group). Heads
+/// decoded together share their KV head's row conversions and cost about 0.55 of a head
+/// alone each (`attention/decode` bench, SmolLM2 and Gemma 3 shapes), but a pass over few
+/// rows must still spread over the threads: pick the split with the shortest estimated
+/// pass, `ceil(tasks / threads) * per-task cost`, larger tasks on a tie.
+pub fn decode_heads_per_task(p: &AttnParams, rows: usize, threads: usize) -> usize {
+    let group = p.n_head / p.n_head_kv.max(1);
+    #[cfg(target_arch = "x86_64")]
+    if heads_avx512::available() && p.head_dim.is_multiple_of(32) && p.head_dim <= 256 {
+        let threads = threads.max(1);
+        let pass = |per: usize| {
+            let tasks = rows * p.n_head / per;
+            let head_cost = if per == 1 { 100 } else { 55 };
+            tasks.div_ceil(threads) * per * head_cost
+        };
+        return (1..=group.min(heads_avx512::MAX_HEADS))
+            .filter(|&per| group.is_multiple_of(per))
+            .rev()
+            .min_by_key(|&per| pass(per))
+            .unwrap_or(1);
+    }
+    let _ = (group, rows, threads);
+    1
+}
+
+/// Query heads `h0..h0 + qs.len() / head_dim` of the row at position `pos`, which must all
+/// read one KV head, against its sequence's cache on ggml's one-query f16 path; each head's
+/// output (in `out`, head after head) is the bits [`decode_head_f16`] gives it alone.
+pub fn decode_heads_f16(
+    p: &AttnParams,
+    qs: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
+    pos: usize,
+    h0: usize,
+    out: &mut [f32],
+) {
+    let hd = p.head_dim;
+    let g = qs.len() / hd;
+    let group = p.n_head / p.n_head_kv;
+    assert!(g >= 1 && h0 / group == (h0 + g - 1) / group && out.len() == qs.len());
+    #[cfg(target_arch = "x86_64")]
+    if (2..=heads_avx512::MAX_HEADS).contains(&g)
+        && hd.is_multiple_of(32)
+        && hd <= 256
+        && heads_avx512::available()
+    {
+        let kv_dim = p.n_head_kv * hd;
+        let kvh = h0 / group;
+        let keys = (first_key(p, pos)..=pos).map(|j| j * kv_dim + kvh * hd);
+        let (k, v) = (k_cache, v_cache);
+        // SAFETY: `available` checked the features; `hd` is a multiple of 32, at most 256,
+        // and `out` holds `g` heads as `qs` does. The kernel checks every key offset.
+        unsafe {
+            match g {
+                2 => heads_avx512::heads_f16::<2>(p, qs, k, v, keys, kv_dim, out),
+                3 => heads_avx512::heads_f16::<3>(p, qs, k, v, keys, kv_dim, out),
+                _ => heads_avx512::heads_f16::<4>(p, qs, k, v, keys, kv_dim, out),
+            }
+        }
+        return;
+    }
+    for (i, (qh, o)) in qs
+        .chunks_exact(hd)
+        .zip(out.chunks_exact_mut(hd))
+        .enumerate()
+    {
+        decode_head_f16(p, qh, k_cache, v_cache, pos, h0 + i, o);
+    }
 }
 
 /// Query head `h` of the row at position `pos` (`qh`, `head_dim` elements) against its
@@ -1270,6 +1348,104 @@ mod tests {
             for (a, b) in got.iter().zip(&want) {
                 assert_eq!(a.to_bits(), b.to_bits(), "hd {hd}: {a} vs {b}");
             }
+        }
+    }
+
+    /// The heads of a KV group decoded together (512-bit kernel where the CPU has AVX-512,
+    /// else head by head) give each head the portable reference's bits, for every way the
+    /// group is split into tasks, with soft-capping, a sliding window and odd head sizes.
+    #[test]
+    fn grouped_decode_heads_equal_the_one_head_reference() {
+        #[cfg(target_arch = "x86_64")]
+        if !heads_avx512::available() {
+            eprintln!("note: no AVX-512 here; this checks the head-by-head fallback only");
+        }
+        for (hd, group, softcap, window) in [
+            (64usize, 3usize, None, None),
+            (256, 4, Some(30.0f32), Some(100usize)),
+            (32, 2, None, Some(7)),
+            (96, 1, None, None),
+            (128, 8, None, None),
+        ] {
+            let n_head_kv = 2;
+            let p = AttnParams {
+                n_head: group * n_head_kv,
+                n_head_kv,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                window,
+                softcap,
+            };
+            let (n_keys, kvd) = (300, n_head_kv * hd);
+            let f = |i: usize, m: f32| ((i as f32) * m).sin() * (1.0 + (i % 7) as f32);
+            let k = f16s(&(0..n_keys * kvd).map(|i| f(i, 0.7)).collect::<Vec<_>>());
+            let v = f16s(&(0..n_keys * kvd).map(|i| f(i, 1.3)).collect::<Vec<_>>());
+            let q: Vec<f32> = (0..p.n_head * hd).map(|i| f(i, 0.9) * 3.0).collect();
+            let pos = n_keys - 1;
+            let want: Vec<f32> = (0..p.n_head)
+                .flat_map(|h| {
+                    let kvh = h / group;
+                    let keys = (first_key(&p, pos)..=pos).map(|j| j * kvd + kvh * hd);
+                    let mut o = vec![0.0; hd];
+                    one_query_f16(&p, &q[h * hd..(h + 1) * hd], &k, &v, keys, &mut o);
+                    o
+                })
+                .collect();
+            for per in (1..=group).filter(|d| group.is_multiple_of(*d)) {
+                let mut got = vec![0.0f32; q.len()];
+                for (t, out) in got.chunks_mut(per * hd).enumerate() {
+                    let qs = &q[t * per * hd..(t + 1) * per * hd];
+                    decode_heads_f16(&p, qs, &k, &v, pos, t * per, out);
+                }
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "hd {hd}, {per} heads per task, element {i}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Tasks are whole divisors of a KV group, and a pass over few rows still gives every
+    /// thread work.
+    #[test]
+    fn heads_per_task_divides_the_group_and_feeds_the_threads() {
+        let p = |n_head, n_head_kv, head_dim| AttnParams {
+            n_head,
+            n_head_kv,
+            head_dim,
+            scale: 1.0,
+            window: None,
+            softcap: None,
+        };
+        for (attn, rows, threads) in [
+            (p(9, 3, 64), 1, 2),
+            (p(9, 3, 64), 8, 2),
+            (p(4, 1, 256), 1, 2),
+            (p(4, 1, 256), 8, 2),
+            (p(32, 8, 128), 1, 16),
+            (p(14, 2, 64), 3, 4),
+            (p(16, 2, 64), 2, 2),
+        ] {
+            let per = decode_heads_per_task(&attn, rows, threads);
+            let group = attn.n_head / attn.n_head_kv;
+            assert!(group.is_multiple_of(per), "{per} of {group}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if heads_avx512::available() {
+            // One Gemma 3 row on two threads: two tasks of two heads, not one task of four
+            // (one thread idle) nor four of one; eight rows: whole groups.
+            assert_eq!(decode_heads_per_task(&p(4, 1, 256), 1, 2), 2);
+            assert_eq!(decode_heads_per_task(&p(4, 1, 256), 8, 2), 4);
+            assert_eq!(decode_heads_per_task(&p(9, 3, 64), 8, 2), 3);
+            // One SmolLM2 row: three grouped tasks on two threads beat nine single heads;
+            // on sixteen threads, nine single heads run at once.
+            assert_eq!(decode_heads_per_task(&p(9, 3, 64), 1, 2), 3);
+            assert_eq!(decode_heads_per_task(&p(9, 3, 64), 1, 16), 1);
+            // A group of eight splits into halves of four.
+            assert_eq!(decode_heads_per_task(&p(16, 2, 64), 2, 2), 4);
         }
     }
 

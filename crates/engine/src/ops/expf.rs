@@ -114,6 +114,58 @@ pub unsafe fn expf8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
         )
     };
     let y = _mm256_set_m128(hi, lo);
+    // SAFETY: AVX2 (this function's contract).
+    unsafe { special_lanes(x, y) }
+}
+
+/// [`expf8`] with AVX-512 F: the eight lanes' main path in one 512-bit vector of doubles,
+/// and the table read by two in-register permutes instead of gathers. Same operations per
+/// lane, so the same bits (and the same libm fallback for the special lanes).
+///
+/// # Safety
+/// The CPU must have AVX-512 F, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+pub unsafe fn expf8_avx512(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let c = |bits: u64| _mm512_castsi512_pd(_mm512_set1_epi64(bits as i64));
+    let xd = _mm512_cvtps_pd(x);
+    let (inv, shift) = (c(INV_LN2_N), c(SHIFT));
+    let z = _mm512_fmadd_pd(inv, xd, shift);
+    let kd = _mm512_sub_pd(z, shift);
+    let r = _mm512_fmsub_pd(inv, xd, kd);
+    let ki = _mm512_castpd_si512(z);
+    // SAFETY: `TABLE` holds 32 entries: four vectors of eight.
+    let t: [__m512i; 4] =
+        std::array::from_fn(|i| unsafe { _mm512_loadu_si512(TABLE.as_ptr().add(8 * i).cast()) });
+    // Index bits 0-3 pick among sixteen entries, bit 4 between the two halves.
+    let lo = _mm512_permutex2var_epi64(t[0], ki, t[1]);
+    let hi = _mm512_permutex2var_epi64(t[2], ki, t[3]);
+    let upper = _mm512_test_epi64_mask(ki, _mm512_set1_epi64(16));
+    let t = _mm512_mask_blend_epi64(upper, lo, hi);
+    let s = _mm512_castsi512_pd(_mm512_add_epi64(t, _mm512_slli_epi64::<47>(ki)));
+    let p = _mm512_fmadd_pd(c(POLY[0]), r, c(POLY[1]));
+    let r2 = _mm512_mul_pd(r, r);
+    let y = _mm512_fmadd_pd(r, c(POLY[2]), _mm512_set1_pd(1.0));
+    let y = _mm512_fmadd_pd(p, r2, y);
+    let y = _mm512_cvtpd_ps(_mm512_mul_pd(y, s));
+    // SAFETY: AVX2 and FMA (this function's contract).
+    unsafe { special_lanes(x, y) }
+}
+
+/// `y`, with the lanes of `x` that leave libm's main path recomputed by libm.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn special_lanes(
+    x: std::arch::x86_64::__m256,
+    y: std::arch::x86_64::__m256,
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
     let abstop = _mm256_and_si256(
         _mm256_srli_epi32::<20>(_mm256_castps_si256(x)),
         _mm256_set1_epi32(0x7ff),
@@ -217,5 +269,40 @@ mod tests {
             }
         }
         assert_eq!(mismatches, 0);
+    }
+
+    /// The AVX-512 lanes give the AVX2 lanes' bits everywhere, special inputs included
+    /// (these fall back to libm in both).
+    #[test]
+    fn avx512_lanes_equal_the_avx2_lanes() {
+        if !(std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma"))
+        {
+            eprintln!("SKIPPED: host lacks AVX-512 F, AVX2 or FMA");
+            return;
+        }
+        use std::arch::x86_64::*;
+        let mut xs: Vec<f32> = (0..=u32::MAX / 97)
+            .map(|i| f32::from_bits(i * 97))
+            .collect();
+        xs.extend([0.0, -0.0, 87.99, -87.99, 88.0, -88.0, -103.9, 1e-30, -1e-30]);
+        xs.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -f32::NAN]);
+        for c in xs.chunks(8) {
+            let mut x = [0.0f32; 8];
+            x[..c.len()].copy_from_slice(c);
+            let (mut a, mut b) = ([0.0f32; 8], [0.0f32; 8]);
+            // SAFETY: features checked above.
+            unsafe {
+                _mm256_storeu_ps(a.as_mut_ptr(), expf8(_mm256_loadu_ps(x.as_ptr())));
+                _mm256_storeu_ps(b.as_mut_ptr(), expf8_avx512(_mm256_loadu_ps(x.as_ptr())));
+            }
+            for ((x, a), b) in x.iter().zip(&a).zip(&b) {
+                assert!(
+                    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                    "{x}: {a} vs {b}"
+                );
+            }
+        }
     }
 }
