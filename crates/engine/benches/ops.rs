@@ -163,8 +163,14 @@ fn bench_matmul(c: &mut Criterion) {
     let mut g = c.benchmark_group("matmul");
     let k = Kernels::detect();
     let pool = one_thread();
-    let (n_in, n_out) = (576, 1536);
-    for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+    // SmolLM2's gate/up (Q4_1, Q8_0), Gemma 3's FFN down projection (Q4_K, Q6_K).
+    let shapes = [
+        (GgmlType::Q4_1, 576, 1536),
+        (GgmlType::Q8_0, 576, 1536),
+        (GgmlType::Q4_K, 2048, 640),
+        (GgmlType::Q6_K, 2048, 640),
+    ];
+    for (ty, n_in, n_out) in shapes {
         let data = weights(ty, n_in, n_out);
         let w = MatRef {
             ty,
@@ -173,7 +179,7 @@ fn bench_matmul(c: &mut Criterion) {
             data: &data,
             interleaved: false,
         };
-        for n_tok in [1usize, 64] {
+        for n_tok in [1usize, 8, 64] {
             let x = floats(&mut StdRng::seed_from_u64(3), n_in * n_tok);
             let mut act = vec![0u8; act_row_bytes(ty, n_in) * n_tok];
             quantize_acts(&k, ty, &x, n_in, &mut act);

@@ -629,9 +629,13 @@ impl Decoder {
         let logits = &mut batch.logits[..rows.len() * n_vocab];
         self.forward_rows(k, &mut batch.scratch, &mut segs, &batch.tokens, logits);
         drop(segs);
-        for ((s, r), l) in seqs.iter_mut().zip(rows).zip(logits.chunks_exact(n_vocab)) {
+        // Each sequence's logits into its session, on the pool: Gemma 3's are 1 MiB a row,
+        // 8 MiB for a step of eight, which one thread copied in some 3 % of the step.
+        seqs.par_iter_mut()
+            .zip(logits.par_chunks_exact(n_vocab))
+            .for_each(|(s, l)| s.logits.copy_from_slice(l));
+        for (s, r) in seqs.iter_mut().zip(rows) {
             let f = r.precision.f16_from(s.n_past, r.tokens.len());
-            s.logits.copy_from_slice(l);
             s.n_past += r.tokens.len();
             s.high_water = s.high_water.max(s.n_past);
             s.history.extend_from_slice(r.tokens);

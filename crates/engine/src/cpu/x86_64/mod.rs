@@ -97,6 +97,13 @@ pub(super) fn vec_dot_tile(v: Variant, ty: GgmlType) -> Option<TileDotFn> {
         (Variant::Avx2Vnni, GgmlType::Q4_1) => legacy::vnni::tile_q4_1_q8_1,
         (Variant::Avx2Vnni, GgmlType::Q5_0) => legacy::vnni::tile_q5_0_q8_0,
         (Variant::Avx2Vnni, GgmlType::Q8_0) => legacy::vnni::tile_q8_0_q8_0,
+        // Two rows per 512-bit vector where the CPU has them: the same bits.
+        (Variant::Avx2Vnni, GgmlType::Q4_K) if avx2_k::vnni512::available() => {
+            avx2_k::vnni512::tile_q4_k_q8_k
+        }
+        (Variant::Avx2Vnni, GgmlType::Q6_K) if avx2_k::vnni512::available() => {
+            avx2_k::vnni512::tile_q6_k_q8_k
+        }
         (Variant::Avx2Vnni, GgmlType::Q4_K) => avx2_k::vnni::tile_q4_k_q8_k,
         (Variant::Avx2Vnni, GgmlType::Q6_K) => avx2_k::vnni::tile_q6_k_q8_k,
         _ => return None,
