@@ -400,12 +400,7 @@ unsafe fn one_query_f16_avx2(
             _mm256_storeu_ps(ap.add(i), _mm256_setzero_ps());
         }
         loop {
-            let mut n = 0;
-            for (o, off) in offs.iter_mut().zip(keys.by_ref()) {
-                assert!(off + hd <= k_cache.len(), "key row past the cache");
-                *o = off;
-                n += 1;
-            }
+            let n = next_chunk(&mut keys, &mut offs, hd, k_cache.len());
             if n == 0 {
                 break;
             }
@@ -488,6 +483,25 @@ unsafe fn one_query_f16_avx2(
 /// Keys per chunk of [`one_query_f16_avx2`].
 #[cfg(target_arch = "x86_64")]
 const DECODE_CHUNK: usize = 16;
+
+/// The next chunk's key offsets from `keys` into `offs`; how many (0 at the end). Each must
+/// leave a `hd`-element row within a cache of `cache_len` elements: the decode kernels read
+/// through raw pointers, so this is the check that keeps them in bounds.
+#[cfg(target_arch = "x86_64")]
+fn next_chunk(
+    keys: &mut impl Iterator<Item = usize>,
+    offs: &mut [usize; DECODE_CHUNK],
+    hd: usize,
+    cache_len: usize,
+) -> usize {
+    let mut n = 0;
+    for (o, off) in offs.iter_mut().zip(keys) {
+        assert!(off + hd <= cache_len, "key row past the cache");
+        *o = off;
+        n += 1;
+    }
+    n
+}
 
 /// [`one_query_f16`] compiled with FMA and AVX2 enabled. Same source, same results bit for
 /// bit (`mul_add` is a fused multiply-add either way); the portable build turns every

@@ -389,6 +389,7 @@ pub(super) mod vnni {
 /// its own half's, in the same order, so the results are the same bits; each `vpmaddubsw` and
 /// `vpdpwssd` serves two rows.
 pub(super) mod vnni512 {
+    use super::super::avx512::{halves_epi16, join};
     use super::*;
 
     safe_tile!(tile_q4_k_q8_k => q4_k_q8_k_tile, 256, Q4_K_BYTES, Q8_K_BYTES, (TILE_ROWS, TILE_TOKS) by 8);
@@ -397,24 +398,6 @@ pub(super) mod vnni512 {
     /// Whether this CPU can run these tiles (beyond the 256-bit VNNI tiles' features).
     pub(in crate::cpu::x86_64) fn available() -> bool {
         is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
-    }
-
-    /// Two 32-byte vectors as one 64-byte vector (`lo` in bytes 0..32).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
-    fn join(lo: __m256i, hi: __m256i) -> __m512i {
-        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
-    }
-
-    /// Sixteen i16 lanes of `lo` then sixteen of `hi`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
-    fn halves_epi16(lo: u8, hi: u8) -> __m512i {
-        _mm512_mask_blend_epi16(
-            0xFFFF_0000,
-            _mm512_set1_epi16(i16::from(lo)),
-            _mm512_set1_epi16(i16::from(hi)),
-        )
     }
 
     /// Prefetch the same super-block of the next two rows (the next tile's, as a task's rows

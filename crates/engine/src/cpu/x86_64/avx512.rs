@@ -27,7 +27,7 @@ use crate::cpu::row_blocks;
 /// Two 32-byte vectors as one 64-byte vector (`lo` in bytes 0..32).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn join(lo: __m256i, hi: __m256i) -> __m512i {
+pub(super) fn join(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
 }
 
@@ -55,7 +55,7 @@ unsafe fn block_fma(acc: __m256, x: *const u8, y: *const u8, p: __m256i) -> __m2
 /// Thirty-two i16 lanes: sixteen of `lo` then sixteen of `hi`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn halves_epi16(lo: u8, hi: u8) -> __m512i {
+pub(super) fn halves_epi16(lo: u8, hi: u8) -> __m512i {
     _mm512_mask_blend_epi16(
         0xFFFF_0000,
         _mm512_set1_epi16(i16::from(lo)),

@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{AttnParams, DECODE_CHUNK};
+use super::{next_chunk, AttnParams, DECODE_CHUNK};
 use crate::ops::expf::{self, expf8_avx512};
 
 /// The most heads one call takes: their accumulator blocks (four vectors each) and the four
@@ -67,12 +67,7 @@ pub(super) unsafe fn heads_f16<const G: usize>(
             }
         }
         loop {
-            let mut n = 0;
-            for (o, off) in offs.iter_mut().zip(keys.by_ref()) {
-                assert!(off + hd <= k_cache.len(), "key row past the cache");
-                *o = off;
-                n += 1;
-            }
+            let n = next_chunk(&mut keys, &mut offs, hd, k_cache.len());
             if n == 0 {
                 break;
             }
