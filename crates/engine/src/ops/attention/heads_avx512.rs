@@ -5,8 +5,12 @@
 //! `one_query_f16_avx2`, so each head's output is the same bits.
 //!
 //! Why: at a depth of a few hundred keys, a batched decode step of small models spends a
-//! third or more of its time here, and what bounds it is the conversions (the key row, the
-//! value row, and the round trip that keeps ggml's f16 accumulator), not the arithmetic.
+//! third or more of its time here. Per key the 256-bit kernel spent most of its instructions
+//! on conversions (the key row, the value row, and the round trip that keeps ggml's f16
+//! accumulator) and on per-key scalar softmax steps; this one needs about half
+//! (`attention/decode` bench, one thread: SmolLM2's shape ~128 -> ~90 us at depth 1023). It
+//! pays end to end only because the cache rows start on cache lines (`decoder::CacheBits`):
+//! from an unaligned cache the 32-byte f16 loads split lines and the step waited on memory.
 
 use std::arch::x86_64::*;
 
