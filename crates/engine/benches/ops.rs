@@ -240,7 +240,7 @@ fn bench_attention(c: &mut Criterion) {
 /// spread over the default pool (all cores) in one pass, as `Decoder::forward_batch` does.
 /// Time per step.
 fn bench_attention_from_memory(c: &mut Criterion) {
-    use backstop_engine::ops::attention::{decode_heads_f16, decode_heads_per_task};
+    use backstop_engine::ops::attention::{decode_heads_f16, decode_heads_per_task, decode_task};
     use rayon::prelude::*;
     let mut g = c.benchmark_group("attention");
     let mut rng = StdRng::seed_from_u64(6);
@@ -281,7 +281,7 @@ fn bench_attention_from_memory(c: &mut Criterion) {
                     let per_task = decode_heads_per_task(&p, rows, rayon::current_num_threads());
                     let task = per_task * hd;
                     out.par_chunks_mut(task).enumerate().for_each(|(i, o)| {
-                        let (row, h0) = (i * task / (n_head * hd), i * task % (n_head * hd) / hd);
+                        let (row, h0) = decode_task(&p, per_task, i);
                         let (k, v) = &layer[row];
                         let qs = &q[i * task..(i + 1) * task];
                         decode_heads_f16(&p, black_box(qs), k, v, depth - 1, h0, o);

@@ -15,7 +15,8 @@ use super::ModelError;
 use crate::cpu::Kernels;
 use crate::ops::activation::{gelu_f16_table, gelu_tanh_mul, silu_mul};
 use crate::ops::attention::{
-    attention_with, decode_heads_f16, decode_heads_per_task, AttnParams, F16_ACC_MAX_TOKENS,
+    attention_with, decode_heads_f16, decode_heads_per_task, decode_task, AttnParams,
+    F16_ACC_MAX_TOKENS,
 };
 use crate::ops::matmul::{act_row_bytes, matmul, matvec_many, quantize_acts};
 use crate::ops::norm::{rms_norm, rms_norm_inplace};
@@ -775,7 +776,7 @@ impl Decoder {
                     .par_chunks_mut(task)
                     .enumerate()
                     .for_each(|(idx, out)| {
-                        let (row, h0) = (idx * task / qd, idx * task % qd / c.head_dim);
+                        let (row, h0) = decode_task(&p, per_task, idx);
                         let seg = &segs[row];
                         let layer_off = l * seg.n_ctx * kvd;
                         let filled = layer_off..layer_off + (seg.pos0 + 1) * kvd;

@@ -169,11 +169,10 @@ pub fn attention_with(
         return;
     }
     let per_task = decode_heads_per_task(p, n_tok, rayon::current_num_threads());
-    let tasks_per_row = p.n_head / per_task;
     out.par_chunks_mut(per_task * hd)
         .enumerate()
         .for_each(|(idx, acc)| {
-            let (t, h0) = (idx / tasks_per_row, idx % tasks_per_row * per_task);
+            let (t, h0) = decode_task(p, per_task, idx);
             let qs = &q[idx * per_task * hd..(idx + 1) * per_task * hd];
             decode_heads_f16(p, qs, k_cache, v_cache, pos0 + t, h0, acc);
         });
@@ -202,6 +201,13 @@ pub fn decode_heads_per_task(p: &AttnParams, rows: usize, threads: usize) -> usi
     }
     let _ = (group, rows, threads);
     1
+}
+
+/// Decode task `idx` of a pass in tasks of `per_task` heads (rows' heads in order, as in the
+/// query and output layout): its row and first head.
+pub fn decode_task(p: &AttnParams, per_task: usize, idx: usize) -> (usize, usize) {
+    let tasks_per_row = p.n_head / per_task;
+    (idx / tasks_per_row, idx % tasks_per_row * per_task)
 }
 
 /// Query heads `h0..h0 + qs.len() / head_dim` of the row at position `pos`, which must all
@@ -410,15 +416,7 @@ unsafe fn one_query_f16_avx2(
             let mut sc = [0.0f32; DECODE_CHUNK];
             for (s, &off) in sc.iter_mut().zip(offs) {
                 let kp = k_cache.as_ptr().add(off);
-                let ahead = DECODE_CHUNK * key_stride;
-                // f16 rows: a 64-byte line holds 32 elements. Hints only: past the end of the
-                // cache they do nothing.
-                for i in (0..hd).step_by(32) {
-                    _mm_prefetch::<_MM_HINT_T0>(kp.wrapping_add(ahead + i).cast());
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        v_cache.as_ptr().wrapping_add(off + ahead + i).cast(),
-                    );
-                }
+                prefetch_next_chunk(k_cache, v_cache, off, key_stride, hd);
                 let mut d = [_mm256_setzero_ps(); 4];
                 for i in (0..hd).step_by(32) {
                     for (j, d) in d.iter_mut().enumerate() {
@@ -483,6 +481,24 @@ unsafe fn one_query_f16_avx2(
 /// Keys per chunk of [`one_query_f16_avx2`].
 #[cfg(target_arch = "x86_64")]
 const DECODE_CHUNK: usize = 16;
+
+/// Prefetch the K and V rows one chunk of keys past the key at `off` (`key_stride` elements
+/// apart): at depth the cache is a strided stream the hardware prefetcher does not follow.
+/// f16 rows: a 64-byte line holds 32 elements. Hints only: past the end of the cache they
+/// do nothing.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_next_chunk(k_cache: &[f16], v_cache: &[f16], off: usize, key_stride: usize, hd: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let ahead = off + DECODE_CHUNK * key_stride;
+    for i in (0..hd).step_by(32) {
+        // SAFETY: SSE is baseline on x86-64, and a prefetch never faults.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(k_cache.as_ptr().wrapping_add(ahead + i).cast());
+            _mm_prefetch::<_MM_HINT_T0>(v_cache.as_ptr().wrapping_add(ahead + i).cast());
+        }
+    }
+}
 
 /// The next chunk's key offsets from `keys` into `offs`; how many (0 at the end). Each must
 /// leave a `hd`-element row within a cache of `cache_len` elements: the decode kernels read

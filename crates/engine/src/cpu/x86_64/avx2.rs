@@ -95,10 +95,16 @@ const PREFETCH_BYTES: usize = 2048;
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn prefetch_weights(x: *const u8, block_bytes: usize) {
-    let ahead = x.wrapping_add(PREFETCH_BYTES);
-    for off in (0..block_bytes).step_by(64) {
-        // Never faults, whatever the address.
-        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off).cast());
+    prefetch_block(x.wrapping_add(PREFETCH_BYTES), block_bytes);
+}
+
+/// Prefetch the `bytes` at `x`, a cache line at a time (a hint: it never faults, whatever
+/// the address).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn prefetch_block(x: *const u8, bytes: usize) {
+    for off in (0..bytes).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(x.wrapping_add(off).cast());
     }
 }
 

@@ -10,8 +10,8 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{
-    hsum_epi32_128, hsum_ps, load_f16, loadu, loadu128, pack_i32x32_to_i8, prefetch_weights,
-    safe_tile, safe_vec_dot,
+    hsum_epi32_128, hsum_ps, load_f16, loadu, loadu128, pack_i32x32_to_i8, prefetch_block,
+    prefetch_weights, safe_tile, safe_vec_dot,
 };
 use crate::cpu::k_scales::unpack_q4_k;
 use crate::cpu::{row_blocks, tile_blocks, TILE_ROWS, TILE_TOKS};
@@ -409,11 +409,7 @@ pub(super) mod vnni512 {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
     fn next_pair(x: [*const u8; 2], ws: usize, block_bytes: usize) {
         for x in x {
-            let ahead = x.wrapping_add(2 * ws);
-            for off in (0..block_bytes).step_by(64) {
-                // Never faults, whatever the address.
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off).cast());
-            }
+            prefetch_block(x.wrapping_add(2 * ws), block_bytes);
         }
     }
 

@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{dot_u8_i8, load_f16_x8, loadu, loadu128, prefetch_weights};
+use super::avx2::{dot_u8_i8, load_f16_x8, loadu, loadu128, prefetch_block, prefetch_weights};
 use crate::cpu::interleaved::{
     q5_0_lane_bias, q8_0_lane_bias, ActExtendFn, GroupDotFn, GroupKernels, GROUP_ROWS,
     LANE_BIAS_BLOCK, Q4_1_GROUP_BLOCK, Q5_0_GROUP_BLOCK, Q8_0_GROUP_BLOCK,
@@ -772,15 +772,6 @@ macro_rules! biased_two_groups {
 unsafe fn load_pair(x: *const u8, second: usize) -> __m512i {
     // SAFETY: caller's contract.
     unsafe { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(loadu(x)), loadu(x.add(second))) }
-}
-
-/// Prefetch the `bytes` at `x` (a hint: any address).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn prefetch_block(x: *const u8, bytes: usize) {
-    for off in (0..bytes).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(x.wrapping_add(off).cast());
-    }
 }
 
 /// The 128-bit vectors at `x` and `x + second` as one 256-bit vector (`x`'s in the low half).

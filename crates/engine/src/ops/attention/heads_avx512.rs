@@ -16,7 +16,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{next_chunk, AttnParams, DECODE_CHUNK};
+use super::{next_chunk, prefetch_next_chunk, AttnParams, DECODE_CHUNK};
 use crate::ops::expf::{self, expf8_avx512};
 
 /// The most heads one call takes: their accumulator blocks (four vectors each) and the four
@@ -80,15 +80,7 @@ pub(super) unsafe fn heads_f16<const G: usize>(
             let mut dots = [[_mm256_setzero_ps(); DECODE_CHUNK]; G];
             for (j, &off) in offs.iter().enumerate() {
                 let kp = k_cache.as_ptr().add(off);
-                // At depth the cache is a strided stream the hardware prefetcher does not
-                // follow: ask for the next chunk's rows (hints only, harmless past the end).
-                let ahead = DECODE_CHUNK * key_stride;
-                for i in (0..hd).step_by(32) {
-                    _mm_prefetch::<_MM_HINT_T0>(kp.wrapping_add(ahead + i).cast());
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        v_cache.as_ptr().wrapping_add(off + ahead + i).cast(),
-                    );
-                }
+                prefetch_next_chunk(k_cache, v_cache, off, key_stride, hd);
                 // ggml's four 8-lane accumulators, two to a vector: `d[g][0]` holds its
                 // first and second, `d[g][1]` its third and fourth.
                 let mut d = [[_mm512_setzero_ps(); 2]; G];
