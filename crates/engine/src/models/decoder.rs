@@ -163,7 +163,7 @@ pub struct Session {
     k_cache: CacheBits,
     /// (n_layer, n_ctx, n_head_kv * head_dim), as `k_cache`.
     v_cache: CacheBits,
-    scratch: Scratch,
+    scratch: Box<Scratch>,
     /// (n_vocab): logits of the last token of the last forward call.
     pub logits: Vec<f32>,
     /// The cache's shape, for copying prefixes between sessions.
@@ -204,6 +204,10 @@ pub struct Scratch {
     /// (ropes, n_ubatch, pairs): each row's RoPE angles (sin, cos) for each distinct RoPE,
     /// computed once per pass instead of once per layer and head.
     angles: Vec<(f32, f32)>,
+    /// The segments that are one f16-path row (decoding sequences) when others are not.
+    lone_segs: Vec<usize>,
+    /// (lm_rows, q_dim): their attention, computed in one pass, before it goes to `attn`.
+    lone_attn: Vec<f32>,
 }
 
 /// A forward pass over several sequences at once: the shared scratch, and the logits of each
@@ -463,6 +467,8 @@ impl Decoder {
             scratch: vec![0.0; (ub * max_out).max(lm_rows * c.n_vocab)],
             pos: vec![0; ub],
             angles: vec![(0.0, 1.0); self.ropes.len() * ub * self.rope_pairs()],
+            lone_segs: Vec::with_capacity(lm_rows),
+            lone_attn: vec![0.0; lm_rows * c.q_dim()],
         }
     }
 
@@ -476,7 +482,7 @@ impl Decoder {
             f16_acc: Vec::with_capacity(n_ctx),
             k_cache: CacheBits::zeroed(c.n_layer * n_ctx * c.kv_dim()),
             v_cache: CacheBits::zeroed(c.n_layer * n_ctx * c.kv_dim()),
-            scratch: self.new_scratch(1),
+            scratch: Box::new(self.new_scratch(1)),
             logits: vec![0.0; c.n_vocab],
             n_layer: c.n_layer,
             kv_dim: c.kv_dim(),
@@ -760,56 +766,68 @@ impl Decoder {
                 vc[pos0 * kvd..(pos0 + m) * kvd]
                     .convert_from_f32_slice(&s.v[r.start * kvd..r.end * kvd]);
             }
-            let one_f16_row_each = c.head_dim <= 256
-                && segs
-                    .iter()
-                    .all(|seg| seg.rows.len() == 1 && seg.f16_from == 0);
-            if one_f16_row_each {
-                // A decode step: every head of every sequence's row in one pass on the pool
-                // (per sequence, each short pass's fork and join cost more than its heads'
-                // work); a lone row gets what `attention_with` gives it.
+            // Decoding sequences (one f16-path row each): every head of every such row in one
+            // pass on the pool (per sequence, each short pass's fork and join cost more than
+            // its heads' work). Beside a prompt chunk their outputs go through `lone_attn`.
+            let lone =
+                |seg: &Segment<'_>| c.head_dim <= 256 && seg.rows.len() == 1 && seg.f16_from == 0;
+            s.lone_segs.clear();
+            s.lone_segs
+                .extend((0..segs.len()).filter(|&i| lone(&segs[i])));
+            let all_lone = s.lone_segs.len() == segs.len();
+            if !s.lone_segs.is_empty() {
                 let segs = &*segs;
+                let lone_segs = &s.lone_segs;
+                let n_lone = lone_segs.len();
                 let q = &s.q[..n * qd];
-                let per_task = decode_heads_per_task(&p, n, rayon::current_num_threads());
+                let per_task = decode_heads_per_task(&p, n_lone, rayon::current_num_threads());
                 let task = per_task * c.head_dim;
-                s.attn[..n * qd]
-                    .par_chunks_mut(task)
-                    .enumerate()
-                    .for_each(|(idx, out)| {
-                        let (row, h0) = decode_task(&p, per_task, idx);
-                        let seg = &segs[row];
-                        let layer_off = l * seg.n_ctx * kvd;
-                        let filled = layer_off..layer_off + (seg.pos0 + 1) * kvd;
-                        let kc = seg.k_cache[filled.clone()].reinterpret_cast::<f16>();
-                        let vc = seg.v_cache[filled].reinterpret_cast::<f16>();
-                        let qs = &q[idx * task..(idx + 1) * task];
-                        decode_heads_f16(&p, qs, kc, vc, seg.pos0, h0, out);
-                    });
-            } else {
-                for seg in segs.iter() {
-                    let (pos0, r) = (seg.pos0, seg.rows.clone());
+                // All lone: their rows are the pass's rows, in order.
+                let out = if all_lone {
+                    &mut s.attn[..n_lone * qd]
+                } else {
+                    &mut s.lone_attn[..n_lone * qd]
+                };
+                out.par_chunks_mut(task).enumerate().for_each(|(idx, out)| {
+                    let (i, h0) = decode_task(&p, per_task, idx);
+                    let seg = &segs[lone_segs[i]];
                     let layer_off = l * seg.n_ctx * kvd;
-                    // Rows before `f16_from` in f32, the rest in f16: each query reads only
-                    // keys up to its own position, so the split changes no row's result.
-                    let split = r.start + seg.f16_from;
-                    for (sub, f16_acc) in [(r.start..split, false), (split..r.end, true)] {
-                        if sub.is_empty() {
-                            continue;
-                        }
-                        let p0 = pos0 + (sub.start - r.start);
-                        let filled = layer_off..layer_off + (p0 + sub.len()) * kvd;
-                        let kc = seg.k_cache[filled.clone()].reinterpret_cast::<f16>();
-                        let vc = seg.v_cache[filled].reinterpret_cast::<f16>();
-                        attention_with(
-                            &p,
-                            &s.q[sub.start * qd..sub.end * qd],
-                            kc,
-                            vc,
-                            p0,
-                            f16_acc,
-                            &mut s.attn[sub.start * qd..sub.end * qd],
-                        );
+                    let filled = layer_off..layer_off + (seg.pos0 + 1) * kvd;
+                    let kc = seg.k_cache[filled.clone()].reinterpret_cast::<f16>();
+                    let vc = seg.v_cache[filled].reinterpret_cast::<f16>();
+                    let qs = &q[seg.rows.start * qd + h0 * c.head_dim..][..task];
+                    decode_heads_f16(&p, qs, kc, vc, seg.pos0, h0, out);
+                });
+                if !all_lone {
+                    for (i, &g) in lone_segs.iter().enumerate() {
+                        let r = segs[g].rows.start;
+                        s.attn[r * qd..(r + 1) * qd].copy_from_slice(&s.lone_attn[i * qd..][..qd]);
                     }
+                }
+            }
+            for seg in segs.iter().filter(|seg| !lone(seg)) {
+                let (pos0, r) = (seg.pos0, seg.rows.clone());
+                let layer_off = l * seg.n_ctx * kvd;
+                // Rows before `f16_from` in f32, the rest in f16: each query reads only
+                // keys up to its own position, so the split changes no row's result.
+                let split = r.start + seg.f16_from;
+                for (sub, f16_acc) in [(r.start..split, false), (split..r.end, true)] {
+                    if sub.is_empty() {
+                        continue;
+                    }
+                    let p0 = pos0 + (sub.start - r.start);
+                    let filled = layer_off..layer_off + (p0 + sub.len()) * kvd;
+                    let kc = seg.k_cache[filled.clone()].reinterpret_cast::<f16>();
+                    let vc = seg.v_cache[filled].reinterpret_cast::<f16>();
+                    attention_with(
+                        &p,
+                        &s.q[sub.start * qd..sub.end * qd],
+                        kc,
+                        vc,
+                        p0,
+                        f16_acc,
+                        &mut s.attn[sub.start * qd..sub.end * qd],
+                    );
                 }
             }
             quantize_acts(k, lw.wo.info.ty, &s.attn[..n * qd], qd, &mut s.act);

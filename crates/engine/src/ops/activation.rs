@@ -152,6 +152,54 @@ pub unsafe fn ggml_v_expf8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::_
     unsafe { _mm256_loadu_ps(v.as_ptr()) }
 }
 
+/// [`ggml_v_expf8`] in sixteen lanes (AVX-512): the same operations per lane, so the same
+/// bits as the scalar [`ggml_v_expf`]; if any lane has `|n| > 126` all sixteen take the
+/// scalar function.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub unsafe fn ggml_v_expf16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let c = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
+    let r = c(0x4b40_0000);
+    let z = _mm512_fmadd_ps(x, c(0x3fb8_aa3b), r);
+    let n = _mm512_sub_ps(z, r);
+    let b = _mm512_fnmadd_ps(n, c(0x35bf_be8e), _mm512_fnmadd_ps(n, c(0x3f31_7200), x));
+    let e = _mm512_slli_epi32::<23>(_mm512_castps_si512(z));
+    let k = _mm512_castsi512_ps(_mm512_add_epi32(
+        e,
+        _mm512_set1_epi32(1.0f32.to_bits() as i32),
+    ));
+    let u = _mm512_mul_ps(b, b);
+    let j = _mm512_fmadd_ps(
+        _mm512_fmadd_ps(
+            _mm512_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+            u,
+            _mm512_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+        ),
+        u,
+        _mm512_mul_ps(c(0x3f7f_fff6), b),
+    );
+    let abs_n = _mm512_castsi512_ps(_mm512_and_si512(
+        _mm512_castps_si512(n),
+        _mm512_set1_epi32(0x7fff_ffff),
+    ));
+    if _mm512_cmp_ps_mask::<_CMP_GT_OQ>(abs_n, _mm512_set1_ps(126.0)) == 0 {
+        return _mm512_fmadd_ps(j, k, k);
+    }
+    let mut v = [0.0f32; 16];
+    // SAFETY: `v` holds sixteen floats.
+    unsafe { _mm512_storeu_ps(v.as_mut_ptr(), x) };
+    for v in v.iter_mut() {
+        *v = ggml_v_expf(*v);
+    }
+    // SAFETY: as above.
+    unsafe { _mm512_loadu_ps(v.as_ptr()) }
+}
+
 /// GeGLU with the tanh approximation of GELU (Gemma family), as ggml's CPU backend computes it
 /// (`ggml_vec_geglu_f32` with `GGML_GELU_FP16`, which ggml-cpu/vec.h always defines): inputs at
 /// or below -10 give 0, at or above 10 pass through, and everything between is rounded to f16
@@ -268,6 +316,31 @@ mod tests {
             v.swap(i, (seed >> 33) as usize % (i + 1));
         }
         v
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn ggml_v_expf16_is_the_scalar_lane_by_lane() {
+        use std::arch::x86_64::*;
+        if !std::is_x86_feature_detected!("avx512f") {
+            eprintln!("SKIPPED: no AVX-512F: ggml_v_expf16 NOT tested");
+            return;
+        }
+        let x = exp_inputs();
+        for c in x.chunks_exact(16) {
+            let mut got = [0.0f32; 16];
+            // SAFETY: AVX-512F checked; both arrays hold sixteen floats.
+            unsafe {
+                _mm512_storeu_ps(got.as_mut_ptr(), ggml_v_expf16(_mm512_loadu_ps(c.as_ptr())))
+            };
+            for (x, g) in c.iter().zip(got) {
+                let want = ggml_v_expf(*x);
+                assert!(
+                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                    "exp({x}): {g} vs scalar {want}"
+                );
+            }
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
