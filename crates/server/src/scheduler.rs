@@ -610,9 +610,10 @@ enum Part {
     Prompt(std::ops::Range<usize>),
 }
 
-/// Sizes prompt chunks while sequences decode: a chunk may take about as long as the
-/// decode step it rides on, so their inter-token latency at most about doubles while a long
-/// prompt is read. Learned from the passes themselves (moving averages of a decode-only
+/// Sizes prompt chunks while sequences decode: a chunk may take about half as long as the
+/// decode step it rides on, so their inter-token latency grows by about half while a long
+/// prompt is read, which leaves room below the 3x bound for a noisy machine and for the
+/// streams deepening. Learned from the passes themselves (moving averages of a decode-only
 /// pass and of a prompt row's extra cost), so it holds on any machine and model.
 #[derive(Default)]
 struct Pacer {
@@ -628,6 +629,11 @@ impl Pacer {
     /// purpose: with a long context a prompt row can cost a third of a decode step, and the
     /// running streams' inter-token latency is the bound that matters.
     const MIN_CHUNK: usize = 4;
+    /// A prompt chunk's cost as a share of the decode step it rides on. At 1 (a chunk as
+    /// long as the step) Gemma 3's streams saw p99 inter-token latencies of 2.4-3.6x their
+    /// p50 while a 4000-token prompt was read in ~10 s; at 0.5, 1.9-2.1x and ~16 s
+    /// (`scripts/bench-load --scenarios longprompt`, Zen 5, 2 threads).
+    const CHUNK_SHARE: f64 = 0.5;
     /// Weight of the newest pass in the averages.
     const ALPHA: f64 = 0.2;
 
@@ -636,7 +642,9 @@ impl Pacer {
             return N_UBATCH;
         }
         match (self.decode_step, self.prompt_row) {
-            (Some(d), Some(r)) if r > 0.0 => ((d / r) as usize).clamp(Self::MIN_CHUNK, N_UBATCH),
+            (Some(d), Some(r)) if r > 0.0 => {
+                ((Self::CHUNK_SHARE * d / r) as usize).clamp(Self::MIN_CHUNK, N_UBATCH)
+            }
             _ => Self::FIRST_CHUNK,
         }
     }
@@ -685,7 +693,8 @@ mod tests {
             // 10 ms of decode plus 64 rows at 0.25 ms each.
             p.observe(3, 64, 0.010 + 64.0 * 0.000_25);
         }
-        assert_eq!(p.prompt_rows(3), 40);
+        // Half the step's time: 5 ms of rows.
+        assert_eq!(p.prompt_rows(3), 20);
         // Rows so cheap the chunk would exceed a pass are capped.
         p.observe(3, 512, 0.010);
         for _ in 0..50 {
