@@ -691,6 +691,13 @@ impl Decoder {
                 .for_each(|(table, &p)| rope.angles(p, table));
         }
 
+        let lone =
+            |seg: &Segment<'_>| c.head_dim <= 256 && seg.rows.len() == 1 && seg.f16_from == 0;
+        s.lone_segs.clear();
+        s.lone_segs
+            .extend((0..segs.len()).filter(|&i| lone(&segs[i])));
+        let all_lone = s.lone_segs.len() == segs.len();
+
         for (l, lw) in self.layers.iter().enumerate() {
             // --- attention block ---
             norm_rows(&mut s.xn[..n * d], &s.x[..n * d], &lw.attn_norm, c.rms_eps);
@@ -766,15 +773,10 @@ impl Decoder {
                 vc[pos0 * kvd..(pos0 + m) * kvd]
                     .convert_from_f32_slice(&s.v[r.start * kvd..r.end * kvd]);
             }
-            // Decoding sequences (one f16-path row each): every head of every such row in one
-            // pass on the pool (per sequence, each short pass's fork and join cost more than
-            // its heads' work). Beside a prompt chunk their outputs go through `lone_attn`.
-            let lone =
-                |seg: &Segment<'_>| c.head_dim <= 256 && seg.rows.len() == 1 && seg.f16_from == 0;
-            s.lone_segs.clear();
-            s.lone_segs
-                .extend((0..segs.len()).filter(|&i| lone(&segs[i])));
-            let all_lone = s.lone_segs.len() == segs.len();
+            // Decoding sequences (one f16-path row each, `lone_segs`): every head of every such
+            // row in one pass on the pool (per sequence, each short pass's fork and join cost
+            // more than its heads' work). Beside a prompt chunk their outputs go through
+            // `lone_attn`.
             if !s.lone_segs.is_empty() {
                 let segs = &*segs;
                 let lone_segs = &s.lone_segs;

@@ -1129,6 +1129,10 @@ mod tests {
     use super::*;
 
     /// The cache's f16 form of values already rounded to f16 (exact).
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits())
+    }
+
     fn f16s(x: &[f32]) -> Vec<f16> {
         x.iter().map(|&v| f16::from_f32(v)).collect()
     }
@@ -1235,12 +1239,8 @@ mod tests {
                         f16_acc,
                         &mut part,
                     );
-                    let same = part
-                        .iter()
-                        .zip(&all[rows])
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(
-                        same,
+                        same_bits(&part, &all[rows]),
                         "hd {hd} {window:?} {nh}/{nkv} f16 {f16_acc}: rows {start}+{len}"
                     );
                 }
@@ -1454,12 +1454,8 @@ mod tests {
                         query_block_f32_chunked(&p, &q, &k, &v, pos0, 2, heads.clone(), &mut want);
                         rows_avx512::rows_f32(&p, &q, &k, &v, pos0, 2, heads.clone(), &mut got);
                     }
-                    let same = got
-                        .iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(
-                        same,
+                        same_bits(&got, &want),
                         "{nh}/{nkv}x{hd} {window:?} {softcap:?} @{pos0}+{nt} {heads:?}"
                     );
                 }
